@@ -1,0 +1,235 @@
+"""Every way to compute the (negative) ELBO, behind one interface.
+
+=================  =========================================  ==============================
+name               what                                       KL term
+=================  =========================================  ==============================
+``analytic``       hand-written BCE + closed-form KL          analytic (exact)
+``trace``          ``pyro.infer.Trace_ELBO``                   Monte Carlo: log q(z|x) - log p(z)
+``tmf``            ``pyro.infer.TraceMeanField_ELBO``          analytic where torch has a KL
+                                                              registered, else Monte Carlo
+``jit_trace``      ``JitTrace_ELBO``, gradient fixed (below)   as ``trace``
+``jit_tmf``        ``JitTraceMeanField_ELBO``, compiled once   as ``tmf``
+``jit_tmf_pyro``   ``pyro.infer.JitTraceMeanField_ELBO`` as    as ``tmf``; re-traces every step
+                   Pyro 1.9.2 ships it (right, but slow)
+``jit_trace_pyro`` ``pyro.infer.JitTrace_ELBO`` as shipped:    as ``trace``
+                   its ``differentiable_loss`` gradient is 2x
+=================  =========================================  ==============================
+
+Each estimator's ``differentiable_loss(vae, x)`` is an unbiased estimate of -sum_i ELBO(x_i) over the
+batch (Pyro's convention: summed over the ``data`` plate, averaged over particles) whose gradient is an
+unbiased estimate of the gradient; divide by the batch size for nats per example. ``num_particles``
+samples are drawn in one vectorised pass.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from pyro import poutine
+from pyro.infer import (
+    JitTrace_ELBO,
+    JitTraceMeanField_ELBO,
+    Trace_ELBO,
+    TraceMeanField_ELBO,
+)
+from pyro.util import warn_if_nan
+from torch.distributions import kl_divergence
+
+from .analytic import analytic_neg_elbo
+from .registry import Registry
+
+ESTIMATORS: Registry[type["Estimator"]] = Registry("estimator")
+register_estimator = ESTIMATORS.register
+
+ANALYTIC, MONTE_CARLO = "analytic", "monte_carlo"
+
+
+class Estimator:
+    """Base class. Subclasses set ``description`` and implement ``differentiable_loss``."""
+
+    name = "estimator"
+    description = ""
+    jit = False
+
+    def __init__(self, num_particles: int = 1):
+        if num_particles < 1:
+            raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+        self.num_particles = num_particles
+
+    def differentiable_loss(self, vae, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, vae, x: torch.Tensor) -> float:
+        """The estimate's value, without building a graph for gradients."""
+        with torch.no_grad():
+            return float(self.differentiable_loss(vae, x))
+
+    def kl_kind(self, vae) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_particles={self.num_particles})"
+
+
+@register_estimator("analytic")
+class AnalyticEstimator(Estimator):
+    description = "hand-written BCE + closed-form Gaussian KL"
+
+    def differentiable_loss(self, vae, x):
+        return analytic_neg_elbo(vae, x, self.num_particles)
+
+    def kl_kind(self, vae):
+        return ANALYTIC
+
+
+def mean_field_kl_kind(vae) -> str:
+    """What ``TraceMeanField_ELBO`` will really do for this VAE: it uses ``kl_divergence(q, p)`` when
+    torch has one registered for the guide's and prior's distribution types and *silently* falls
+    back to the Monte Carlo term otherwise. We ask the same question it asks, on the real sites."""
+    x = torch.zeros(2, vae.config.x_dim, device=vae.device, dtype=vae.dtype)
+    with torch.no_grad(), poutine.block():
+        guide_trace = poutine.trace(vae.guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    try:
+        kl_divergence(guide_trace.nodes["z"]["fn"], model_trace.nodes["z"]["fn"])
+    except NotImplementedError:
+        return MONTE_CARLO
+    return ANALYTIC
+
+
+class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
+    """``JitTraceMeanField_ELBO`` that compiles once.
+
+    In pyro-ppl 1.9.2 ``JitTraceMeanField_ELBO.differentiable_loss`` tests
+    ``getattr(self, "_loss_and_surrogate_loss", None)`` (the attribute ``JitTrace_ELBO`` uses) but
+    stores the compiled function as ``self._differentiable_loss``. The test never succeeds, so every
+    call builds a fresh ``pyro.ops.jit.trace`` closure and traces the model again: a JIT that is
+    slower than no JIT. Here the compiled function is kept and reused.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        compiled = getattr(self, "_differentiable_loss", None)
+        if compiled is None:
+            return super().differentiable_loss(model, guide, *args, **kwargs)
+        kwargs["_pyro_model_id"] = id(model)
+        kwargs["_pyro_guide_id"] = id(guide)
+        return compiled(*args, **kwargs)
+
+
+class DetachedJitTrace_ELBO(JitTrace_ELBO):
+    """``JitTrace_ELBO`` whose ``differentiable_loss`` has the right gradient.
+
+    In pyro-ppl 1.9.2 the compiled ``loss_and_surrogate_loss`` of ``JitTrace_ELBO`` builds ``loss``
+    from the sites' ``log_prob_sum`` tensors *without* detaching them (``Trace_ELBO`` uses
+    ``torch_item``), and ``differentiable_loss`` returns ``loss + (surrogate - surrogate.detach())``.
+    Its gradient is therefore grad(loss) + grad(surrogate): twice the ELBO gradient for a
+    reparameterised guide. (``loss_and_grads`` back-propagates the surrogate only and is right; Adam
+    is invariant to the factor 2, so training with it hides the bug; SGD would not.) The gradient
+    check of ``vae-pyro compare --estimators jit_trace_pyro`` shows it.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        warn_if_nan(loss, "loss")
+        return loss.detach() + (surrogate_loss - surrogate_loss.detach())
+
+
+class PyroEstimator(Estimator):
+    """A Pyro ELBO class run on ``vae.model`` / ``vae.guide``."""
+
+    elbo_class: type = Trace_ELBO
+    mean_field = False
+
+    def __init__(self, num_particles: int = 1):
+        super().__init__(num_particles)
+        # JIT-compiled graphs are specialised to one model and one input shape (pyro.ops.jit keys its
+        # cache on the number of args, not their shapes), so keep one ELBO object per (VAE, shape).
+        self._elbos: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def make_elbo(self):
+        return self.elbo_class(
+            num_particles=self.num_particles,
+            vectorize_particles=self.num_particles > 1,
+            max_plate_nesting=1,  # the "data" plate; stating it skips Pyro's guessing pass
+            **({"ignore_jit_warnings": True} if self.jit else {}),
+        )
+
+    def elbo_for(self, vae, x: torch.Tensor):
+        """``(elbo, model, guide)`` for this VAE and input shape. The bound methods are kept too:
+        ``vae.model`` is a new object at every attribute access, and Pyro's JIT keys its compiled
+        graphs on ``id(model)``, so passing ``vae.model`` afresh would recompile on every step."""
+        per_vae = self._elbos.setdefault(vae, {})
+        key = (tuple(x.shape), x.dtype, str(x.device)) if self.jit else None
+        if key not in per_vae:
+            per_vae[key] = (self.make_elbo(), vae.model, vae.guide)
+        return per_vae[key]
+
+    def differentiable_loss(self, vae, x):
+        elbo, model, guide = self.elbo_for(vae, x)
+        return elbo.differentiable_loss(model, guide, x)
+
+    def loss(self, vae, x):
+        # Pyro's own ``loss`` (never compiled), so evaluation does not trigger a JIT trace.
+        elbo, model, guide = self.elbo_for(vae, x)
+        with torch.no_grad():
+            return float(elbo.loss(model, guide, x))
+
+    def kl_kind(self, vae):
+        return mean_field_kl_kind(vae) if self.mean_field else MONTE_CARLO
+
+
+@register_estimator("trace")
+class TraceEstimator(PyroEstimator):
+    description = "pyro.infer.Trace_ELBO (Monte Carlo KL)"
+    elbo_class = Trace_ELBO
+
+
+@register_estimator("tmf")
+class TraceMeanFieldEstimator(PyroEstimator):
+    description = "pyro.infer.TraceMeanField_ELBO (analytic KL where registered)"
+    elbo_class = TraceMeanField_ELBO
+    mean_field = True
+
+
+@register_estimator("jit_trace")
+class JitTraceEstimator(PyroEstimator):
+    description = "JitTrace_ELBO with its gradient fixed (vae_pyro's fix of pyro 1.9.2)"
+    elbo_class = DetachedJitTrace_ELBO
+    jit = True
+
+
+@register_estimator("jit_tmf")
+class JitTraceMeanFieldEstimator(PyroEstimator):
+    description = "JitTraceMeanField_ELBO compiled once (vae_pyro's fix of pyro 1.9.2)"
+    elbo_class = CachedJitTraceMeanField_ELBO
+    mean_field = True
+    jit = True
+
+
+@register_estimator("jit_tmf_pyro")
+class PyroJitTraceMeanFieldEstimator(PyroEstimator):
+    description = "pyro.infer.JitTraceMeanField_ELBO as shipped (re-traces every call)"
+    elbo_class = JitTraceMeanField_ELBO
+    mean_field = True
+    jit = True
+
+
+@register_estimator("jit_trace_pyro")
+class PyroJitTraceEstimator(PyroEstimator):
+    description = "pyro.infer.JitTrace_ELBO as shipped (differentiable_loss doubles the gradient)"
+    elbo_class = JitTrace_ELBO
+    jit = True
+
+
+#: What ``vae-pyro compare`` runs by default: every estimator that computes the ELBO correctly. The
+#: ``*_pyro`` entries are Pyro's JIT classes as shipped, kept to show what our fixes change.
+DEFAULT_ESTIMATORS = ("analytic", "trace", "tmf", "jit_trace", "jit_tmf", "jit_tmf_pyro")
+
+
+def build_estimator(name: str, num_particles: int = 1) -> Estimator:
+    return ESTIMATORS[name](num_particles=num_particles)
+
+
+def estimator_names() -> list[str]:
+    return ESTIMATORS.names()

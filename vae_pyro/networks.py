@@ -1,0 +1,55 @@
+"""The encoder and decoder: plain MLPs, default 784-400-20 as in PyTorch's ``examples/vae/main.py``.
+
+The encoder returns ``(mu, logvar)`` exactly like the classic hand-written VAE, so the same module feeds
+both the hand-derived loss and the Pyro guide (which uses ``sigma = exp(logvar / 2)``). The decoder
+returns unconstrained outputs (logits for Bernoulli pixels); the likelihood decides what they mean.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """q(z|x) = N(mu(x), diag(exp(logvar(x))))."""
+
+    def __init__(self, x_dim: int = 784, hidden: Sequence[int] = (400,), z_dim: int = 20):
+        super().__init__()
+        self.z_dim = z_dim
+        self.body = mlp([x_dim, *hidden])
+        if hidden:
+            self.body.append(nn.ReLU())
+        self.head = nn.Linear(hidden[-1] if hidden else x_dim, 2 * z_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.head(self.body(x)).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class Decoder(nn.Module):
+    """z -> ``out_per_pixel`` unconstrained numbers per pixel (Bernoulli: one logit)."""
+
+    def __init__(self, x_dim: int = 784, hidden: Sequence[int] = (400,), z_dim: int = 20,
+                 out_per_pixel: int = 1):
+        super().__init__()
+        self.x_dim, self.out_per_pixel = x_dim, out_per_pixel
+        self.net = mlp([z_dim, *hidden, x_dim * out_per_pixel])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.net(z)
+        if self.out_per_pixel == 1:
+            return out
+        return out.unflatten(-1, (self.out_per_pixel, self.x_dim))
