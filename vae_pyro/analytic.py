@@ -62,8 +62,11 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, num_particles: int = 
                    eps: torch.Tensor | None = None) -> torch.Tensor:
     """z = mu + sigma * eps with eps ~ N(0, I), shape (num_particles, *mu.shape)."""
     std = torch.exp(0.5 * logvar)
+    shape = (num_particles,) + tuple(std.shape)
     if eps is None:
-        eps = torch.randn((num_particles,) + tuple(std.shape), dtype=std.dtype, device=std.device)
+        eps = torch.randn(shape, dtype=std.dtype, device=std.device)
+    elif tuple(eps.shape) != shape:
+        raise ValueError(f"eps has shape {tuple(eps.shape)}, expected {shape} (num_particles, batch, z_dim)")
     return mu + eps * std
 
 

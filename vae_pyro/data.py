@@ -156,21 +156,27 @@ def load_mnist_idx(folder: str | os.PathLike) -> Dataset:
             raise DataError(
                 f"malformed MNIST {split} files in {folder}: images {images.shape} vs labels {labels.shape}"
             )
-    flat = {k: torch.from_numpy(v.reshape(len(v), -1).copy()) for k, v in arrays.items()}
-    return Dataset(
-        f"mnist-idx:{folder}",
-        flat["train_images"],
-        flat["train_labels"].long(),
-        flat["test_images"],
-        flat["test_labels"].long(),
-    )
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise DataError(
+            f"MNIST files in {folder} disagree on image size: train {arrays['train_images'].shape[1:]}, "
+            f"test {arrays['test_images'].shape[1:]}"
+        )
+
+    def images(key):
+        return torch.from_numpy(arrays[key].reshape(len(arrays[key]), -1).copy())
+
+    def labels(key):
+        return torch.from_numpy(arrays[key].astype(np.int64))
+
+    return Dataset(f"mnist-idx:{folder}", images("train_images"), labels("train_labels"),
+                   images("test_images"), labels("test_labels"))
 
 
 def load_dataset(name: str = "mnist5k") -> Dataset:
     """``mnist5k`` (embedded) or ``idx:FOLDER`` (full MNIST from IDX files)."""
     if name == "mnist5k":
         return load_mnist5k()
-    if name.startswith("idx:"):
+    if name.startswith("idx:") and name[4:]:
         return load_mnist_idx(name[4:])
     raise DataError(f"unknown dataset {name!r}; allowed: 'mnist5k', 'idx:FOLDER'")
 
@@ -212,12 +218,18 @@ def check_binary(x: torch.Tensor, what: str = "data") -> None:
 
 class Batches:
     """Shuffled mini-batches of a tensor that lives on the model's device, so no host-to-device copy
-    happens per step. ``dynamic=True`` redraws a binarization of grey levels for every batch."""
+    happens per step. ``dynamic=True`` redraws a binarization of grey levels for every batch.
+
+    The order comes from ``generator`` (a CPU generator, so it is the same on every device); the
+    dynamic draws come from torch's global generator on the data's device, which
+    :func:`vae_pyro.train.seed_all` seeds."""
 
     def __init__(self, x: torch.Tensor, batch_size: int, *, shuffle: bool = True, dynamic: bool = False,
                  drop_last: bool = True, generator: torch.Generator | None = None):
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
+        if dynamic and (not x.is_floating_point() or bool(((x < 0) | (x > 1)).any())):
+            raise DataError("dynamic binarization needs grey levels in [0, 1]: pass prepare(x, 'dynamic')")
         self.x, self.batch_size, self.shuffle = x, batch_size, shuffle
         self.dynamic, self.drop_last, self.generator = dynamic, drop_last, generator
 

@@ -131,8 +131,9 @@ class DetachedJitTrace_ELBO(JitTrace_ELBO):
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        loss = loss.detach()
         warn_if_nan(loss, "loss")
-        return loss.detach() + (surrogate_loss - surrogate_loss.detach())
+        return loss + (surrogate_loss - surrogate_loss.detach())
 
 
 class PyroEstimator(Estimator):

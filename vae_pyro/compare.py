@@ -1,0 +1,147 @@
+"""The estimator comparison: train briefly (so the checks run at a trained point, not at random
+weights), then run every check for every estimator and collect one record per estimator.
+
+The result is the stable JSON interface documented in the README: top-level ``device``, ``dataset``,
+``seed``, ``particles``, ``torch_version``, ``pyro_version`` ... and ``estimators``, one object each
+with ``name``, ``neg_elbo_mean``, ``neg_elbo_se``, ``kl``, ``z_vs_analytic``,
+``same_noise_max_abs_diff``, ``grad_agreement``, ``ms_per_step``, ``verdict`` and ``checks``.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from . import checks
+from .data import load_dataset, prepare
+from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, build_estimator
+from .model import VAE, VAEConfig
+from .train import evaluate, resolve_device, seed_all, time_steps, train
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class CompareConfig:
+    dataset: str = "mnist5k"
+    binarization: str = "static"
+    device: str = "auto"
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    particles: int = 1
+    draws: int = 100          # independent draws per estimator for the Monte Carlo check
+    grad_draws: int = 50      # independent gradient draws per estimator
+    grad_batch: int = 256     # test examples the gradient check uses
+    timing_steps: int = 20
+    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
+    train_estimator: str = "analytic"
+    model: VAEConfig = field(default_factory=VAEConfig)
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name in (*self.estimators, self.train_estimator):
+            ESTIMATORS[name]  # raises with the list of valid names
+        for key in ("epochs", "batch_size", "particles", "draws", "grad_draws", "grad_batch", "timing_steps"):
+            value = getattr(self, key)
+            low = 0 if key == "epochs" else (2 if key in ("draws", "grad_draws") else 1)
+            if value < low:
+                raise ValueError(f"{key} must be >= {low}, got {value}")
+
+
+def _verdict(results: list[checks.CheckResult]) -> str:
+    verdicts = {r.verdict for r in results}
+    if checks.FAIL in verdicts:
+        return checks.FAIL
+    return checks.PASS if checks.PASS in verdicts else checks.SKIP
+
+
+def run_comparison(cfg: CompareConfig) -> dict:
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    generator = seed_all(cfg.seed)
+    started = time.perf_counter()
+
+    ds = load_dataset(cfg.dataset)
+    dynamic = cfg.binarization == "dynamic"
+    x_train = prepare(ds.train_x, cfg.binarization).to(device)
+    # Checks need one fixed data set: a dynamic run is checked on a static binarization of the test set.
+    x_test = prepare(ds.test_x, "static" if dynamic else cfg.binarization).to(device)
+
+    vae = VAE(cfg.model).to(device)
+    vae.check_data(x_test)
+    history = train(vae, build_estimator(cfg.train_estimator, cfg.particles), x_train, epochs=cfg.epochs,
+                    batch_size=cfg.batch_size, lr=cfg.lr, dynamic=dynamic, generator=generator,
+                    progress=cfg.progress)
+    trained_test = evaluate(vae, build_estimator("analytic", cfg.particles), x_test) if cfg.epochs else None
+
+    x_grad = x_test[:cfg.grad_batch]
+    x_time = x_train[:cfg.batch_size] if not dynamic else torch.bernoulli(x_train[:cfg.batch_size])
+    per_estimator = cfg.draws + cfg.grad_draws
+    bar = tqdm(total=per_estimator * (len(cfg.estimators) + 1), desc="checks", unit="draw",
+               disable=not cfg.progress, leave=False)
+    ref_est = build_estimator("analytic", cfg.particles)
+    ref_mc = checks.MCStats.of("analytic", checks.loss_draws(ref_est, vae, x_test, cfg.draws, bar), cfg.particles)
+    directions = checks.gradient_directions(vae, x_grad, seed=cfg.seed)
+    ref_grad = checks.gradient_draws(ref_est, vae, x_grad, cfg.grad_draws, directions, bar)
+
+    records = []
+    for name in cfg.estimators:
+        bar.set_postfix(estimator=name)
+        est = build_estimator(name, cfg.particles)
+        mc = checks.MCStats.of(name, checks.loss_draws(est, vae, x_test, cfg.draws, bar), cfg.particles)
+        results = [
+            checks.monte_carlo_check(mc, ref_mc),
+            checks.same_noise_check(vae, x_test, name, cfg.particles),
+            checks.gradient_check(checks.gradient_draws(est, vae, x_grad, cfg.grad_draws, directions, bar), ref_grad),
+            checks.device_check(vae, x_test, name, max(cfg.draws // 2, 2), cfg.particles),
+        ]
+        by_name = {r.name: r for r in results}
+        records.append({
+            "name": name,
+            "description": est.description,
+            "neg_elbo_mean": mc.mean,
+            "neg_elbo_se": mc.se,
+            "kl": est.kl_kind(vae),
+            "z_vs_analytic": by_name["monte_carlo"].value,
+            "same_noise_max_abs_diff": by_name["same_noise"].value,
+            "grad_agreement": by_name["gradient"].value,
+            "grad_max_rel_err": by_name["gradient"].details["max_rel_err"],
+            "ms_per_step": time_steps(vae, est, x_time, cfg.timing_steps),
+            "verdict": _verdict(results),
+            "checks": [r.to_dict() for r in results],
+        })
+    bar.close()
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": "compare",
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "dataset": ds.name,
+        "binarization": cfg.binarization,
+        "seed": cfg.seed,
+        "particles": cfg.particles,
+        "draws": cfg.draws,
+        "grad_draws": cfg.grad_draws,
+        "eval_examples": int(x_test.shape[0]),
+        "timing_batch_size": int(x_time.shape[0]),
+        "torch_version": torch.__version__,
+        "pyro_version": pyro.__version__,
+        "model": cfg.model.to_dict(),
+        "training": {
+            "estimator": cfg.train_estimator, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "lr": cfg.lr, "history": [asdict(h) for h in history], "test_neg_elbo": trained_test,
+        },
+        "reference": {"estimator": "analytic", "neg_elbo_mean": ref_mc.mean, "neg_elbo_se": ref_mc.se},
+        "tolerances": {"z": checks.Z_TOL, "same_noise": checks.SAME_NOISE_TOL, "grad_z": checks.Z_TOL},
+        "estimators": records,
+        "verdict": _verdict([checks.CheckResult("", r["name"], None, None, r["verdict"]) for r in records]),
+        "seconds": time.perf_counter() - started,
+    }

@@ -1,0 +1,111 @@
+"""Results for people (aligned text tables) and for machines (JSON, written atomically so a crash
+or a bad option never leaves a half-written file over a good one)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def fmt(value: Any, spec: str = ".3g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return format(value, spec)
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
+    """A plain-text table; ``align`` has one 'l' or 'r' per column (default: first left, rest right)."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(str(c).ljust(w) if a == "l" else str(c).rjust(w)
+                         for c, w, a in zip(cells, widths, align)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def compare_table(result: dict) -> str:
+    headers = ["estimator", "-ELBO/example", "KL", "z vs analytic", "same-noise max diff",
+               "grad max|z|", "ms/step", "verdict"]
+    rows = []
+    for r in result["estimators"]:
+        rows.append([
+            r["name"],
+            f"{r['neg_elbo_mean']:.3f} ± {r['neg_elbo_se']:.3f}",
+            "analytic" if r["kl"] == "analytic" else "Monte Carlo",
+            fmt(r["z_vs_analytic"], "+.2f"),
+            fmt(r["same_noise_max_abs_diff"], ".1e"),
+            fmt(r["grad_agreement"], ".2f"),
+            fmt(r["ms_per_step"], ".1f"),
+            r["verdict"].upper(),
+        ])
+    tol = result["tolerances"]
+    head = (f"vae-pyro compare: {result['dataset']} ({result['binarization']} binarization, "
+            f"{result['eval_examples']} test digits), device {result['device']} ({result['device_name']}), "
+            f"seed {result['seed']}, {result['particles']} particle(s), torch {result['torch_version']}, "
+            f"pyro {result['pyro_version']}")
+    trained = result["training"]
+    train_line = (f"trained {trained['epochs']} epochs with '{trained['estimator']}'"
+                  + (f": test -ELBO {trained['test_neg_elbo']:.2f} nats/example" if trained["test_neg_elbo"] else ""))
+    legend = (f"pass when |z| <= {tol['z']:g} ({result['draws']} draws each), same-noise diff <= "
+              f"{tol['same_noise']:g} nats/example (float64, value and gradient), grad max|z| <= "
+              f"{tol['grad_z']:g} ({result['grad_draws']} draws, 4 projections per tensor); ms/step at batch "
+              f"{result['timing_batch_size']}. '-' = does not apply.")
+    skipped = sorted({c["details"].get("reason", "") for r in result["estimators"] for c in r["checks"]
+                      if c["name"] == "device" and c["verdict"] == "skip"})
+    lines = [head, train_line, "", table(headers, rows), "", legend]
+    if skipped:
+        lines.append(f"device check skipped: {'; '.join(skipped)}")
+    lines.append(f"overall: {result['verdict'].upper()} in {result['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def finite_or_none(obj):
+    """JSON has no NaN or infinity: such numbers become null (strict parsers reject them)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def to_json(result: dict) -> str:
+    return json.dumps(finite_or_none(result), indent=2, allow_nan=False, default=_jsonable) + "\n"
+
+
+def write_json(path: str | os.PathLike, result: dict) -> None:
+    atomic_write_text(path, to_json(result))
+
+
+def _jsonable(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,122 @@
+"""Training and evaluation, the same loop for every estimator.
+
+Every estimator exposes ``differentiable_loss``, so one ``torch.optim.Adam`` over ``vae.parameters()``
+trains them all: the only thing that changes between runs is the estimator.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from .data import Batches
+from .estimators import Estimator
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says where and what to try."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU. Asking for ``cuda`` without it is an error, not a
+    silent fallback, so a benchmark never reports CPU numbers as GPU numbers."""
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {name!r}; allowed: {', '.join(DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available; allowed here: auto, cpu")
+    return torch.device(name)
+
+
+def seed_all(seed: int) -> torch.Generator:
+    """Seed Python, NumPy, torch and Pyro; return a generator for shuffling (on the CPU, so the data
+    order is the same on every device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    pyro.set_rng_seed(seed)  # seeds torch (CPU and CUDA) too
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    train_neg_elbo: float  # nats/example, mean over the epoch's steps (as trained, i.e. noisy)
+    test_neg_elbo: float | None
+    seconds: float
+
+
+def evaluate(vae, estimator: Estimator, x: torch.Tensor, batch_size: int = 1000) -> float:
+    """-ELBO in nats/example over all of ``x`` (one draw of the estimator per batch)."""
+    total = 0.0
+    for i in range(0, len(x), batch_size):
+        total += estimator.loss(vae, x[i:i + batch_size])
+    return total / len(x)
+
+
+def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10, batch_size: int = 128,
+          lr: float = 1e-3, dynamic: bool = False, x_test: torch.Tensor | None = None,
+          eval_estimator: Estimator | None = None, generator: torch.Generator | None = None,
+          progress: bool = True, optimizer: torch.optim.Optimizer | None = None) -> list[EpochLog]:
+    """Adam on ``estimator.differentiable_loss / batch``. ``dynamic=True``: ``x_train`` holds grey
+    levels and every batch is a fresh Bernoulli draw. Raises :class:`TrainingError` on a NaN loss,
+    before the optimiser applies the bad step."""
+    optimizer = optimizer or torch.optim.Adam(vae.parameters(), lr=lr)
+    batches = Batches(x_train, batch_size, dynamic=dynamic, generator=generator)
+    if not dynamic:
+        vae.check_data(x_train)
+    history = []
+    bar = tqdm(total=epochs * len(batches), desc=f"train[{estimator.name}]", disable=not progress,
+               unit="step", leave=False)
+    try:
+        for epoch in range(1, epochs + 1):
+            start, running = time.perf_counter(), 0.0
+            for step, x in enumerate(batches, 1):
+                optimizer.zero_grad()
+                loss = estimator.differentiable_loss(vae, x) / x.shape[0]
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"loss became {value} at epoch {epoch}, step {step} with estimator "
+                        f"{estimator.name!r}; parameters are left at the last finite step; "
+                        "try a smaller --lr"
+                    )
+                loss.backward()
+                optimizer.step()
+                running += value
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, neg_elbo=f"{value:.2f}")
+            seconds = time.perf_counter() - start
+            test = None
+            if x_test is not None:
+                test = evaluate(vae, eval_estimator or estimator, x_test)
+            history.append(EpochLog(epoch, running / len(batches), test, seconds))
+    finally:
+        bar.close()
+    return history
+
+
+def time_steps(vae, estimator: Estimator, x: torch.Tensor, steps: int = 20, warmup: int = 3) -> float:
+    """Milliseconds per training step (loss, backward, Adam) at this batch, after ``warmup`` steps
+    that absorb JIT compilation. Runs on a copy so the caller's model is not changed."""
+    vae = vae.clone()
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync()
+            start = time.perf_counter()
+        optimizer.zero_grad()
+        (estimator.differentiable_loss(vae, x) / x.shape[0]).backward()
+        optimizer.step()
+    sync()
+    return (time.perf_counter() - start) / steps * 1e3
