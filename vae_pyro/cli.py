@@ -73,6 +73,13 @@ def _estimator(text: str) -> str:
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the bad value and the allowed ones), not a usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _common(p: argparse.ArgumentParser, epochs: int) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--device", choices=DEVICES, default="auto",
@@ -97,12 +104,12 @@ def _common(p: argparse.ArgumentParser, epochs: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vae-pyro",
         description="The VAE's ELBO, visible and checkable: the hand-written BCE + KL loss and Pyro's "
                     "estimators, computed on the same model and proven to agree.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("compare", help="train briefly, then check every estimator against the analytic ELBO",
                        description="Train the VAE briefly, then for every estimator: -ELBO (mean ± s.e.), "

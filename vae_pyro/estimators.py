@@ -51,6 +51,10 @@ class Estimator:
     name = "estimator"
     description = ""
     jit = False
+    #: for a compiled estimator, the uncompiled one it must equal when both draw the same noise
+    twin: str | None = None
+    #: why the exact same-noise check does not apply (None: it does)
+    same_noise_skip: str | None = None
 
     def __init__(self, num_particles: int = 1):
         if num_particles < 1:
@@ -75,6 +79,7 @@ class Estimator:
 @register_estimator("analytic")
 class AnalyticEstimator(Estimator):
     description = "hand-written BCE + closed-form Gaussian KL"
+    same_noise_skip = "is the reference the others are compared with"
 
     def differentiable_loss(self, vae, x):
         return analytic_neg_elbo(vae, x, self.num_particles)
@@ -195,6 +200,7 @@ class TraceMeanFieldEstimator(PyroEstimator):
 
 @register_estimator("jit_trace")
 class JitTraceEstimator(PyroEstimator):
+    twin = "trace"
     description = "JitTrace_ELBO with its gradient fixed (vae_pyro's fix of pyro 1.9.2)"
     elbo_class = DetachedJitTrace_ELBO
     jit = True
@@ -202,6 +208,7 @@ class JitTraceEstimator(PyroEstimator):
 
 @register_estimator("jit_tmf")
 class JitTraceMeanFieldEstimator(PyroEstimator):
+    twin = "tmf"
     description = "JitTraceMeanField_ELBO compiled once (vae_pyro's fix of pyro 1.9.2)"
     elbo_class = CachedJitTraceMeanField_ELBO
     mean_field = True
@@ -210,6 +217,8 @@ class JitTraceMeanFieldEstimator(PyroEstimator):
 
 @register_estimator("jit_tmf_pyro")
 class PyroJitTraceMeanFieldEstimator(PyroEstimator):
+    same_noise_skip = ("re-traces on every call, and each trace draws extra random numbers, so no seed "
+                       "gives it the same noise as another estimator; checked statistically")
     description = "pyro.infer.JitTraceMeanField_ELBO as shipped (re-traces every call)"
     elbo_class = JitTraceMeanField_ELBO
     mean_field = True
@@ -218,6 +227,7 @@ class PyroJitTraceMeanFieldEstimator(PyroEstimator):
 
 @register_estimator("jit_trace_pyro")
 class PyroJitTraceEstimator(PyroEstimator):
+    twin = "trace"
     description = "pyro.infer.JitTrace_ELBO as shipped (differentiable_loss doubles the gradient)"
     elbo_class = JitTrace_ELBO
     jit = True

@@ -39,12 +39,16 @@ def compare_table(result: dict) -> str:
                "grad max|z|", "ms/step", "verdict"]
     rows = []
     for r in result["estimators"]:
+        same = fmt(r["same_noise_max_abs_diff"], ".1e")
+        same_check = next((c for c in r["checks"] if c["name"] == "same_noise"), None)
+        if same_check and same_check["verdict"] == "fail":
+            same += f" (grad rel {same_check['details'].get('grad_max_rel_diff', float('nan')):.1e})"
         rows.append([
             r["name"],
             f"{r['neg_elbo_mean']:.3f} ± {r['neg_elbo_se']:.3f}",
             "analytic" if r["kl"] == "analytic" else "Monte Carlo",
             fmt(r["z_vs_analytic"], "+.2f"),
-            fmt(r["same_noise_max_abs_diff"], ".1e"),
+            same,
             fmt(r["grad_agreement"], ".2f"),
             fmt(r["ms_per_step"], ".1f"),
             r["verdict"].upper(),

@@ -1,0 +1,41 @@
+"""Shared fixtures: real digits and a small VAE trained briefly on them, so checks run at a trained
+point (at random weights every estimator agrees trivially well)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vae_pyro.data import load_mnist5k, prepare
+from vae_pyro.estimators import build_estimator
+from vae_pyro.model import VAE
+from vae_pyro.train import seed_all, train
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="CUDA is not available on this machine")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_mnist5k()
+
+
+@pytest.fixture(scope="session")
+def binary_test(digits):
+    return prepare(digits.test_x, "static")
+
+
+@pytest.fixture(scope="session")
+def small_vae(digits):
+    """784-64-8 VAE, 2 epochs of the analytic loss on the 4,000 training digits (about a second)."""
+    generator = seed_all(0)
+    vae = VAE(hidden=(64,), z_dim=8)
+    train(vae, build_estimator("analytic"), prepare(digits.train_x, "static"), epochs=2, batch_size=100,
+          generator=generator, progress=False)
+    return vae
