@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"estimator to train with: {', '.join(estimator_names())} (default: analytic)")
     p.add_argument("--eval-estimator", type=_estimator, default=None,
                    help="estimator for the test -ELBO (default: the training estimator)")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="save model and optimizer here after every epoch (atomically; a NaN leaves the last good one)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --checkpoint up to --epochs (the model options must match it)")
 
     sub.add_parser("estimators", help="list the registered estimators")
     return parser
@@ -166,6 +170,8 @@ def cmd_train(args) -> int:
     from .model import VAE
     from .train import resolve_device, seed_all, train
 
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume needs --checkpoint PATH")
     device = resolve_device(args.device)
     generator = seed_all(args.seed)
     ds = load_dataset(args.dataset)
@@ -178,7 +184,7 @@ def cmd_train(args) -> int:
     eval_est = build_estimator(args.eval_estimator or args.estimator, args.particles)
     history = train(vae, est, x_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     dynamic=dynamic, x_test=x_test, eval_estimator=eval_est, generator=generator,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, checkpoint=args.checkpoint, resume=args.resume)
     rows = [[h.epoch, f"{h.train_neg_elbo:.2f}", f"{h.test_neg_elbo:.2f}", f"{h.seconds:.1f}"] for h in history]
     print(f"vae-pyro train: estimator {est.name}, {ds.name} ({args.binarization}), device {device}, "
           f"seed {args.seed}, {args.particles} particle(s)")

@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyro
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .data import Batches
 from .estimators import Estimator
 
@@ -66,19 +67,36 @@ def evaluate(vae, estimator: Estimator, x: torch.Tensor, batch_size: int = 1000)
 def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10, batch_size: int = 128,
           lr: float = 1e-3, dynamic: bool = False, x_test: torch.Tensor | None = None,
           eval_estimator: Estimator | None = None, generator: torch.Generator | None = None,
-          progress: bool = True, optimizer: torch.optim.Optimizer | None = None) -> list[EpochLog]:
+          progress: bool = True, optimizer: torch.optim.Optimizer | None = None,
+          checkpoint: str | None = None, resume: bool = False) -> list[EpochLog]:
     """Adam on ``estimator.differentiable_loss / batch``. ``dynamic=True``: ``x_train`` holds grey
     levels and every batch is a fresh Bernoulli draw. Raises :class:`TrainingError` on a NaN loss,
-    before the optimiser applies the bad step."""
+    before the optimiser applies the bad step.
+
+    ``checkpoint``: a path written (atomically) after every epoch; a NaN therefore leaves the last good
+    epoch's checkpoint intact. ``resume=True`` continues from it up to ``epochs`` (the returned history
+    includes the resumed epochs)."""
     optimizer = optimizer or torch.optim.Adam(vae.parameters(), lr=lr)
     batches = Batches(x_train, batch_size, dynamic=dynamic, generator=generator)
     if not dynamic:
         vae.check_data(x_train)
-    history = []
-    bar = tqdm(total=epochs * len(batches), desc=f"train[{estimator.name}]", disable=not progress,
+    history: list[EpochLog] = []
+    first_epoch = 1
+    if resume:
+        if checkpoint is None:
+            raise ValueError("resume needs a checkpoint path")
+        payload = load_checkpoint(checkpoint)
+        restore(payload, vae, optimizer, checkpoint)
+        history = [EpochLog(**h) for h in payload["history"]]
+        first_epoch = payload["epoch"] + 1
+        torch.set_rng_state(payload["torch_rng"])
+        if generator is not None and "generator" in payload["extra"]:
+            generator.set_state(payload["extra"]["generator"])
+    remaining = max(epochs - first_epoch + 1, 0)
+    bar = tqdm(total=remaining * len(batches), desc=f"train[{estimator.name}]", disable=not progress,
                unit="step", leave=False)
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(first_epoch, epochs + 1):
             start, running = time.perf_counter(), 0.0
             for step, x in enumerate(batches, 1):
                 optimizer.zero_grad()
@@ -100,6 +118,10 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
             if x_test is not None:
                 test = evaluate(vae, eval_estimator or estimator, x_test)
             history.append(EpochLog(epoch, running / len(batches), test, seconds))
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, vae=vae, optimizer=optimizer, epoch=epoch, estimator=estimator.name,
+                                history=[asdict(h) for h in history],
+                                extra={"generator": generator.get_state()} if generator is not None else None)
     finally:
         bar.close()
     return history
