@@ -2,6 +2,7 @@
 
     vae-pyro compare [--json PATH]          train briefly, run every check for every estimator
     vae-pyro train --estimator NAME         train with any estimator, report the test -ELBO
+    vae-pyro experiment --out DIR           one model per estimator: curves, plots, report
     vae-pyro estimators                     list the registered estimators
 
 Errors in the input (unknown names, bad numbers, missing files, non-binary data) end the program with
@@ -137,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from --checkpoint up to --epochs (the model options must match it)")
 
+    p = sub.add_parser("experiment", help="train one model per estimator; write metrics, plots and a report",
+                       description="Train one VAE per estimator from the same seed, log per-epoch train/test "
+                                   "-ELBO and wall time, and write metrics.json, metrics.csv, plots and report.md "
+                                   "into --out.")
+    _common(p, epochs=20)
+    p.set_defaults(binarization="dynamic")
+    p.add_argument("--out", default="runs/experiment", help="run folder (default: runs/experiment)")
+    p.add_argument("--estimators", type=_estimator_list, default=("analytic", "trace", "tmf"),
+                   help="comma-separated estimators to train with (default: analytic,trace,tmf)")
+    p.add_argument("--variance-draws", type=_positive_int, default=50,
+                   help="draws per estimator for the variance plot (default: 50)")
+
     sub.add_parser("estimators", help="list the registered estimators")
     return parser
 
@@ -204,6 +217,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    from .experiment import ExperimentConfig, experiment_table, run_experiment
+
+    cfg = ExperimentConfig(
+        out=args.out, estimators=args.estimators, dataset=args.dataset, binarization=args.binarization,
+        device=args.device, seed=args.seed, epochs=max(args.epochs, 1), batch_size=args.batch_size, lr=args.lr,
+        particles=args.particles, variance_draws=max(args.variance_draws, 2), model=_model_config(args),
+        progress=not args.no_progress,
+    )
+    result = run_experiment(cfg)
+    print(experiment_table(result))
+    print(f"wrote {args.out}/report.md, metrics.json, metrics.csv and {len(result['plots'])} plots")
+    if args.json:
+        from .report import write_json
+
+        write_json(args.json, result)
+    return 0
+
+
 def cmd_estimators(args) -> int:
     rows = [[name, ESTIMATORS[name].description, "yes" if name in DEFAULT_ESTIMATORS else "no"]
             for name in estimator_names()]
@@ -211,7 +243,8 @@ def cmd_estimators(args) -> int:
     return 0
 
 
-COMMANDS = {"compare": cmd_compare, "train": cmd_train, "estimators": cmd_estimators}
+COMMANDS = {"compare": cmd_compare, "train": cmd_train, "experiment": cmd_experiment,
+            "estimators": cmd_estimators}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
