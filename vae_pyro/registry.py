@@ -44,3 +44,42 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return list(self._entries)
+
+
+class Option:
+    """One declared option of a registered class (a prior's ``components``, a likelihood's ``scale``):
+    its type, default and lower bound, so a spec file is validated against the class itself and
+    ``vae-pyro spec show`` can print every option with its value.
+
+    ``low`` is inclusive for ints and exclusive for floats (a scale must be > 0, a count >= 1)."""
+
+    def __init__(self, type_: type, default, low=None, help: str = ""):
+        self.type, self.default, self.low, self.help = type_, default, low, help
+
+    def check(self, where: str, value):
+        """``value`` converted to the option's type, or ``ValueError`` naming ``where`` and the rule."""
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # TOML writes 2 for 2.0; an int is an exact float here
+        if not isinstance(value, self.type) or isinstance(value, bool) and self.type is not bool:
+            raise ValueError(f"{where} must be {_type_name(self.type)}, got {value!r} ({_type_name(type(value))})")
+        if self.low is not None:
+            bad = value < self.low if self.type is int else not value > self.low
+            if bad:
+                rule = f">= {self.low}" if self.type is int else f"> {self.low:g}"
+                raise ValueError(f"{where} must be {rule}, got {value!r}")
+        return value
+
+
+def _type_name(t: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            list: "a list", dict: "a table"}.get(t, t.__name__)
+
+
+def resolve_options(kind: str, name: str, declared: dict[str, Option], given: dict) -> dict:
+    """``given`` checked against ``declared`` and completed with the defaults. Unknown keys and wrong
+    types raise ``ValueError`` with one line that names the key and the allowed ones."""
+    unknown = [k for k in given if k not in declared]
+    if unknown:
+        allowed = ", ".join(declared) if declared else "none (it takes no options)"
+        raise ValueError(f"unknown option {unknown[0]!r} for {kind} {name!r}; allowed: {allowed}")
+    return {k: opt.check(f"{kind}.{k}", given.get(k, opt.default)) for k, opt in declared.items()}
