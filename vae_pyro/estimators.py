@@ -106,7 +106,7 @@ class Estimator:
 
 @register_estimator("analytic")
 class AnalyticEstimator(Estimator):
-    description = "hand-written BCE + closed-form Gaussian KL"
+    description = "hand-written log-likelihood (BCE for Bernoulli) + closed-form KL; refuses without one"
     same_noise_skip = "is the reference the others are compared with"
 
     def differentiable_loss(self, vae, x):
@@ -119,8 +119,8 @@ class AnalyticEstimator(Estimator):
         why_not = closed_form_kl_reason(vae)
         if why_not:
             return Validity(INVALID, why_not)
-        return Validity(EXACT_KL, f"closed-form KL(Normal || {vae.prior.name}) and the hand-written "
-                                  f"{vae.likelihood.name} log-likelihood")
+        return Validity(EXACT_KL, f"closed-form KL(Normal || {vae.prior.name}) plus the likelihood's "
+                                  "hand-written log-density")
 
 
 def mean_field_kl_kind(vae) -> str:

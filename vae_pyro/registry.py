@@ -53,15 +53,30 @@ class Option:
 
     ``low`` is inclusive for ints and exclusive for floats (a scale must be > 0, a count >= 1)."""
 
-    def __init__(self, type_: type, default, low=None, help: str = ""):
+    def __init__(self, type_: type, default, low=None, help: str = "", choices=None, item: type | None = None):
         self.type, self.default, self.low, self.help = type_, default, low, help
+        #: allowed values (a str option), or a callable returning them (a registry's names)
+        self.choices = choices
+        #: element type of a list option
+        self.item = item
+
+    def allowed(self) -> list | None:
+        return list(self.choices() if callable(self.choices) else self.choices) if self.choices else None
 
     def check(self, where: str, value):
         """``value`` converted to the option's type, or ``ValueError`` naming ``where`` and the rule."""
+        if self.type is list:
+            if not isinstance(value, list):
+                raise ValueError(f"{where} must be a list, got {value!r} ({_type_name(type(value))})")
+            inner = Option(self.item or str, None, self.low, choices=self.choices)
+            return [inner.check(f"{where}[{i}]", v) for i, v in enumerate(value)]
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # TOML writes 2 for 2.0; an int is an exact float here
         if not isinstance(value, self.type) or isinstance(value, bool) and self.type is not bool:
             raise ValueError(f"{where} must be {_type_name(self.type)}, got {value!r} ({_type_name(type(value))})")
+        allowed = self.allowed()
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"{where}: unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
         if self.low is not None:
             bad = value < self.low if self.type is int else not value > self.low
             if bad:
