@@ -242,12 +242,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if section not in SECTIONS or section == "description":
             raise SpecError(f"--set {text!r}: unknown section {section!r}; allowed: "
                             f"{', '.join(s for s in SECTIONS if s != 'description')}")
-        table = raw.setdefault(section, {})
+        # a prior/likelihood the spec leaves out is the default one, whose options --set may change
+        table = raw.setdefault(section, {"name": COMPONENTS[section][1]} if section in COMPONENTS else {})
         if not isinstance(table, dict):
             raise SpecError(f"--set {text!r}: [{section}] is not a table in the spec")
-        if key == "name" and section in COMPONENTS and table.get("name") != value:
-            # a different prior/likelihood: the old one's options need not apply to it
-            table.clear()
+        # --set prior.name=X keeps the other keys (they must then suit X: a clear error if not);
+        # --prior X is the way to switch to X with X's own defaults
         table[key] = value
     return raw
 
