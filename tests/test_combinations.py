@@ -43,17 +43,6 @@ Z_SWEEP = 5.6
 SMALL_PRIOR_OPTIONS = {"mog": {"components": 3}, "vamp": {"components": 5}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny (784-16-3): with two threads on a shared 2-core machine, thread
-    hand-offs cost more than the arithmetic (measured 6-8x slower per step under load), so run
-    single-threaded here and restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data_by_likelihood(digits):
     out = {}
