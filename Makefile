@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv compare test test-fast test-slow clean
+.PHONY: venv compare test test-fast test-slow validity-docs clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ test-fast: venv
 
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow
+
+# docs/validity.md, generated from the code (tests/test_validity.py fails when it is stale).
+validity-docs: venv
+	$(BIN)/python scripts/validity_matrix.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info

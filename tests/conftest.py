@@ -21,6 +21,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The test models are small (784-16..64-3..8): with torch's default two threads on a shared
+    2-core machine, thread hand-offs cost more than the arithmetic (measured: a small compare took
+    50 s with 2 threads and 6.5 s with 1 while other processes ran), so tests run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def digits():
     return load_mnist5k()

@@ -247,11 +247,14 @@ def test_analytic_neg_elbo_gradients_flow(vae_and_x):
 
 
 def test_closed_form_kl_refuses_other_priors(vae_and_x):
+    """Dispatch is on the prior *object*: a prior swapped in (here a mixture) is refused, by name."""
+    from vae_pyro.priors import build_prior
+
     vae, x = vae_and_x
     mu, logvar = vae.encoder(x)
     torch.testing.assert_close(closed_form_kl(vae, mu, logvar), gaussian_kl_to_standard_normal(mu, logvar))
-    vae.config.prior = "something_else"
-    with pytest.raises(NotImplementedError, match="something_else"):
+    vae.prior = build_prior("mog", vae.config.z_dim, components=3).to(F64)
+    with pytest.raises(NotImplementedError, match="no closed-form KL for prior 'mog'"):
         closed_form_kl(vae, mu, logvar)
     with pytest.raises(NotImplementedError, match="closed-form KL"):
         analytic_neg_elbo(vae, x)

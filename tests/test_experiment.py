@@ -17,7 +17,7 @@ from vae_pyro.model import VAEConfig
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("exp")
     cfg = ExperimentConfig(out=str(out), estimators=("analytic", "tmf", "trace"), epochs=2, variance_draws=6,
-                           binarization="static", model=VAEConfig(hidden=(64,), z_dim=2), progress=False)
+                           binarization="static", transform="unit", model=VAEConfig(hidden=(64,), z_dim=2), progress=False)
     return out, run_experiment(cfg)
 
 

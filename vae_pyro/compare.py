@@ -3,8 +3,12 @@ weights), then run every check for every estimator and collect one record per es
 
 The result is the stable JSON interface documented in the README: top-level ``device``, ``dataset``,
 ``seed``, ``particles``, ``torch_version``, ``pyro_version`` ... and ``estimators``, one object each
-with ``name``, ``neg_elbo_mean``, ``neg_elbo_se``, ``kl``, ``z_vs_analytic``,
-``same_noise_max_abs_diff``, ``grad_agreement``, ``ms_per_step``, ``verdict`` and ``checks``.
+with ``name``, ``neg_elbo_mean``, ``neg_elbo_se``, ``kl``, ``validity`` (``kind``: exact_kl,
+monte_carlo_kl or invalid, and ``reason``), ``z_vs_reference``, ``z_vs_analytic`` (the same number when
+the reference is the analytic loss, else null), ``same_noise_max_abs_diff``, ``grad_agreement``,
+``ms_per_step``, ``verdict`` and ``checks``. An invalid estimator (``analytic`` for a prior without a
+closed-form KL) is not run: its checks have verdict "skip" and the reason. Top-level ``reference``
+says which estimator the statistical checks compare with and why, and ``spec`` the spec it came from.
 """
 
 from __future__ import annotations
@@ -18,18 +22,19 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checks
-from .data import load_dataset, prepare
-from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, build_estimator
+from .data import load_dataset, prepare, resolve_data
+from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, build_estimator, validity
 from .model import VAE, VAEConfig
 from .train import evaluate, resolve_device, seed_all, time_steps, train
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass
 class CompareConfig:
     dataset: str = "mnist5k"
-    binarization: str = "static"
+    binarization: str = "auto"
+    transform: str = "auto"
     device: str = "auto"
     seed: int = 0
     epochs: int = 10
@@ -44,6 +49,22 @@ class CompareConfig:
     train_estimator: str = "analytic"
     model: VAEConfig = field(default_factory=VAEConfig)
     progress: bool = True
+    kl_anneal_epochs: int = 0
+    reference_particles: int = 8   # particles of the tmf reference where analytic is invalid
+    z_tol: float = checks.Z_TOL
+    same_noise_tol: float = checks.SAME_NOISE_TOL
+    spec: str = "defaults"
+
+    @classmethod
+    def from_spec(cls, spec, progress: bool = True) -> "CompareConfig":
+        t, c = spec.training, spec.checks
+        return cls(dataset=spec.data.dataset, binarization=spec.data.binarization, transform=spec.data.transform,
+                   device=t.device, seed=t.seed, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                   particles=c.particles, draws=c.draws, grad_draws=c.grad_draws, grad_batch=c.grad_batch,
+                   timing_steps=c.timing_steps, estimators=tuple(c.estimators), train_estimator=t.estimator,
+                   model=spec.model_config(), progress=progress, kl_anneal_epochs=t.kl_anneal_epochs,
+                   reference_particles=c.reference_particles, z_tol=c.z_tol, same_noise_tol=c.same_noise_tol,
+                   spec=spec.source)
 
     def validate(self) -> None:
         for name in (*self.estimators, self.train_estimator):
@@ -62,54 +83,80 @@ def _verdict(results: list[checks.CheckResult]) -> str:
     return checks.PASS if checks.PASS in verdicts else checks.SKIP
 
 
+def _skipped(name: str, reason: str) -> list[checks.CheckResult]:
+    return [checks.CheckResult(check, name, None, None, checks.SKIP, details={"reason": reason})
+            for check in ("monte_carlo", "same_noise", "gradient", "device")]
+
+
 def run_comparison(cfg: CompareConfig) -> dict:
     cfg.validate()
     device = resolve_device(cfg.device)
     generator = seed_all(cfg.seed)
     started = time.perf_counter()
 
-    ds = load_dataset(cfg.dataset)
-    dynamic = cfg.binarization == "dynamic"
-    x_train = prepare(ds.train_x, cfg.binarization).to(device)
-    # Checks need one fixed data set: a dynamic run is checked on a static binarization of the test set.
-    x_test = prepare(ds.test_x, "static" if dynamic else cfg.binarization).to(device)
-
     vae = VAE(cfg.model).to(device)
+    binarization, transform = resolve_data(cfg.binarization, cfg.transform, vae.likelihood.data_kind)
+    train_validity = validity(cfg.train_estimator, vae)
+    if not train_validity.valid:
+        raise ValueError(f"cannot train with estimator {cfg.train_estimator!r}: {train_validity.reason}")
+    ds = load_dataset(cfg.dataset)
+    dynamic = binarization == "dynamic"
+    x_train = prepare(ds.train_x, binarization, transform).to(device)
+    # Checks need one fixed data set: a dynamic run is checked on a static binarization of the test set.
+    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
     vae.check_data(x_test)
+
     history = train(vae, build_estimator(cfg.train_estimator, cfg.particles), x_train, epochs=cfg.epochs,
                     batch_size=cfg.batch_size, lr=cfg.lr, dynamic=dynamic, generator=generator,
-                    progress=cfg.progress)
-    trained_test = evaluate(vae, build_estimator("analytic", cfg.particles), x_test) if cfg.epochs else None
+                    progress=cfg.progress, kl_anneal_epochs=cfg.kl_anneal_epochs)
+    ref = checks.reference_for(vae, cfg.particles, cfg.reference_particles)
+    ref_est = build_estimator(ref.estimator, ref.particles)
+    trained_test = evaluate(vae, ref_est, x_test) if cfg.epochs else None
 
     x_grad = x_test[:cfg.grad_batch]
     x_time = x_train[:cfg.batch_size] if not dynamic else torch.bernoulli(x_train[:cfg.batch_size])
     per_estimator = cfg.draws + cfg.grad_draws
     bar = tqdm(total=per_estimator * (len(cfg.estimators) + 1), desc="checks", unit="draw",
                disable=not cfg.progress, leave=False)
-    ref_est = build_estimator("analytic", cfg.particles)
-    ref_mc = checks.MCStats.of("analytic", checks.loss_draws(ref_est, vae, x_test, cfg.draws, bar), cfg.particles)
-    directions = checks.gradient_directions(vae, x_grad, seed=cfg.seed)
+    ref_mc = checks.MCStats.of(ref.estimator, checks.loss_draws(ref_est, vae, x_test, cfg.draws, bar), ref.particles)
+    directions = checks.gradient_directions(vae, x_grad, seed=cfg.seed, reference=ref.estimator)
     ref_grad = checks.gradient_draws(ref_est, vae, x_grad, cfg.grad_draws, directions, bar)
 
     records = []
     for name in cfg.estimators:
         bar.set_postfix(estimator=name)
         est = build_estimator(name, cfg.particles)
+        valid = est.validity(vae)
+        if not valid.valid:
+            results = _skipped(name, f"{name} is invalid here: {valid.reason}")
+            bar.update(per_estimator)
+            records.append({
+                "name": name, "description": est.description, "neg_elbo_mean": None, "neg_elbo_se": None,
+                "kl": est.kl_kind(vae), "validity": valid.to_dict(), "z_vs_reference": None,
+                "z_vs_analytic": None, "same_noise_max_abs_diff": None, "grad_agreement": None,
+                "grad_max_rel_err": None, "ms_per_step": None, "verdict": checks.SKIP,
+                "checks": [r.to_dict() for r in results],
+            })
+            continue
         mc = checks.MCStats.of(name, checks.loss_draws(est, vae, x_test, cfg.draws, bar), cfg.particles)
         results = [
-            checks.monte_carlo_check(mc, ref_mc),
-            checks.same_noise_check(vae, x_test, name, cfg.particles),
-            checks.gradient_check(checks.gradient_draws(est, vae, x_grad, cfg.grad_draws, directions, bar), ref_grad),
-            checks.device_check(vae, x_test, name, max(cfg.draws // 2, 2), cfg.particles),
+            checks.monte_carlo_check(mc, ref_mc, cfg.z_tol),
+            checks.same_noise_check(vae, x_test, name, cfg.particles, tol=cfg.same_noise_tol),
+            checks.gradient_check(checks.gradient_draws(est, vae, x_grad, cfg.grad_draws, directions, bar),
+                                  ref_grad, cfg.z_tol),
+            checks.device_check(vae, x_test, name, max(cfg.draws // 2, 2), cfg.particles, cfg.z_tol),
         ]
         by_name = {r.name: r for r in results}
+        z = by_name["monte_carlo"].value
         records.append({
             "name": name,
             "description": est.description,
             "neg_elbo_mean": mc.mean,
             "neg_elbo_se": mc.se,
             "kl": est.kl_kind(vae),
-            "z_vs_analytic": by_name["monte_carlo"].value,
+            "validity": valid.to_dict(),
+            "z_vs_reference": z,
+            "z_vs_analytic": z if ref.estimator == "analytic" else None,
             "same_noise_max_abs_diff": by_name["same_noise"].value,
             "grad_agreement": by_name["gradient"].value,
             "grad_max_rel_err": by_name["gradient"].details["max_rel_err"],
@@ -122,10 +169,12 @@ def run_comparison(cfg: CompareConfig) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "command": "compare",
+        "spec": cfg.spec,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "dataset": ds.name,
-        "binarization": cfg.binarization,
+        "binarization": binarization,
+        "transform": transform,
         "seed": cfg.seed,
         "particles": cfg.particles,
         "draws": cfg.draws,
@@ -135,12 +184,14 @@ def run_comparison(cfg: CompareConfig) -> dict:
         "torch_version": torch.__version__,
         "pyro_version": pyro.__version__,
         "model": cfg.model.to_dict(),
+        "kl_weight": cfg.model.kl_weight,
         "training": {
             "estimator": cfg.train_estimator, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-            "lr": cfg.lr, "history": [asdict(h) for h in history], "test_neg_elbo": trained_test,
+            "lr": cfg.lr, "kl_anneal_epochs": cfg.kl_anneal_epochs,
+            "history": [asdict(h) for h in history], "test_neg_elbo": trained_test,
         },
-        "reference": {"estimator": "analytic", "neg_elbo_mean": ref_mc.mean, "neg_elbo_se": ref_mc.se},
-        "tolerances": {"z": checks.Z_TOL, "same_noise": checks.SAME_NOISE_TOL, "grad_z": checks.Z_TOL},
+        "reference": {**ref.to_dict(), "neg_elbo_mean": ref_mc.mean, "neg_elbo_se": ref_mc.se},
+        "tolerances": {"z": cfg.z_tol, "same_noise": cfg.same_noise_tol, "grad_z": cfg.z_tol},
         "estimators": records,
         "verdict": _verdict([checks.CheckResult("", r["name"], None, None, r["verdict"]) for r in records]),
         "seconds": time.perf_counter() - started,

@@ -18,6 +18,15 @@ Binarization (why: the Bernoulli likelihood needs x in {0, 1}):
   data augmentation and gives slightly better test likelihoods than static binarization.
 * ``threshold``: pixel > 127, deterministic; offered because many tutorials use it.
 * ``none``: grey levels in [0, 1] (for likelihoods that take them).
+* ``auto``: ``static`` for a likelihood of binary pixels, ``none`` for every other.
+
+Transforms (why: each likelihood has a support, and the data must lie in it; see ``DATA_KINDS``):
+
+* ``unit``: the binarized pixels, or the grey levels intensity/255 in [0, 1].
+* ``open_unit``: grey levels clamped into [eps, 1 - eps], eps = 0.5/255 (half a grey level), because
+  a Beta density is 0 or infinite at exactly 0 and 1 and MNIST is mostly exact 0s.
+* ``counts``: the raw intensities 0..255 as numbers (for a Binomial(255, p) likelihood).
+* ``auto``: the one the likelihood's ``data_kind`` asks for.
 """
 
 from __future__ import annotations
@@ -33,6 +42,18 @@ import numpy as np
 import torch
 
 BINARIZATIONS = ("static", "dynamic", "threshold", "none")
+#: what a spec or the command line may name: ``auto`` resolves to one of BINARIZATIONS
+BINARIZATION_CHOICES = ("auto", *BINARIZATIONS)
+TRANSFORMS = ("auto", "unit", "open_unit", "counts")
+#: what each likelihood may declare as its ``data_kind``, and the transform that produces it
+DATA_KINDS = {
+    "binary": "unit",               # x in {0, 1}
+    "unit_interval": "unit",        # x in [0, 1]
+    "open_unit_interval": "open_unit",  # x in (0, 1)
+    "counts": "counts",             # x in {0, 1, ..., 255}
+}
+OPEN_UNIT_EPS = 0.5 / 255
+MAX_COUNT = 255
 STATIC_BINARIZATION_SEED = 0
 SPLIT_SEED = 0
 IDX_FILES = {
@@ -193,16 +214,50 @@ def static_binarize(x_uint8: torch.Tensor, seed: int = STATIC_BINARIZATION_SEED)
     return torch.bernoulli(probs, generator=gen).to(x_uint8.device)
 
 
-def prepare(x_uint8: torch.Tensor, binarization: str) -> torch.Tensor:
-    """The float tensor a model sees for ``binarization``; for ``dynamic`` these are the grey levels
-    in [0, 1], to be redrawn by :class:`Batches` each time they are served."""
+def resolve_data(binarization: str, transform: str, data_kind: str) -> tuple[str, str]:
+    """``(binarization, transform)`` with ``auto`` replaced by what ``data_kind`` needs; raises
+    :class:`DataError` for unknown names and for combinations no likelihood could use."""
+    if binarization not in BINARIZATION_CHOICES:
+        raise DataError(f"unknown binarization {binarization!r}; allowed: {', '.join(BINARIZATION_CHOICES)}")
+    if transform not in TRANSFORMS:
+        raise DataError(f"unknown transform {transform!r}; allowed: {', '.join(TRANSFORMS)}")
+    if data_kind not in DATA_KINDS:
+        raise DataError(f"unknown data kind {data_kind!r}; allowed: {', '.join(DATA_KINDS)}")
+    if binarization == "auto":
+        binarization = "static" if data_kind == "binary" else "none"
+    if transform == "auto":
+        transform = DATA_KINDS[data_kind]
+    if transform == "counts" and binarization != "none":
+        raise DataError(f"transform 'counts' takes the raw intensities 0..255, so binarization must be "
+                        f"'none' or 'auto', got {binarization!r}")
+    return binarization, transform
+
+
+def prepare(x_uint8: torch.Tensor, binarization: str, transform: str = "unit") -> torch.Tensor:
+    """The float tensor a model sees for ``binarization`` and ``transform`` (``auto`` must have been
+    resolved by :func:`resolve_data`); for ``dynamic`` these are the grey levels in [0, 1], to be
+    redrawn by :class:`Batches` each time they are served."""
     if binarization not in BINARIZATIONS:
         raise DataError(f"unknown binarization {binarization!r}; allowed: {', '.join(BINARIZATIONS)}")
+    if transform not in TRANSFORMS or transform == "auto":
+        allowed = ", ".join(t for t in TRANSFORMS if t != "auto")
+        raise DataError(f"unknown transform {transform!r}; allowed: {allowed}")
+    if transform == "counts":
+        if binarization != "none":
+            raise DataError(f"transform 'counts' needs binarization 'none', got {binarization!r}")
+        return x_uint8.float()
     if binarization == "static":
-        return static_binarize(x_uint8)
-    if binarization == "threshold":
-        return (x_uint8 > 127).float()
-    return x_uint8.float() / 255.0
+        x = static_binarize(x_uint8)
+    elif binarization == "threshold":
+        x = (x_uint8 > 127).float()
+    else:
+        x = x_uint8.float() / 255.0
+    if transform == "open_unit":
+        if binarization == "dynamic":
+            raise DataError("transform 'open_unit' cannot follow dynamic binarization (each batch would be "
+                            "0/1 again); use binarization 'none'")
+        x = x.clamp(OPEN_UNIT_EPS, 1 - OPEN_UNIT_EPS)
+    return x
 
 
 def check_binary(x: torch.Tensor, what: str = "data") -> None:
@@ -214,6 +269,31 @@ def check_binary(x: torch.Tensor, what: str = "data") -> None:
             f"{what} is not binary (found value {value:g}); the Bernoulli likelihood takes 0/1 pixels: "
             f"use --binarization static|dynamic|threshold"
         )
+
+
+def _first_bad(x: torch.Tensor, bad: torch.Tensor) -> float:
+    return x[bad].flatten()[0].item()
+
+
+def check_unit_interval(x: torch.Tensor, what: str) -> None:
+    bad = ~((x >= 0) & (x <= 1))
+    if bool(bad.any()):
+        raise DataError(f"{what} must lie in [0, 1] (found value {_first_bad(x, bad):g}); "
+                        "use transform 'unit' or 'auto' (--transform, or data.transform in a spec)")
+
+
+def check_open_unit_interval(x: torch.Tensor, what: str) -> None:
+    bad = ~((x > 0) & (x < 1))
+    if bool(bad.any()):
+        raise DataError(f"{what} must lie strictly inside (0, 1) (found value {_first_bad(x, bad):g}); "
+                        "use transform 'open_unit' or 'auto' (--transform, or data.transform in a spec)")
+
+
+def check_counts(x: torch.Tensor, what: str, total: int = MAX_COUNT) -> None:
+    bad = ~((x >= 0) & (x <= total) & (x == x.round()))
+    if bool(bad.any()):
+        raise DataError(f"{what} must be integer counts 0..{total} (found value {_first_bad(x, bad):g}); "
+                        "use transform 'counts' or 'auto' with binarization 'none' or 'auto'")
 
 
 class Batches:

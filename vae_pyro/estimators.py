@@ -18,7 +18,13 @@ name               what                                       KL term
 Each estimator's ``differentiable_loss(vae, x)`` is an unbiased estimate of -sum_i ELBO(x_i) over the
 batch (Pyro's convention: summed over the ``data`` plate, averaged over particles) whose gradient is an
 unbiased estimate of the gradient; divide by the batch size for nats per example. ``num_particles``
-samples are drawn in one vectorised pass.
+samples are drawn in one vectorised pass. With a KL weight beta (``vae.kl_weight``) every estimator
+computes the same beta-ELBO (see :mod:`vae_pyro.model` for how, and why both z sites are scaled).
+
+**Validity.** Which of them stays exact depends on the prior (:func:`validity`): ``analytic`` needs a
+closed-form KL and is *invalid* without one (it refuses); ``trace`` and its JIT twins always use a
+Monte Carlo KL; ``tmf`` and its twins use torch's registered KL where there is one and silently fall
+back to the Monte Carlo KL where there is none, which ``validity`` reports instead of hiding.
 """
 
 from __future__ import annotations
@@ -36,13 +42,32 @@ from pyro.infer import (
 from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
 
-from .analytic import analytic_neg_elbo
+from dataclasses import asdict, dataclass
+
+from .analytic import analytic_neg_elbo, closed_form_kl_reason
 from .registry import Registry
 
 ESTIMATORS: Registry[type["Estimator"]] = Registry("estimator")
 register_estimator = ESTIMATORS.register
 
-ANALYTIC, MONTE_CARLO = "analytic", "monte_carlo"
+ANALYTIC, MONTE_CARLO, NO_KL = "analytic", "monte_carlo", "none"
+#: validity kinds: the KL term is exact, is sampled, or the estimator does not apply
+EXACT_KL, MONTE_CARLO_KL, INVALID = "exact_kl", "monte_carlo_kl", "invalid"
+
+
+@dataclass
+class Validity:
+    """Whether an estimator computes this VAE's (beta-)ELBO, and how it gets the KL term."""
+
+    kind: str      # EXACT_KL, MONTE_CARLO_KL or INVALID
+    reason: str
+
+    @property
+    def valid(self) -> bool:
+        return self.kind != INVALID
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class Estimator:
@@ -72,20 +97,30 @@ class Estimator:
     def kl_kind(self, vae) -> str:
         raise NotImplementedError
 
+    def validity(self, vae) -> Validity:
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_particles={self.num_particles})"
 
 
 @register_estimator("analytic")
 class AnalyticEstimator(Estimator):
-    description = "hand-written BCE + closed-form Gaussian KL"
+    description = "hand-written log-likelihood (BCE for Bernoulli) + closed-form KL; refuses without one"
     same_noise_skip = "is the reference the others are compared with"
 
     def differentiable_loss(self, vae, x):
         return analytic_neg_elbo(vae, x, self.num_particles)
 
     def kl_kind(self, vae):
-        return ANALYTIC
+        return NO_KL if closed_form_kl_reason(vae) else ANALYTIC
+
+    def validity(self, vae):
+        why_not = closed_form_kl_reason(vae)
+        if why_not:
+            return Validity(INVALID, why_not)
+        return Validity(EXACT_KL, f"closed-form KL(Normal || {vae.prior.name}) plus the likelihood's "
+                                  "hand-written log-density")
 
 
 def mean_field_kl_kind(vae) -> str:
@@ -101,6 +136,13 @@ def mean_field_kl_kind(vae) -> str:
     except NotImplementedError:
         return MONTE_CARLO
     return ANALYTIC
+
+
+def _dist_name(d) -> str:
+    """``Independent(Normal)`` -> ``Normal``: the name of the family torch dispatches KL on."""
+    while hasattr(d, "base_dist"):
+        d = d.base_dist
+    return type(d).__name__
 
 
 class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
@@ -146,6 +188,8 @@ class PyroEstimator(Estimator):
 
     elbo_class: type = Trace_ELBO
     mean_field = False
+    #: a known defect that the checks expose, appended to the validity reason
+    caveat: str | None = None
 
     def __init__(self, num_particles: int = 1):
         super().__init__(num_particles)
@@ -173,16 +217,35 @@ class PyroEstimator(Estimator):
 
     def differentiable_loss(self, vae, x):
         elbo, model, guide = self.elbo_for(vae, x)
-        return elbo.differentiable_loss(model, guide, x)
+        # beta as a tensor for a compiled model (a graph input, so annealing reaches it), as a float
+        # otherwise (a float 1.0 lets Pyro skip the multiplication: bit-identical to no scale at all).
+        beta = vae.kl_weight_arg(x) if self.jit else vae.kl_weight
+        return elbo.differentiable_loss(model, guide, x, beta)
 
     def loss(self, vae, x):
         # Pyro's own ``loss`` (never compiled), so evaluation does not trigger a JIT trace.
         elbo, model, guide = self.elbo_for(vae, x)
         with torch.no_grad():
-            return float(elbo.loss(model, guide, x))
+            return float(elbo.loss(model, guide, x, vae.kl_weight))
 
     def kl_kind(self, vae):
         return mean_field_kl_kind(vae) if self.mean_field else MONTE_CARLO
+
+    def validity(self, vae):
+        v = self._validity(vae)
+        if self.caveat:
+            v.reason += f" ({self.caveat})"
+        return v
+
+    def _validity(self, vae):
+        if not self.mean_field:
+            return Validity(MONTE_CARLO_KL, "Trace_ELBO estimates the KL by log q(z|x) - log p(z) at the "
+                                            "sampled z, for any prior")
+        p_name = _dist_name(vae.prior.dist((1,)))
+        if mean_field_kl_kind(vae) == ANALYTIC:
+            return Validity(EXACT_KL, f"torch registers KL(Normal || {p_name}); TraceMeanField_ELBO uses it")
+        return Validity(MONTE_CARLO_KL, f"torch registers no KL(Normal || {p_name}): TraceMeanField_ELBO "
+                                        "silently falls back to log q(z|x) - log p(z) at the sampled z")
 
 
 @register_estimator("trace")
@@ -229,6 +292,7 @@ class PyroJitTraceMeanFieldEstimator(PyroEstimator):
 class PyroJitTraceEstimator(PyroEstimator):
     twin = "trace"
     description = "pyro.infer.JitTrace_ELBO as shipped (differentiable_loss doubles the gradient)"
+    caveat = "but pyro 1.9.2's differentiable_loss doubles its gradient: the gradient check fails"
     elbo_class = JitTrace_ELBO
     jit = True
 
@@ -240,6 +304,15 @@ DEFAULT_ESTIMATORS = ("analytic", "trace", "tmf", "jit_trace", "jit_tmf", "jit_t
 
 def build_estimator(name: str, num_particles: int = 1) -> Estimator:
     return ESTIMATORS[name](num_particles=num_particles)
+
+
+def validity(name: str, vae) -> Validity:
+    """:class:`Validity` of estimator ``name`` for this VAE (its prior and likelihood)."""
+    return ESTIMATORS[name]().validity(vae)
+
+
+def validity_table(vae, names=None) -> dict[str, Validity]:
+    return {name: validity(name, vae) for name in (names or estimator_names())}
 
 
 def estimator_names() -> list[str]:

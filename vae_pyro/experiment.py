@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checks, plots
-from .data import load_dataset, prepare
+from .data import load_dataset, prepare, resolve_data
 from .estimators import ESTIMATORS, build_estimator
 from .model import VAE, VAEConfig
 from .report import atomic_write_text, fmt, table, write_json
@@ -38,7 +38,10 @@ class ExperimentConfig:
     out: str = "runs/experiment"
     estimators: tuple[str, ...] = DEFAULT_EXPERIMENT_ESTIMATORS
     dataset: str = "mnist5k"
-    binarization: str = "dynamic"
+    #: ``auto``: what the likelihood takes, except that binary data is binarized *dynamically* here
+    #: (training for many epochs is where Burda et al.'s fresh draws pay off)
+    binarization: str = "auto"
+    transform: str = "auto"
     device: str = "auto"
     seed: int = 0
     epochs: int = 20
@@ -46,8 +49,28 @@ class ExperimentConfig:
     lr: float = 1e-3
     particles: int = 1
     variance_draws: int = 50
+    kl_anneal_epochs: int = 0
     model: VAEConfig = field(default_factory=VAEConfig)
     progress: bool = True
+
+    @classmethod
+    def from_spec(cls, spec, out: str, estimators=None, variance_draws: int = 50,
+                  progress: bool = True) -> "ExperimentConfig":
+        t = spec.training
+        return cls(out=out, estimators=tuple(estimators or DEFAULT_EXPERIMENT_ESTIMATORS),
+                   dataset=spec.data.dataset, binarization=spec.data.binarization, transform=spec.data.transform,
+                   device=t.device, seed=t.seed, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                   particles=spec.checks.particles, variance_draws=variance_draws,
+                   kl_anneal_epochs=t.kl_anneal_epochs, model=spec.model_config(), progress=progress)
+
+    def resolved_data(self) -> tuple[str, str]:
+        from .likelihoods import LIKELIHOODS
+
+        binarization, transform = resolve_data(self.binarization, self.transform,
+                                               LIKELIHOODS[self.model.likelihood].data_kind)
+        if self.binarization == "auto" and binarization == "static":
+            binarization = "dynamic"
+        return binarization, transform
 
     def validate(self) -> None:
         for name in self.estimators:
@@ -59,16 +82,20 @@ class ExperimentConfig:
                 raise ValueError(f"{key} must be >= {2 if key == 'variance_draws' else 1}, got {getattr(self, key)}")
 
 
-def _train_one(name: str, cfg: ExperimentConfig, x_train, x_test, device, out: Path) -> tuple[VAE, dict]:
+def _train_one(name: str, cfg: ExperimentConfig, x_train, x_test, dynamic: bool, device,
+               out: Path) -> tuple[VAE, dict]:
     generator = seed_all(cfg.seed)  # same initial weights and data order for every estimator
     vae = VAE(cfg.model).to(device)
+    ref = checks.reference_for(vae, particles=16, reference_particles=16)
     start = time.perf_counter()
     history = train(vae, build_estimator(name, cfg.particles), x_train, epochs=cfg.epochs,
-                    batch_size=cfg.batch_size, lr=cfg.lr, dynamic=cfg.binarization == "dynamic",
-                    x_test=x_test, eval_estimator=build_estimator("analytic", 16), generator=generator,
-                    progress=cfg.progress, checkpoint=str(out / "checkpoints" / f"{name}.pt"))
+                    batch_size=cfg.batch_size, lr=cfg.lr, dynamic=dynamic, x_test=x_test,
+                    eval_estimator=build_estimator(ref.estimator, ref.particles), generator=generator,
+                    progress=cfg.progress, kl_anneal_epochs=cfg.kl_anneal_epochs,
+                    checkpoint=str(out / "checkpoints" / f"{name}.pt"))
     record = {
         "name": name,
+        "test_estimator": f"{ref.estimator} x{ref.particles}",
         "history": [asdict(h) for h in history],
         "train_seconds": time.perf_counter() - start,
         "final_test_neg_elbo": history[-1].test_neg_elbo,
@@ -98,27 +125,38 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     cfg.validate()
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
+    binarization, transform = cfg.resolved_data()
+    probe = VAE(cfg.model)
+    for name in cfg.estimators:
+        v = build_estimator(name).validity(probe)
+        if not v.valid:
+            raise ValueError(f"estimator {name!r} is invalid for prior {cfg.model.prior!r}: {v.reason}")
     ds = load_dataset(cfg.dataset)
-    x_train = prepare(ds.train_x, cfg.binarization).to(device)
-    x_test = prepare(ds.test_x, "static" if cfg.binarization == "dynamic" else cfg.binarization).to(device)
-    VAE(cfg.model).check_data(x_test)
+    dynamic = binarization == "dynamic"
+    x_train = prepare(ds.train_x, binarization, transform).to(device)
+    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
+    probe.check_data(x_test)
 
     models, records = {}, []
     for name in tqdm(cfg.estimators, desc="estimators", disable=not cfg.progress, leave=False):
-        models[name], record = _train_one(name, cfg, x_train, x_test, device, out)
+        models[name], record = _train_one(name, cfg, x_train, x_test, dynamic, device, out)
         records.append(record)
 
     # Look at the models: reconstructions of the same test digits, samples from the prior.
+    scale = 255.0 if transform == "counts" else 1.0  # show every likelihood's mean on [0, 1]
+
+    def mean_image(vae, z):
+        return (vae.likelihood.dist(vae.decoder(z)).mean / scale).clamp(0, 1)
+
     with torch.no_grad():
         seed_all(cfg.seed)
         shown = x_test[:10]
-        recon = {"data": shown}
+        recon = {"data": shown / scale}
         samples = {}
         for name, vae in models.items():
             mu, _ = vae.encoder(shown)
-            recon[name] = torch.sigmoid(vae.decoder(mu))
-            z = vae.prior.dist((10,)).sample()
-            samples[name] = torch.sigmoid(vae.decoder(z))
+            recon[name] = mean_image(vae, mu)
+            samples[name] = mean_image(vae, vae.prior.dist((10,)).sample())
     files = {
         "curves": plots.training_curves({r["name"]: r["history"] for r in records}, out / "curves.png"),
         "reconstructions": plots.image_grid(recon, out / "reconstructions.png",
@@ -146,8 +184,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         "command": "experiment",
         "device": str(device),
         "dataset": ds.name,
-        "binarization": cfg.binarization,
-        "test_binarization": "static" if cfg.binarization == "dynamic" else cfg.binarization,
+        "binarization": binarization,
+        "transform": transform,
+        "test_binarization": "static" if dynamic else binarization,
         "seed": cfg.seed,
         "particles": cfg.particles,
         "epochs": cfg.epochs,

@@ -5,10 +5,24 @@ One set of ``nn.Module``s serves both worlds: the Pyro estimators run ``model``/
 hand-written loss (:mod:`vae_pyro.analytic`) calls ``encoder``/``decoder`` directly. So every
 estimator sees the very same parameters, and a difference between them is a difference of estimator.
 
-    def model(x):                                   def guide(x):
+    def model(x, beta):                             def guide(x, beta):
         with plate("data", B):                          with plate("data", B):
-            z = sample("z", p(z))                           mu, logvar = encoder(x)
-            sample("x", p(x | decoder(z)), obs=x)           sample("z", N(mu, exp(logvar / 2)))
+            with scale(beta):                               mu, logvar = encoder(x)
+                z = sample("z", p(z))                       with scale(beta):
+            sample("x", p(x | decoder(z)), obs=x)               sample("z", N(mu, exp(logvar / 2)))
+
+**The KL weight beta** (beta-VAE, and KL annealing when beta changes during training) turns the
+objective into E_q[log p(x|z)] - beta KL(q(z|x) || p(z)). It must scale *both* z sites. Pyro's
+``Trace_ELBO`` computes log p(x|z) + log p(z) - log q(z) from each site's own (scaled) log-density,
+so scaling the model's z alone would give log p(x|z) + beta log p(z) - log q(z), not the beta-ELBO;
+``TraceMeanField_ELBO`` computes -KL(q || p) scaled by the *guide* site's scale
+(``scale_and_mask(kl_qp, scale=guide_site["scale"])`` in ``trace_mean_field_elbo.py``), so scaling the
+model's z alone would leave it unchanged. Scaling both makes every estimator compute the same
+objective: ``Trace_ELBO`` gives log p(x|z) + beta (log p(z) - log q(z)), ``TraceMeanField_ELBO``
+gives log p(x|z) - beta KL (or beta times its Monte Carlo fallback), the analytic loss
+recon + beta KL. beta is an argument of model and guide, not a constant read inside them, because
+Pyro's JIT compiles the model once: a float read inside would be frozen into the compiled graph,
+while a tensor argument is a graph input (see :meth:`VAE.kl_weight_arg`).
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ from typing import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from torch import nn
 
 from .likelihoods import Likelihood, build_likelihood
@@ -40,6 +55,8 @@ class VAEConfig:
     likelihood: str = "bernoulli"
     prior_options: dict = field(default_factory=dict)
     likelihood_options: dict = field(default_factory=dict)
+    #: beta, the weight of KL(q || p) in the objective (1: the ELBO); must be > 0 (poutine.scale)
+    kl_weight: float = 1.0
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -54,10 +71,17 @@ class VAE(nn.Module):
         if overrides:
             config = VAEConfig(**{**config.to_dict(), **overrides})
         self.config = config
-        self.likelihood: Likelihood = build_likelihood(config.likelihood, **config.likelihood_options)
-        self.prior: Prior = build_prior(config.prior, config.z_dim, **config.prior_options)
-        self.encoder = Encoder(config.x_dim, config.hidden, config.z_dim)
+        if not config.kl_weight > 0:
+            raise ValueError(f"kl_weight must be > 0, got {config.kl_weight!r} (poutine.scale needs a positive "
+                             "scale; beta = 0 would be a plain autoencoder)")
+        self.likelihood: Likelihood = build_likelihood(config.likelihood, config.x_dim, **config.likelihood_options)
+        self.prior: Prior = build_prior(config.prior, config.z_dim, config.x_dim, **config.prior_options)
+        self.encoder = Encoder(config.x_dim, config.hidden, config.z_dim, self.likelihood.input_scale)
         self.decoder = Decoder(config.x_dim, config.hidden, config.z_dim, self.likelihood.out_per_pixel)
+        if self.prior.needs_encoder:
+            self.prior.attach(self.encoder)
+        #: the current beta; training may anneal it, the checks run at ``config.kl_weight``
+        self.kl_weight = float(config.kl_weight)
         self.pyro_prefix = f"vae{next(_instance_ids)}"
 
     @property
@@ -76,19 +100,30 @@ class VAE(nn.Module):
 
     # --- the probabilistic program -------------------------------------------------------------
 
-    def model(self, x: torch.Tensor) -> None:
-        """p(x, z) = p(z) p(x|z), one z per example, examples conditionally independent."""
+    def model(self, x: torch.Tensor, kl_weight: float | torch.Tensor | None = None) -> None:
+        """p(x, z) = p(z) p(x|z), one z per example, examples conditionally independent; the z site
+        scaled by beta = ``kl_weight`` (default ``self.kl_weight``), see the module docstring."""
         self._register("decoder", "prior", "likelihood")
+        if self.prior.needs_encoder:  # the VampPrior runs the encoder inside the model
+            self._register("encoder")
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior.dist((x.shape[0],)))
+            with poutine.scale(scale=self.kl_weight if kl_weight is None else kl_weight):
+                z = pyro.sample("z", self.prior.dist((x.shape[0],)))
             pyro.sample("x", self.likelihood.dist(self.decoder(z)), obs=x)
 
-    def guide(self, x: torch.Tensor) -> None:
-        """q(z|x) = N(mu(x), diag(sigma(x)^2)), sigma = exp(logvar / 2)."""
+    def guide(self, x: torch.Tensor, kl_weight: float | torch.Tensor | None = None) -> None:
+        """q(z|x) = N(mu(x), diag(sigma(x)^2)), sigma = exp(logvar / 2); scaled by beta like the
+        model's z (``TraceMeanField_ELBO`` takes the KL's scale from this site)."""
         self._register("encoder")
         with pyro.plate("data", x.shape[0]):
             mu, logvar = self.encoder(x)
-            pyro.sample("z", dist.Normal(mu, torch.exp(0.5 * logvar)).to_event(1))
+            with poutine.scale(scale=self.kl_weight if kl_weight is None else kl_weight):
+                pyro.sample("z", dist.Normal(mu, torch.exp(0.5 * logvar)).to_event(1))
+
+    def kl_weight_arg(self, x: torch.Tensor) -> torch.Tensor:
+        """The current beta as a 0-d tensor on ``x``'s device, to pass to a compiled (JIT) model:
+        a tensor argument is an input of the compiled graph, so annealing reaches it."""
+        return torch.tensor(self.kl_weight, dtype=x.dtype, device=x.device)
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -99,4 +134,5 @@ class VAE(nn.Module):
         """An independent copy (own parameters, own Pyro prefix), optionally moved/cast."""
         copy = VAE(self.config)
         copy.load_state_dict(self.state_dict())
+        copy.kl_weight = self.kl_weight
         return copy.to(device=device or self.device, dtype=dtype or self.dtype)

@@ -26,16 +26,25 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
 class Encoder(nn.Module):
     """q(z|x) = N(mu(x), diag(exp(logvar(x))))."""
 
-    def __init__(self, x_dim: int = 784, hidden: Sequence[int] = (400,), z_dim: int = 20):
+    def __init__(self, x_dim: int = 784, hidden: Sequence[int] = (400,), z_dim: int = 20,
+                 input_scale: float = 1.0):
         super().__init__()
         self.z_dim = z_dim
+        #: multiplies the data before the first layer: raw 0-255 counts (Binomial likelihood) enter
+        #: as x/255, on the scale the default initialisation expects (fed raw, the first layer's
+        #: outputs are ~255x too large and exp(logvar) overflows)
+        self.input_scale = input_scale
         self.body = mlp([x_dim, *hidden])
         if hidden:
             self.body.append(nn.ReLU())
         self.head = nn.Linear(hidden[-1] if hidden else x_dim, 2 * z_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.head(self.body(x)).chunk(2, dim=-1)
+        return self.encode_scaled(x * self.input_scale if self.input_scale != 1.0 else x)
+
+    def encode_scaled(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of an input already on the [0, 1] scale (the VampPrior's pseudo-inputs)."""
+        mu, logvar = self.head(self.body(u)).chunk(2, dim=-1)
         return mu, logvar
 
 

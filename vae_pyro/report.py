@@ -34,8 +34,19 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | No
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
+VALIDITY_LABELS = {"exact_kl": "exact KL", "monte_carlo_kl": "Monte Carlo KL", "invalid": "invalid"}
+
+
+def validity_table(rows: dict) -> str:
+    """``{estimator: {"kind", "reason"}}`` as a table."""
+    return table(["estimator", "validity", "why"],
+                 [[name, VALIDITY_LABELS[v["kind"]], v["reason"]] for name, v in rows.items()], align="lll")
+
+
 def compare_table(result: dict) -> str:
-    headers = ["estimator", "-ELBO/example", "KL", "z vs analytic", "same-noise max diff",
+    ref = result["reference"]
+    ref_label = ref["estimator"] + (f" x{ref['particles']}" if ref["estimator"] != "analytic" else "")
+    headers = ["estimator", "-ELBO/example", "validity", f"z vs {ref_label}", "same-noise max diff",
                "grad max|z|", "ms/step", "verdict"]
     rows = []
     for r in result["estimators"]:
@@ -43,31 +54,38 @@ def compare_table(result: dict) -> str:
         same_check = next((c for c in r["checks"] if c["name"] == "same_noise"), None)
         if same_check and same_check["verdict"] == "fail":
             same += f" (grad rel {same_check['details'].get('grad_max_rel_diff', float('nan')):.1e})"
+        neg = ("-" if r["neg_elbo_mean"] is None else f"{r['neg_elbo_mean']:.3f} ± {r['neg_elbo_se']:.3f}")
         rows.append([
             r["name"],
-            f"{r['neg_elbo_mean']:.3f} ± {r['neg_elbo_se']:.3f}",
-            "analytic" if r["kl"] == "analytic" else "Monte Carlo",
-            fmt(r["z_vs_analytic"], "+.2f"),
+            neg,
+            VALIDITY_LABELS[r["validity"]["kind"]],
+            fmt(r["z_vs_reference"], "+.2f"),
             same,
             fmt(r["grad_agreement"], ".2f"),
             fmt(r["ms_per_step"], ".1f"),
             r["verdict"].upper(),
         ])
     tol = result["tolerances"]
-    head = (f"vae-pyro compare: {result['dataset']} ({result['binarization']} binarization, "
+    model = result["model"]
+    head = (f"vae-pyro compare: spec {result['spec']}: prior {model['prior']}, likelihood {model['likelihood']}"
+            + (f", KL weight {result['kl_weight']:g}" if result["kl_weight"] != 1 else "") + "\n"
+            f"{result['dataset']} ({result['binarization']} binarization, {result['transform']} transform, "
             f"{result['eval_examples']} test digits), device {result['device']} ({result['device_name']}), "
             f"seed {result['seed']}, {result['particles']} particle(s), torch {result['torch_version']}, "
             f"pyro {result['pyro_version']}")
     trained = result["training"]
     train_line = (f"trained {trained['epochs']} epochs with '{trained['estimator']}'"
-                  + (f": test -ELBO {trained['test_neg_elbo']:.2f} nats/example" if trained["test_neg_elbo"] else ""))
+                  + (f": test -ELBO {trained['test_neg_elbo']:.2f} nats/example" if trained["test_neg_elbo"] is not None else ""))
     legend = (f"pass when |z| <= {tol['z']:g} ({result['draws']} draws each), same-noise diff <= "
               f"{tol['same_noise']:g} nats/example (float64, value and gradient), grad max|z| <= "
               f"{tol['grad_z']:g} ({result['grad_draws']} draws, 4 projections per tensor); ms/step at batch "
               f"{result['timing_batch_size']}. '-' = does not apply.")
     skipped = sorted({c["details"].get("reason", "") for r in result["estimators"] for c in r["checks"]
-                      if c["name"] == "device" and c["verdict"] == "skip"})
-    lines = [head, train_line, "", table(headers, rows), "", legend]
+                      if c["name"] == "device" and c["verdict"] == "skip" and r["validity"]["kind"] != "invalid"})
+    lines = [head, train_line, f"reference: {ref['why']}", "", table(headers, rows), "", legend]
+    for r in result["estimators"]:
+        if r["validity"]["kind"] == "invalid":
+            lines.append(f"{r['name']} skipped: {r['validity']['reason']}")
     if skipped:
         lines.append(f"device check skipped: {'; '.join(skipped)}")
     lines.append(f"overall: {result['verdict'].upper()} in {result['seconds']:.0f} s")

@@ -54,6 +54,16 @@ class EpochLog:
     train_neg_elbo: float  # nats/example, mean over the epoch's steps (as trained, i.e. noisy)
     test_neg_elbo: float | None
     seconds: float
+    kl_weight: float = 1.0  # beta at the epoch's last step
+
+
+def kl_weight_at(step: int, target: float, warmup_steps: int) -> float:
+    """Linear KL annealing (Bowman et al. 2016): beta rises from target/warmup_steps at step 1 to
+    ``target`` at ``warmup_steps`` and stays there. Never exactly 0 (poutine.scale needs > 0, and a
+    0 weight would make the first steps a plain autoencoder's)."""
+    if warmup_steps <= 0:
+        return target
+    return target * min(1.0, step / warmup_steps)
 
 
 def evaluate(vae, estimator: Estimator, x: torch.Tensor, batch_size: int = 1000) -> float:
@@ -68,15 +78,22 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
           lr: float = 1e-3, dynamic: bool = False, x_test: torch.Tensor | None = None,
           eval_estimator: Estimator | None = None, generator: torch.Generator | None = None,
           progress: bool = True, optimizer: torch.optim.Optimizer | None = None,
-          checkpoint: str | None = None, resume: bool = False) -> list[EpochLog]:
+          kl_anneal_epochs: int = 0, checkpoint: str | None = None, resume: bool = False) -> list[EpochLog]:
     """Adam on ``estimator.differentiable_loss / batch``. ``dynamic=True``: ``x_train`` holds grey
     levels and every batch is a fresh Bernoulli draw. Raises :class:`TrainingError` on a NaN loss,
     before the optimiser applies the bad step.
 
     ``checkpoint``: a path written (atomically) after every epoch; a NaN therefore leaves the last good
     epoch's checkpoint intact. ``resume=True`` continues from it up to ``epochs`` (the returned history
-    includes the resumed epochs)."""
+    includes the resumed epochs).
+
+    ``kl_anneal_epochs`` > 0 anneals beta linearly (:func:`kl_weight_at`) from ~0 to the model's
+    ``config.kl_weight`` over that many epochs, by setting ``vae.kl_weight`` before each step: every
+    estimator reads it there (the JIT ones as a graph input), so all of them optimise the same
+    annealed objective. Afterwards ``vae.kl_weight`` is the target again, so evaluation and the
+    checks see the objective the spec names."""
     optimizer = optimizer or torch.optim.Adam(vae.parameters(), lr=lr)
+    target = float(vae.config.kl_weight)
     batches = Batches(x_train, batch_size, dynamic=dynamic, generator=generator)
     if not dynamic:
         vae.check_data(x_train)
@@ -95,10 +112,13 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
     remaining = max(epochs - first_epoch + 1, 0)
     bar = tqdm(total=remaining * len(batches), desc=f"train[{estimator.name}]", disable=not progress,
                unit="step", leave=False)
+    warmup_steps, global_step = kl_anneal_epochs * len(batches), (first_epoch - 1) * len(batches)
     try:
         for epoch in range(first_epoch, epochs + 1):
             start, running = time.perf_counter(), 0.0
             for step, x in enumerate(batches, 1):
+                global_step += 1
+                vae.kl_weight = kl_weight_at(global_step, target, warmup_steps)
                 optimizer.zero_grad()
                 loss = estimator.differentiable_loss(vae, x) / x.shape[0]
                 value = loss.item()
@@ -114,15 +134,17 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, neg_elbo=f"{value:.2f}")
             seconds = time.perf_counter() - start
+            beta, vae.kl_weight = vae.kl_weight, target  # the test -ELBO is always of the target objective
             test = None
             if x_test is not None:
                 test = evaluate(vae, eval_estimator or estimator, x_test)
-            history.append(EpochLog(epoch, running / len(batches), test, seconds))
+            history.append(EpochLog(epoch, running / len(batches), test, seconds, beta))
             if checkpoint is not None:
                 save_checkpoint(checkpoint, vae=vae, optimizer=optimizer, epoch=epoch, estimator=estimator.name,
                                 history=[asdict(h) for h in history],
                                 extra={"generator": generator.get_state()} if generator is not None else None)
     finally:
+        vae.kl_weight = target
         bar.close()
     return history
 

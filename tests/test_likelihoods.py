@@ -1,0 +1,163 @@
+"""Each likelihood: its hand-written log-density against torch's/Pyro's to float64 precision, the data
+it takes (and the one-line error for data it does not), and the data pipeline that produces it.
+
+Tolerance for the density comparisons: rtol = atol = 1e-10 in float64. Both sides compute the same
+closed form in a different order (a few lgamma/log/softplus per pixel, summed over 784 pixels, sums of
+size ~1e3), so they agree to ~1e-12; 1e-10 leaves margin while a dropped constant (the Continuous
+Bernoulli normaliser, log C(n, x), a log 2pi) is >= 1e-3 per pixel."""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as pdist
+import pytest
+import torch
+
+from vae_pyro.data import DataError, MAX_COUNT, OPEN_UNIT_EPS, prepare, resolve_data
+from vae_pyro.likelihoods import LIKELIHOODS, build_likelihood, continuous_bernoulli_log_norm
+from vae_pyro.model import VAE
+
+F64 = torch.float64
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _data_for(name, shape, seed):
+    g = _gen(seed)
+    kind = LIKELIHOODS[name].data_kind
+    if kind == "binary":
+        return torch.bernoulli(torch.full(shape, 0.3, dtype=F64), generator=g)
+    if kind == "counts":
+        return torch.randint(0, MAX_COUNT + 1, shape, generator=g).to(F64)
+    u = torch.rand(shape, generator=g, dtype=F64)
+    if kind == "unit_interval":
+        u[..., :3] = torch.tensor([0.0, 1.0, 0.5], dtype=F64)  # the closed interval's ends are allowed
+    return u
+
+
+@pytest.mark.parametrize("name", LIKELIHOODS.names())
+def test_hand_written_log_prob_matches_the_distribution(name):
+    lik = build_likelihood(name, x_dim=20).to(F64)
+    if name == "normal_learned":
+        with torch.no_grad():  # per-pixel scales that differ, so a broadcast mistake would show
+            lik.log_scale.copy_(torch.linspace(-3, 0.5, 20, dtype=F64))
+    out = torch.randn((3, 6, lik.out_per_pixel * 20) if lik.out_per_pixel == 1 else (3, 6, 2, 20),
+                      generator=_gen(1), dtype=F64) * 3
+    x = _data_for(name, (6, 20), 2)
+    ours = lik.log_prob(out, x)
+    ref = lik.dist(out).log_prob(x)
+    if name == "continuous_bernoulli":
+        # our Pyro distribution uses our normaliser (see the next test); compare with torch's own
+        # where torch's is accurate, |l| < ~16 in float64 (these logits are below 12)
+        assert out.abs().max() < 12
+        ref = pdist.ContinuousBernoulli(logits=out).to_event(1).log_prob(x)
+    assert ours.shape == ref.shape == (3, 6)
+    torch.testing.assert_close(ours, ref, **TOL)
+
+
+def test_continuous_bernoulli_normaliser_is_smooth_at_zero_and_stable_far_away():
+    # l / tanh(l / 2): 2 at 0, even; exact values at a few points computed independently in float64
+    l = torch.tensor([0.0, 1e-8, -1e-4, 9.99e-4, 1.001e-3, 0.5, -3.0, 40.0, -200.0], dtype=F64)
+    ours = continuous_bernoulli_log_norm(l)
+    expected = [math.log(2.0)] + [math.log(abs(v) / math.tanh(abs(v) / 2)) for v in l[1:].tolist()]
+    torch.testing.assert_close(ours, torch.tensor(expected, dtype=F64), rtol=1e-12, atol=1e-14)
+    # where torch's own probs-based formula still works, it agrees
+    mid = torch.tensor([-5.0, -0.3, 0.01, 2.0, 7.0], dtype=F64)
+    ref = pdist.ContinuousBernoulli(logits=mid)._cont_bern_log_norm()
+    torch.testing.assert_close(continuous_bernoulli_log_norm(mid), ref, **TOL)
+    # float32 does not blow up at large logits (lambda = sigmoid(l) rounds to 1 there)
+    assert bool(torch.isfinite(continuous_bernoulli_log_norm(torch.tensor([60.0, -60.0]))).all())
+
+
+def test_torch_continuous_bernoulli_normaliser_saturates_and_ours_does_not():
+    """Why ``ExactContinuousBernoulli`` exists: torch's log C stops growing once sigmoid(l) rounds to 1."""
+    l32 = torch.tensor([20.0, 40.0, 100.0])
+    torch_norm = pdist.ContinuousBernoulli(logits=l32)._cont_bern_log_norm()
+    assert torch.allclose(torch_norm, torch.full((3,), math.log(15.942385)), atol=1e-3)  # saturated
+    torch.testing.assert_close(continuous_bernoulli_log_norm(l32), torch.log(l32), rtol=1e-6, atol=1e-6)
+    lik = build_likelihood("continuous_bernoulli", x_dim=3)
+    x = torch.tensor([[0.2, 0.9, 1.0]])
+    torch.testing.assert_close(lik.dist(l32[None]).log_prob(x), lik.log_prob(l32[None], x))
+
+
+def test_continuous_bernoulli_integrates_to_one():
+    """The normaliser is right: the density integrates to 1 over [0, 1] (trapezoid rule on 200,001
+    points; error ~ h^2 * max|f''| / 12 < 1e-7 even at l = 40, where the density is ~40 e^{40 (x - 1)}),
+    including at the large logits where torch's saturates."""
+    lik = build_likelihood("continuous_bernoulli", x_dim=1).to(F64)
+    xs = torch.linspace(0, 1, 200_001, dtype=F64)
+    for logit in (-40.0, -4.0, 0.0, 0.7, 6.0, 40.0):
+        density = lik.log_prob(torch.full((len(xs), 1), logit, dtype=F64), xs[:, None]).exp()
+        assert torch.trapezoid(density, xs).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_binomial_log_prob_known_value():
+    # n = 255, x = 0, p = 1/2: log p(x) = 255 log(1/2)
+    lik = build_likelihood("binomial", x_dim=1).to(F64)
+    val = lik.log_prob(torch.zeros(1, 1, dtype=F64), torch.zeros(1, 1, dtype=F64))
+    assert val.item() == pytest.approx(255 * math.log(0.5), rel=1e-14)
+
+
+def test_normal_fixed_scale_is_a_scaled_squared_error():
+    lik = build_likelihood("normal", x_dim=4, scale=0.2).to(F64)
+    out = torch.tensor([[0.0, 1.0, -1.0, 2.0]], dtype=F64)
+    x = torch.tensor([[0.5, 0.1, 0.9, 0.3]], dtype=F64)
+    mean = torch.sigmoid(out)
+    expected = -((x - mean) ** 2).sum() / (2 * 0.04) - 4 * (math.log(0.2) + 0.5 * math.log(2 * math.pi))
+    assert lik.log_prob(out, x).item() == pytest.approx(expected.item(), rel=1e-13)
+
+
+@pytest.mark.parametrize("name, bad, needle", [
+    ("bernoulli", 0.5, "not binary (found value 0.5)"),
+    ("continuous_bernoulli", 1.5, "must lie in [0, 1] (found value 1.5)"),
+    ("normal", -0.1, "must lie in [0, 1] (found value -0.1)"),
+    ("beta", 0.0, "must lie strictly inside (0, 1) (found value 0)"),
+    ("binomial", 0.5, "must be integer counts 0..255 (found value 0.5)"),
+    ("binomial", 256.0, "must be integer counts 0..255 (found value 256)"),
+])
+def test_mismatched_data_is_one_clear_error(name, bad, needle):
+    lik = build_likelihood(name, x_dim=3)
+    x = torch.tensor([[bad, bad, bad]])
+    with pytest.raises(DataError) as err:
+        lik.check_data(x)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", LIKELIHOODS.names())
+def test_the_data_pipeline_produces_what_each_likelihood_takes(name, digits):
+    lik = build_likelihood(name)
+    binarization, transform = resolve_data("auto", "auto", lik.data_kind)
+    x = prepare(digits.test_x[:50], binarization, transform)
+    lik.check_data(x)  # raises if not
+    if lik.data_kind == "counts":
+        assert x.max().item() == 255 and torch.equal(x, digits.test_x[:50].float())
+    if lik.data_kind == "open_unit_interval":
+        assert x.min().item() == pytest.approx(OPEN_UNIT_EPS) and x.max().item() == pytest.approx(1 - OPEN_UNIT_EPS)
+    if lik.data_kind == "unit_interval":
+        assert bool(((x > 0) & (x < 1)).any())  # real grey levels, not a binarization
+
+
+def test_binary_data_is_refused_by_the_binomial_pipeline():
+    with pytest.raises(DataError, match="transform 'counts' takes the raw intensities 0..255, so binarization "
+                                        "must be 'none' or 'auto', got 'static'"):
+        resolve_data("static", "auto", "counts")
+
+
+def test_encoder_sees_counts_on_the_unit_scale(digits):
+    """Binomial data enter the encoder as x/255: the same encoding as grey levels (else KL ~ 1e29)."""
+    torch.manual_seed(0)
+    vae = VAE(hidden=(16,), z_dim=3, likelihood="binomial")
+    counts = prepare(digits.test_x[:8], "none", "counts")
+    mu, logvar = vae.encoder(counts)
+    mu_u, logvar_u = vae.encoder.encode_scaled(counts / 255)
+    torch.testing.assert_close(mu, mu_u) and torch.testing.assert_close(logvar, logvar_u)
+
+
+def test_learned_scale_is_a_trained_parameter():
+    vae = VAE(hidden=(8,), z_dim=2, likelihood="normal_learned")
+    names = {n for n, _ in vae.named_parameters()}
+    assert "likelihood.log_scale" in names
