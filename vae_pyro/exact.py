@@ -40,6 +40,7 @@ import math
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .analytic import LOG_2PI, log_normal_diag
 from .likelihoods import BernoulliLikelihood
@@ -197,7 +198,7 @@ def _coarse_boxes(toy, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def quadrature_log_px(toy, x: torch.Tensor, n: int = 48, chunk: int = 8) -> dict:
+def quadrature_log_px(toy, x: torch.Tensor, n: int = 48, chunk: int = 8, progress: bool = False) -> dict:
     """log p(x) per example by the midpoint rule at n and at 2n points per dimension (float64).
 
     Returns ``log_px`` (at 2n), ``log_px_n`` (at n), ``max_abs_diff`` (the largest |difference|
@@ -208,9 +209,12 @@ def quadrature_log_px(toy, x: torch.Tensor, n: int = 48, chunk: int = 8) -> dict
     lo, hi = _coarse_boxes(toy, x)
     results = {}
     boundary = -float("inf")
+    bar = tqdm(total=2 * -(-len(x) // chunk), desc="exact log p(x): quadrature", unit="batch",
+               disable=not progress, leave=False)
     for m in (n, 2 * n):
         out = []
         for i in range(0, len(x), chunk):
+            bar.update(1)
             points, log_cell = _grid(lo[i:i + chunk], hi[i:i + chunk], m)
             lj = _log_joint_fast(toy, x[i:i + chunk], points)              # (b, m^d)
             out.append(torch.logsumexp(lj, 1) + log_cell)
@@ -220,6 +224,7 @@ def quadrature_log_px(toy, x: torch.Tensor, n: int = 48, chunk: int = 8) -> dict
                 top = torch.stack([f.reshape(len(lj), -1).amax(1) for f in faces], 1).amax(1)
                 boundary = max(boundary, float((top - lj.amax(1)).max()))
         results[m] = torch.cat(out)
+    bar.close()
     return {"log_px": results[2 * n], "log_px_n": results[n], "n": n,
             "max_abs_diff": float((results[2 * n] - results[n]).abs().max()), "boundary_rel": boundary,
             "box_lo": lo, "box_hi": hi}

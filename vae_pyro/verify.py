@@ -145,7 +145,7 @@ def toy_checks(toy, x: torch.Tensor, cfg: CheckConfig, estimators: dict[str, Est
         quad = {"method": "closed form (Cholesky of W W^T + s^2 I)"}
     else:
         n = QUAD_POINTS[toy.config.z_dim]
-        q = exact.quadrature_log_px(toy, x, n=n)
+        q = exact.quadrature_log_px(toy, x, n=n, progress=cfg.progress)
         log_px = q["log_px"]
         ok = q["max_abs_diff"] <= QUAD_TOL and q["boundary_rel"] <= BOUNDARY_TOL
         results.append(_result("quadrature_converged", "-", q["max_abs_diff"], QUAD_TOL, ok, 0.0,
