@@ -10,10 +10,18 @@ import pytest
 
 from vae_pyro import verify
 from vae_pyro.cli import main
-from vae_pyro.estimators import Estimator, build_estimator
 from vae_pyro.analytic import neg_elbo_terms
+from vae_pyro.estimators import Estimator, build_estimator
+from vae_pyro.verify import torch_threads
 
 CHECK_KEYS = {"name", "value", "reference", "tolerance", "verdict"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models run faster on one thread, and much faster on a busy machine (see verify.torch_threads)."""
+    with torch_threads(1):
+        yield
 
 
 def test_check_linear_gaussian_passes_and_writes_the_documented_json(tmp_path, capsys):
