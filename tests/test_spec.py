@@ -101,8 +101,8 @@ BAD_SPECS = [
     ("likelihood/data mismatch", '[likelihood]\nname = "binomial"\n[data]\nbinarization = "static"\n',
      "likelihood 'binomial' takes counts data (transform 'counts'): transform 'counts' takes the raw "
      "intensities 0..255, so binarization must be 'none' or 'auto', got 'static'"),
-    ("unknown estimator", '[checks]\nestimators = ["trace", "iwae"]\n',
-     "checks.estimators[1]: unknown value 'iwae'; allowed: analytic, trace, tmf"),
+    ("unknown estimator", '[checks]\nestimators = ["trace", "Trace_ELBO"]\n',
+     "checks.estimators[1]: unknown value 'Trace_ELBO'; allowed: analytic, trace, tmf"),
     ("not TOML", '[prior\nname = "mog"\n', "not valid TOML"),
 ]
 

@@ -235,7 +235,116 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--likelihood", type=_registry_name(LIKELIHOODS), metavar="NAME", help="replace the likelihood")
     show.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                       help="override one field (repeatable)")
+    _add_issue3_commands(sub)
     return parser
+
+
+# --- issue #3: `check` (ground truth) and `nll` (IWAE test log-likelihood) ---------------------
+
+
+def _add_issue3_commands(sub) -> None:
+    from .toys import TOYS
+
+    p = sub.add_parser("check", help="verify every bound against ground truth; exit 1 if a check fails",
+                       description="With --toy: fit a small model whose log p(x) is exact, then check every "
+                                   "estimator's bound against it (ELBO <= log p(x), ELBO = log p(x) - KL, IWAE_k "
+                                   "non-decreasing and within 0.05 nats at k=5000, ...). Without --toy: the "
+                                   "agreement checks and IWAE >= ELBO on the MNIST VAE. Prints a report (check, "
+                                   "value, tolerance, verdict); exits 1 if any check fails.")
+    p.add_argument("--toy", choices=TOYS, default=None,
+                   help="built-in model with exact log p(x) (default: none = the MNIST VAE 784-400-20)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto = CUDA when available, else CPU; toys always run on the CPU (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed for fitting, data order and every draw (default: 0)")
+    p.add_argument("--particles", type=_positive_int, default=1,
+                   help="samples of z per ELBO estimate (default: 1)")
+    p.add_argument("--epochs", type=_non_negative_int, default=None,
+                   help="fitting epochs before the checks (default: linear_gaussian 10, bernoulli_* 15, MNIST 3)")
+    p.add_argument("--draws", type=_int_at_least(2, "integer >= 2, i.e. a"), default=40,
+                   help="independent draws per estimator for the Monte Carlo checks (default: 40)")
+    p.add_argument("--grad-draws", type=_int_at_least(2, "integer >= 2, i.e. a"), default=40,
+                   help="independent gradient draws per estimator (default: 40)")
+    p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
+
+    p = sub.add_parser("nll", help="test-set negative log-likelihood by IWAE with k samples (Burda et al. 2015)",
+                       description="Train the VAE, then estimate -log p(x) on the test digits with IWAE_k "
+                                   "(k = 5,000 by default, as in Burda et al. 2015), in batches, with a progress bar. "
+                                   "Reports the binarization: static and dynamic differ by a few nats.")
+    _common(p, epochs=10)
+    p.add_argument("--k", type=_positive_int, default=5000, help="importance samples per digit (default: 5000)")
+    p.add_argument("--examples", type=_positive_int, default=1000,
+                   help="test digits to evaluate, every (1000 / N)-th so all classes appear (default: all 1000)")
+    p.add_argument("--chunk", type=_positive_int, default=500,
+                   help="samples per example held in memory at once (default: 500)")
+
+
+def cmd_check(args) -> int:
+    from .verify import CheckConfig, check_table, run_check
+
+    cfg = CheckConfig(toy=args.toy, device=args.device, seed=args.seed, particles=args.particles,
+                      draws=args.draws, grad_draws=args.grad_draws, epochs=args.epochs,
+                      progress=not args.no_progress)
+    result = run_check(cfg)
+    print(check_table(result))
+    if args.json:
+        report.write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 1 if result["verdict"] == "fail" else 0
+
+
+def cmd_nll(args) -> int:
+    import time
+
+    import pyro
+    import torch
+
+    from .data import load_dataset, prepare
+    from .iwae import iwae_log_likelihood
+    from .model import VAE
+    from .train import resolve_device, seed_all, train
+
+    from .checks import reference_for
+
+    started = time.perf_counter()
+    spec = spec_from_args(args)
+    t = spec.training
+    device = resolve_device(t.device)
+    generator = seed_all(t.seed)
+    vae = VAE(spec.model_config()).to(device)
+    binarization, transform = spec.resolved_data()
+    ds = load_dataset(spec.data.dataset)
+    dynamic = binarization == "dynamic"
+    x_train = prepare(ds.train_x, binarization, transform).to(device)
+    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
+    x_test = x_test[:: max(len(x_test) // args.examples, 1)][: args.examples]
+    vae.check_data(x_test)
+    trainer = t.estimator if build_estimator(t.estimator).validity(vae).valid else reference_for(vae).estimator
+    train(vae, build_estimator(trainer, spec.checks.particles), x_train, epochs=t.epochs,
+          batch_size=t.batch_size, lr=t.lr, dynamic=dynamic, generator=generator,
+          progress=not args.no_progress, kl_anneal_epochs=t.kl_anneal_epochs)
+    log_px = iwae_log_likelihood(vae, x_test, k=args.k, chunk=args.chunk, progress=not args.no_progress)
+    nll, se = float(-log_px.mean()), float(log_px.std() / len(log_px) ** 0.5)
+    test_binarization = "static (dynamic training; a fixed draw of the test set)" if dynamic else binarization
+    print(f"vae-pyro nll: {ds.name}, prior {spec.prior.name}, likelihood {spec.likelihood.name}, trained "
+          f"{t.epochs} epochs with '{trainer}' and {binarization} binarization, test binarization "
+          f"{test_binarization}, device {device}, seed {t.seed}")
+    print(f"test NLL (IWAE, k={args.k}) = {nll:.3f} ± {se:.3f} nats/example over {len(log_px)} test digits "
+          f"(an upper bound on the true NLL in expectation)")
+    if args.json:
+        report.write_json(args.json, {
+            "schema_version": 1, "command": "nll", "spec": spec.source, "device": str(device), "dataset": ds.name,
+            "binarization": binarization, "transform": transform, "test_binarization": test_binarization,
+            "seed": t.seed, "k": args.k, "examples": len(log_px), "epochs": t.epochs,
+            "model": spec.model_config().to_dict(),
+            "nll": nll, "nll_se": se, "torch_version": torch.__version__, "pyro_version": pyro.__version__,
+            "seconds": time.perf_counter() - started,
+        })
+        print(f"wrote {args.json}")
+    return 0
+
+
+# --- end issue #3 -----------------------------------------------------------------------------
 
 
 def cmd_compare(args) -> int:
@@ -382,7 +491,7 @@ def cmd_spec(args) -> int:
 
 
 COMMANDS = {"compare": cmd_compare, "train": cmd_train, "experiment": cmd_experiment,
-            "estimators": cmd_estimators, "spec": cmd_spec}
+            "estimators": cmd_estimators, "spec": cmd_spec, "check": cmd_check, "nll": cmd_nll}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -68,6 +68,9 @@ class Validity:
 
     def to_dict(self) -> dict:
         return asdict(self)
+#: which bound an estimator's value estimates (issue #3): the ELBO, or the tighter IWAE_k, which the
+#: ELBO-agreement checks of ``compare`` must not judge against the ELBO
+ELBO_BOUND, IWAE_BOUND = "elbo", "iwae"
 
 
 class Estimator:
@@ -80,6 +83,8 @@ class Estimator:
     twin: str | None = None
     #: why the exact same-noise check does not apply (None: it does)
     same_noise_skip: str | None = None
+    #: ELBO_BOUND or IWAE_BOUND (issue #3)
+    bound = ELBO_BOUND
 
     def __init__(self, num_particles: int = 1):
         if num_particles < 1:
@@ -317,3 +322,9 @@ def validity_table(vae, names=None) -> dict[str, Validity]:
 
 def estimator_names() -> list[str]:
     return ESTIMATORS.names()
+
+
+# --- issue #3: estimators in their own modules (one estimator per file, as in pyro/infer) ---------
+# Imported last: they subclass the classes above and register themselves in ESTIMATORS.
+from . import iwae as _iwae  # noqa: E402,F401  (iwae, renyi0)
+from . import stl as _stl  # noqa: E402,F401  (stl)

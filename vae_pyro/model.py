@@ -132,7 +132,7 @@ class VAE(nn.Module):
 
     def clone(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "VAE":
         """An independent copy (own parameters, own Pyro prefix), optionally moved/cast."""
-        copy = VAE(self.config)
+        copy = type(self)(self.config)  # subclasses (the toy models) clone as themselves
         copy.load_state_dict(self.state_dict())
         copy.kl_weight = self.kl_weight
         return copy.to(device=device or self.device, dtype=dtype or self.dtype)

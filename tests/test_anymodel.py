@@ -1,0 +1,70 @@
+"""`vae_pyro.check_estimators` on Pyro models other than our VAE, and the documented example."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import vae_pyro
+from vae_pyro.verify import torch_threads
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "check_any_model.md"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models run faster on one thread, and much faster on a busy machine (see verify.torch_threads)."""
+    with torch_threads(1):
+        yield
+
+
+def test_the_documented_example_runs_and_passes_and_its_wrong_estimator_fails(capsys):
+    """Every python block of docs/check_any_model.md, in order, in one namespace (the first asserts
+    report.ok, the second asserts the deliberately wrong estimator is caught)."""
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    assert len(blocks) == 2
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(DOC), "exec"), namespace)
+    report, bad = namespace["report"], namespace["bad"]
+    assert report.ok and {c.name for c in report.checks} == {"same_seed", "monte_carlo", "gradient"}
+    assert report.params == ["m", "s", "ls_m", "ls_s"]
+    printed = capsys.readouterr().out
+    assert "overall: PASS" in printed and "overall: FAIL" in printed
+    failed = [c for c in bad.checks if c.verdict == "fail"]
+    # the value shift is ~14 nats at s.e. ~0.25 (z ~ -58); the gradient's largest |z| is ~10
+    assert {c.name for c in failed} == {"monte_carlo", "gradient"} and all(abs(c.value) > 8 for c in failed)
+
+
+def test_our_vae_passes_through_the_generic_api(small_vae, binary_test):
+    pyro.clear_param_store()
+    x = binary_test[:32]
+    report = vae_pyro.check_estimators(small_vae.model, small_vae.guide, x, draws=30, grad_draws=30)
+    assert report.ok, report.table()
+    same = next(c for c in report.checks if c.name == "same_seed")
+    assert same.value < 1e-6
+    assert any(name.startswith("vae") for name in report.params)
+
+
+def test_a_model_without_params_checks_values_only():
+    def model():
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    def guide():
+        pyro.sample("z", dist.Normal(0.5, 1.2))
+
+    report = vae_pyro.check_estimators(model, guide, draws=50, grad_draws=2)
+    assert report.ok and report.params == []
+    assert {c.name for c in report.checks} == {"same_seed", "monte_carlo"}
+
+
+def test_bad_draws_is_a_clear_error():
+
+
+    with pytest.raises(ValueError, match="draws and grad_draws must be >= 2, got 1 and 50"):
+        vae_pyro.check_estimators(lambda: None, lambda: None, draws=1)

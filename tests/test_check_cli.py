@@ -1,0 +1,119 @@
+"""`vae-pyro check` and `vae-pyro nll`: the report, the documented JSON, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vae_pyro import verify
+from vae_pyro.cli import main
+from vae_pyro.analytic import neg_elbo_terms
+from vae_pyro.estimators import Estimator, build_estimator
+from vae_pyro.verify import torch_threads
+
+CHECK_KEYS = {"name", "value", "reference", "tolerance", "verdict"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models run faster on one thread, and much faster on a busy machine (see verify.torch_threads)."""
+    with torch_threads(1):
+        yield
+
+
+def test_check_linear_gaussian_passes_and_writes_the_documented_json(tmp_path, capsys):
+    out = tmp_path / "check.json"
+    code = main(["check", "--toy", "linear_gaussian", "--grad-draws", "8", "--no-progress",
+                 "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    result = json.loads(out.read_text())
+    assert result["verdict"] == "pass" and result["toy"] == "linear_gaussian"
+    assert isinstance(result["exact_log_px"], float)
+    assert f"exact log p(x) = {result['exact_log_px']:.6f}" in printed
+    names = {c["name"] for c in result["checks"]}
+    assert {"exact_identity", "elbo_matches_exact", "bound_below_log_px", "iwae_same_noise", "iwae_nondecreasing",
+            "iwae_close_to_log_px", "tight_at_posterior", "stl_zero_variance"} <= names
+    for c in result["checks"]:
+        assert CHECK_KEYS <= set(c) and c["verdict"] == "pass"
+    assert "overall: PASS" in printed
+
+
+class _Flipped(Estimator):
+    name = "tmf"
+
+    def differentiable_loss(self, vae, x):
+        recon, kl, *_ = neg_elbo_terms(vae, x, self.num_particles)
+        return (recon.mean(0) - kl).sum()
+
+
+def test_check_exits_1_when_an_estimator_is_wrong(tmp_path, capsys, monkeypatch):
+    """Swap 'tmf' for a KL with a flipped sign: the report says FAIL and the exit status is 1."""
+    monkeypatch.setattr(verify, "build_estimator",
+                        lambda name, k=1: _Flipped(k) if name == "tmf" else build_estimator(name, k))
+    out = tmp_path / "check.json"
+    code = main(["check", "--toy", "linear_gaussian", "--grad-draws", "8", "--no-progress",
+                 "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 1 and "FAIL" in printed
+    failed = {(c["name"], c["estimator"]) for c in json.loads(out.read_text())["checks"] if c["verdict"] == "fail"}
+    assert ("elbo_matches_exact", "tmf") in failed and ("bound_below_log_px", "tmf") in failed
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["check", "--toy", "gaussian_3d"], "invalid choice: 'gaussian_3d' (choose from 'linear_gaussian', 'bernoulli_2d', 'bernoulli_1d')"),
+    (["check", "--toy", "bernoulli_1d", "--device", "cuda"], "--toy models run on the CPU"),
+    (["check", "--draws", "1"], "expected a integer >= 2, i.e. a integer, got 1"),
+    (["nll", "--k", "0"], "expected a positive integer, got 0"),
+])
+def test_check_bad_input_is_one_line_and_exit_2(args, needle):
+    proc = subprocess.run([sys.executable, "-m", "vae_pyro.cli", *args, "--no-progress"], capture_output=True,
+                          text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_nll_reports_the_binarization(tmp_path, capsys):
+    out = tmp_path / "nll.json"
+    code = main(["nll", "--epochs", "1", "--hidden", "64", "--z-dim", "8", "--k", "50", "--examples", "50",
+                 "--no-progress", "--json", str(out)])
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert code == 0 and result["binarization"] == "static" and result["k"] == 50 and result["examples"] == 50
+    assert "static binarization" in printed and f"{result['nll']:.3f}" in printed
+    assert 100 < result["nll"] < 400  # one epoch of a small VAE: ~200-300 nats per digit
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("toy", ["bernoulli_2d", "bernoulli_1d"])
+def test_check_nonlinear_toys_pass_with_defaults(toy, tmp_path):
+    out = tmp_path / "check.json"
+    proc = subprocess.run([sys.executable, "-m", "vae_pyro.cli", "check", "--toy", toy, "--no-progress",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    by = {(c["name"], c["estimator"]): c for c in result["checks"]}
+    assert by[("quadrature_converged", "-")]["value"] < 1e-6
+    assert by[("iwae_close_to_log_px", "iwae[k=5000]")]["value"] < 0.05
+    assert result["seconds"] < 120
+
+
+@pytest.mark.slow
+def test_check_mnist_vae_runs_the_agreement_checks_and_iwae_above_elbo(tmp_path):
+    out = tmp_path / "check.json"
+    proc = subprocess.run([sys.executable, "-m", "vae_pyro.cli", "check", "--epochs", "1", "--draws", "10",
+                           "--grad-draws", "10", "--no-progress", "--json", str(out)],
+                          capture_output=True, text=True, timeout=400)
+    result = json.loads(out.read_text())
+    by = {(c["name"], c["estimator"]): c for c in result["checks"]}
+    assert result["exact_log_px"] is None and result["binarization"] == "static"
+    assert by[("iwae_same_noise", "iwae vs renyi0")]["value"] < 1e-8
+    assert by[("iwae_at_least_elbo", "iwae[k=50]")]["details"]["mean_difference"] > 0
+    # 10 draws make a t-statistic with heavy tails, so judge only the exact checks here; the
+    # statistical ones with proper draws are in test_checks.py
+    assert all(c["verdict"] == "pass" for c in result["checks"] if c["name"] == "same_noise"
+               and c["estimator"] != "stl")
+    assert proc.returncode in (0, 1)
