@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "for the prior)")
     p.add_argument("--variance-draws", type=_positive_int, default=50,
                    help="draws per estimator for the variance plot (default: 50)")
+    p.add_argument("--nll-k", type=_non_negative_int, default=1000,
+                   help="importance samples per test digit for the final test NLL (IWAE_k); 0 skips it "
+                        "(default: 1000; `vae-pyro nll` uses Burda et al.'s 5000)")
 
     p = sub.add_parser("estimators", help="the estimators, and which are exact, Monte Carlo or invalid here",
                        description="Every registered estimator and, for the spec's prior and likelihood, "
@@ -425,7 +428,8 @@ def cmd_experiment(args) -> int:
     if args.epochs is None:
         args.epochs = 20
     cfg = ExperimentConfig.from_spec(spec_from_args(args), out=args.out, estimators=estimators,
-                                     variance_draws=max(args.variance_draws, 2), progress=not args.no_progress)
+                                     variance_draws=max(args.variance_draws, 2), nll_k=args.nll_k,
+                                     progress=not args.no_progress)
     result = run_experiment(cfg)
     print(experiment_table(result))
     print(f"wrote {args.out}/report.md, metrics.json, metrics.csv and {len(result['plots'])} plots")

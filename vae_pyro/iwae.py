@@ -203,6 +203,7 @@ def iwae_same_noise(vae, x: torch.Tensor, k: int, repeats: int = 3) -> dict:
 
 
 @torch.no_grad()
+@torch.no_grad()  # an evaluation: keeping the graph of k samples per digit would cost gigabytes
 def iwae_log_likelihood(vae, x: torch.Tensor, k: int = 5000, chunk: int = 500, batch_size: int = 100,
                         progress: bool = True, desc: str = "log p(x), IWAE") -> torch.Tensor:
     """One IWAE_k estimate of log p(x_i) per example (nats), k = 5,000 as in Burda et al. 2015.
