@@ -55,7 +55,16 @@ def device_name(device: torch.device) -> str:
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's peak resident set (VmHWM). Not ``getrusage().ru_maxrss``: Linux carries that
+    across ``execve``, so a child started from a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def memory_probe(estimator: str, batch: int, steps: int) -> float:
