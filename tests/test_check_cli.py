@@ -117,3 +117,26 @@ def test_check_mnist_vae_runs_the_agreement_checks_and_iwae_above_elbo(tmp_path)
     assert all(c["verdict"] == "pass" for c in result["checks"] if c["name"] == "same_noise"
                and c["estimator"] != "stl")
     assert proc.returncode in (0, 1)
+
+
+def test_check_refuses_a_toy_with_a_prior():
+    proc = subprocess.run([sys.executable, "-m", "vae_pyro.cli", "check", "--toy", "bernoulli_1d", "--prior", "mog"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--toy models have their own prior and likelihood" in proc.stderr
+
+
+@pytest.mark.slow
+def test_check_mnist_vae_with_a_mixture_prior_uses_the_tmf_reference(tmp_path, capsys):
+    """--prior works on `check` too: no closed-form KL for a MoG, so analytic drops out, the reference
+    is tmf with 8 particles, and every remaining check passes (30 draws each, tolerances as in compare)."""
+    out = tmp_path / "check.json"
+    code = main(["check", "--prior", "mog", "--set", "networks.hidden=[64]", "--set", "networks.z_dim=8",
+                 "--epochs", "1", "--draws", "30", "--grad-draws", "30", "--no-progress", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert code == 0, capsys.readouterr().out
+    assert result["reference"]["estimator"] == "tmf" and result["reference"]["particles"] == 8
+    assert "prior mog" in result["data"]
+    checked = {c["estimator"] for c in result["checks"] if c["name"] == "monte_carlo"}
+    assert "analytic" not in checked and {"trace", "tmf", "jit_tmf"} <= checked
+    assert all(c["verdict"] != "fail" for c in result["checks"])

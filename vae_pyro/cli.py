@@ -255,7 +255,9 @@ def _add_issue3_commands(sub) -> None:
                                    "agreement checks and IWAE >= ELBO on the MNIST VAE. Prints a report (check, "
                                    "value, tolerance, verdict); exits 1 if any check fails.")
     p.add_argument("--toy", choices=TOYS, default=None,
-                   help="built-in model with exact log p(x) (default: none = the MNIST VAE 784-400-20)")
+                   help="built-in model with exact log p(x) (default: none = the MNIST VAE of --spec, "
+                        "--prior, --likelihood)")
+    add_spec_options(p)
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto = CUDA when available, else CPU; toys always run on the CPU (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="seed for fitting, data order and every draw (default: 0)")
@@ -285,9 +287,14 @@ def _add_issue3_commands(sub) -> None:
 def cmd_check(args) -> int:
     from .verify import CheckConfig, check_table, run_check
 
+    if args.toy and (args.spec or args.prior or args.likelihood or args.overrides):
+        raise ValueError("--toy models have their own prior and likelihood; drop --spec/--prior/--likelihood/--set, "
+                         "or drop --toy to check the MNIST VAE they describe")
     cfg = CheckConfig(toy=args.toy, device=args.device, seed=args.seed, particles=args.particles,
                       draws=args.draws, grad_draws=args.grad_draws, epochs=args.epochs,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress,
+                      spec=load_spec(args.spec, overrides=args.overrides, prior=args.prior,
+                                     likelihood=args.likelihood))
     result = run_check(cfg)
     print(check_table(result))
     if args.json:
