@@ -309,25 +309,18 @@ def cmd_nll(args) -> int:
     import pyro
     import torch
 
-    from .data import load_dataset, prepare
-    from .iwae import iwae_log_likelihood
-    from .model import VAE
-    from .train import resolve_device, seed_all, train
-
     from .checks import reference_for
+    from .iwae import iwae_log_likelihood
+    from .train import train
 
     started = time.perf_counter()
     spec = spec_from_args(args)
     t = spec.training
-    device = resolve_device(t.device)
-    generator = seed_all(t.seed)
-    vae = VAE(spec.model_config()).to(device)
-    binarization, transform = spec.resolved_data()
-    ds = load_dataset(spec.data.dataset)
-    dynamic = binarization == "dynamic"
-    x_train = prepare(ds.train_x, binarization, transform).to(device)
-    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
-    x_test = x_test[:: max(len(x_test) // args.examples, 1)][: args.examples]
+    run = _spec_run(spec)
+    vae, device, ds, dynamic, x_train, generator = (run.vae, run.device, run.ds, run.dynamic, run.x_train,
+                                                    run.generator)
+    binarization, transform = run.binarization, run.transform
+    x_test = run.x_test[:: max(len(run.x_test) // args.examples, 1)][: args.examples]
     vae.check_data(x_test)
     trainer = t.estimator if build_estimator(t.estimator).validity(vae).valid else reference_for(vae).estimator
     train(vae, build_estimator(trainer, spec.checks.particles), x_train, epochs=t.epochs,
@@ -357,6 +350,28 @@ def cmd_nll(args) -> int:
 # --- end issue #3 -----------------------------------------------------------------------------
 
 
+def _spec_run(spec):
+    """What every training command starts with, for a spec: device, seeded shuffling generator, the
+    VAE on the device, and the data the likelihood takes (a dynamic run is evaluated on a static
+    draw of the test set). Returns a namespace."""
+    from types import SimpleNamespace
+
+    from .data import load_dataset, prepare
+    from .model import VAE
+    from .train import resolve_device, seed_all
+
+    device = resolve_device(spec.training.device)
+    generator = seed_all(spec.training.seed)
+    vae = VAE(spec.model_config()).to(device)
+    binarization, transform = spec.resolved_data()
+    ds = load_dataset(spec.data.dataset)
+    dynamic = binarization == "dynamic"
+    x_train = prepare(ds.train_x, binarization, transform).to(device)
+    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
+    return SimpleNamespace(device=device, generator=generator, vae=vae, binarization=binarization,
+                           transform=transform, ds=ds, dynamic=dynamic, x_train=x_train, x_test=x_test)
+
+
 def cmd_compare(args) -> int:
     from .compare import CompareConfig, run_comparison
 
@@ -374,18 +389,14 @@ def cmd_train(args) -> int:
     import torch
 
     from .checks import reference_for
-    from .data import load_dataset, prepare
     from .model import VAE
-    from .train import resolve_device, seed_all, train
+    from .train import train
 
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint PATH")
     spec = spec_from_args(args)
     t = spec.training
-    device = resolve_device(t.device)
-    generator = seed_all(t.seed)
-    vae = VAE(spec.model_config()).to(device)
-    binarization, transform = spec.resolved_data()
+    vae = VAE(spec.model_config())
     particles = spec.checks.particles
     est = build_estimator(t.estimator, particles)
     eval_name = args.eval_estimator or t.estimator
@@ -395,10 +406,10 @@ def cmd_train(args) -> int:
             alt = reference_for(vae).estimator
             raise ValueError(f"estimator {name!r} is invalid for prior {spec.prior.name!r}: {v.reason} "
                              f"(e.g. --estimator {alt})")
-    ds = load_dataset(spec.data.dataset)
-    dynamic = binarization == "dynamic"
-    x_train = prepare(ds.train_x, binarization, transform).to(device)
-    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
+    run = _spec_run(spec)
+    vae, device, ds, dynamic, x_train, x_test, generator = (run.vae, run.device, run.ds, run.dynamic,
+                                                             run.x_train, run.x_test, run.generator)
+    binarization, transform = run.binarization, run.transform
     vae.check_data(x_test)
     eval_est = build_estimator(eval_name, particles)
     history = train(vae, est, x_train, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
