@@ -8,7 +8,6 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import pytest
-import torch
 
 import vae_pyro
 from vae_pyro.verify import torch_threads

@@ -3,7 +3,6 @@ They are stored without outputs; executing them here does not modify the files."
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat

@@ -29,7 +29,7 @@ from .estimators import ESTIMATORS, build_estimator
 from .iwae import iwae_log_likelihood
 from .model import VAE, VAEConfig
 from .report import atomic_write_text, fmt, table, write_json
-from .train import evaluate, resolve_device, seed_all, train
+from .train import resolve_device, seed_all, train
 
 DEFAULT_EXPERIMENT_ESTIMATORS = ("analytic", "trace", "tmf")
 
