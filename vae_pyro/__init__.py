@@ -2,8 +2,8 @@
 
 
 def check_estimators(model, guide, *args, **kwargs):
-    """Estimator-agreement checks for any Pyro model/guide pair; see :mod:`vae_pyro.anymodel` and
+    """Estimator-agreement checks for any Pyro model/guide pair; see :mod:`vae_pyro.checks.any_model` and
     docs/check_any_model.md. (Imported lazily so ``import vae_pyro`` stays light.)"""
-    from .anymodel import check_estimators as run
+    from .checks.any_model import check_estimators as run
 
     return run(model, guide, *args, **kwargs)

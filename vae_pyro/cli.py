@@ -22,12 +22,13 @@ import sys
 from typing import Sequence
 
 from . import report
-from .analytic import NoClosedFormError
 from .data import BINARIZATION_CHOICES, TRANSFORMS, DataError
-from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, build_estimator, estimator_names
+from .checkpoint import CheckpointError
+from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, NoClosedFormError, build_estimator, estimator_names
 from .likelihoods import LIKELIHOODS
 from .priors import PRIORS
 from .registry import UnknownNameError
+from .runs import prepare_run
 from .spec import SpecError, load_spec, shipped_specs
 from .train import DEVICES, TrainingError
 
@@ -37,16 +38,16 @@ def _int_at_least(low: int, what: str):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if value < low:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
         return value
 
     return parse
 
 
-_positive_int = _int_at_least(1, "positive")
-_non_negative_int = _int_at_least(0, "non-negative")
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "a non-negative integer")
 
 
 def _positive_float(text: str) -> float:
@@ -130,7 +131,7 @@ SPEC_FIELDS = {
 
 def spec_from_args(args):
     """The :class:`~vae_pyro.spec.VAESpec` the options of a command describe (see the module docstring
-    for the precedence)."""
+    for the precedence; the command's own defaults lie beneath the spec file)."""
     fields = {}
     for dest, key in SPEC_FIELDS.items():
         value = getattr(args, dest, None)
@@ -138,7 +139,7 @@ def spec_from_args(args):
             fields[key] = list(value) if isinstance(value, tuple) else value
     return load_spec(getattr(args, "spec", None), overrides=getattr(args, "overrides", []),
                      prior=getattr(args, "prior", None), likelihood=getattr(args, "likelihood", None),
-                     fields=fields)
+                     fields=fields, command=getattr(args, "command", None))
 
 
 def _common(p: argparse.ArgumentParser, epochs: int) -> None:
@@ -238,15 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--likelihood", type=_registry_name(LIKELIHOODS), metavar="NAME", help="replace the likelihood")
     show.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                       help="override one field (repeatable)")
-    _add_issue3_commands(sub)
+    _add_check_and_nll(sub)
     return parser
 
 
-# --- issue #3: `check` (ground truth) and `nll` (IWAE test log-likelihood) ---------------------
-
-
-def _add_issue3_commands(sub) -> None:
-    from .toys import TOYS
+def _add_check_and_nll(sub) -> None:
+    """``check`` (ground truth and agreement) and ``nll`` (IWAE test log-likelihood)."""
+    from .checks.toys import TOYS
 
     p = sub.add_parser("check", help="verify every bound against ground truth; exit 1 if a check fails",
                        description="With --toy: fit a small model whose log p(x) is exact, then check every "
@@ -258,16 +257,16 @@ def _add_issue3_commands(sub) -> None:
                    help="built-in model with exact log p(x) (default: none = the MNIST VAE of --spec, "
                         "--prior, --likelihood)")
     add_spec_options(p)
-    p.add_argument("--device", choices=DEVICES, default="auto",
+    p.add_argument("--device", choices=DEVICES, default=None,
                    help="auto = CUDA when available, else CPU; toys always run on the CPU (default: auto)")
-    p.add_argument("--seed", type=int, default=0, help="seed for fitting, data order and every draw (default: 0)")
-    p.add_argument("--particles", type=_positive_int, default=1,
+    p.add_argument("--seed", type=int, default=None, help="seed for fitting, data order and every draw (default: 0)")
+    p.add_argument("--particles", type=_positive_int, default=None,
                    help="samples of z per ELBO estimate (default: 1)")
     p.add_argument("--epochs", type=_non_negative_int, default=None,
                    help="fitting epochs before the checks (default: linear_gaussian 10, bernoulli_* 15, MNIST 3)")
-    p.add_argument("--draws", type=_int_at_least(2, "integer >= 2, i.e. a"), default=40,
+    p.add_argument("--draws", type=_int_at_least(2, "an integer >= 2"), default=None,
                    help="independent draws per estimator for the Monte Carlo checks (default: 40)")
-    p.add_argument("--grad-draws", type=_int_at_least(2, "integer >= 2, i.e. a"), default=40,
+    p.add_argument("--grad-draws", type=_int_at_least(2, "an integer >= 2"), default=None,
                    help="independent gradient draws per estimator (default: 40)")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
@@ -285,16 +284,14 @@ def _add_issue3_commands(sub) -> None:
 
 
 def cmd_check(args) -> int:
-    from .verify import CheckConfig, check_table, run_check
+    from .checks.ground_truth import CheckConfig, check_table, run_check
 
     if args.toy and (args.spec or args.prior or args.likelihood or args.overrides):
         raise ValueError("--toy models have their own prior and likelihood; drop --spec/--prior/--likelihood/--set, "
                          "or drop --toy to check the MNIST VAE they describe")
-    cfg = CheckConfig(toy=args.toy, device=args.device, seed=args.seed, particles=args.particles,
-                      draws=args.draws, grad_draws=args.grad_draws, epochs=args.epochs,
-                      progress=not args.no_progress,
-                      spec=load_spec(args.spec, overrides=args.overrides, prior=args.prior,
-                                     likelihood=args.likelihood))
+    cfg = CheckConfig.from_spec(spec_from_args(args), progress=not args.no_progress)
+    if args.toy:
+        cfg.toy, cfg.epochs = args.toy, args.epochs  # None: the toy's own fitting epochs
     result = run_check(cfg)
     print(check_table(result))
     if args.json:
@@ -309,20 +306,22 @@ def cmd_nll(args) -> int:
     import pyro
     import torch
 
-    from .checks import reference_for
-    from .iwae import iwae_log_likelihood
+    from .estimators.iwae import iwae_log_likelihood
+    from .runs import training_estimator
     from .train import train
 
     started = time.perf_counter()
     spec = spec_from_args(args)
     t = spec.training
-    run = _spec_run(spec)
-    vae, device, ds, dynamic, x_train, generator = (run.vae, run.device, run.ds, run.dynamic, run.x_train,
+    run = prepare_run(spec)
+    vae, device, ds, dynamic, x_train, generator = (run.vae, run.device, run.dataset, run.dynamic, run.x_train,
                                                     run.generator)
     binarization, transform = run.binarization, run.transform
     x_test = run.x_test[:: max(len(run.x_test) // args.examples, 1)][: args.examples]
     vae.check_data(x_test)
-    trainer = t.estimator if build_estimator(t.estimator).validity(vae).valid else reference_for(vae).estimator
+    trainer, note = training_estimator(vae, t.estimator)
+    if note:
+        print(note)
     train(vae, build_estimator(trainer, spec.checks.particles), x_train, epochs=t.epochs,
           batch_size=t.batch_size, lr=t.lr, dynamic=dynamic, generator=generator,
           progress=not args.no_progress, kl_anneal_epochs=t.kl_anneal_epochs)
@@ -339,6 +338,7 @@ def cmd_nll(args) -> int:
             "schema_version": 1, "command": "nll", "spec": spec.source, "device": str(device), "dataset": ds.name,
             "binarization": binarization, "transform": transform, "test_binarization": test_binarization,
             "seed": t.seed, "k": args.k, "examples": len(log_px), "epochs": t.epochs,
+            "training": {"estimator": trainer, "requested_estimator": t.estimator, "estimator_note": note},
             "model": spec.model_config().to_dict(),
             "nll": nll, "nll_se": se, "torch_version": torch.__version__, "pyro_version": pyro.__version__,
             "seconds": time.perf_counter() - started,
@@ -348,28 +348,6 @@ def cmd_nll(args) -> int:
 
 
 # --- end issue #3 -----------------------------------------------------------------------------
-
-
-def _spec_run(spec):
-    """What every training command starts with, for a spec: device, seeded shuffling generator, the
-    VAE on the device, and the data the likelihood takes (a dynamic run is evaluated on a static
-    draw of the test set). Returns a namespace."""
-    from types import SimpleNamespace
-
-    from .data import load_dataset, prepare
-    from .model import VAE
-    from .train import resolve_device, seed_all
-
-    device = resolve_device(spec.training.device)
-    generator = seed_all(spec.training.seed)
-    vae = VAE(spec.model_config()).to(device)
-    binarization, transform = spec.resolved_data()
-    ds = load_dataset(spec.data.dataset)
-    dynamic = binarization == "dynamic"
-    x_train = prepare(ds.train_x, binarization, transform).to(device)
-    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
-    return SimpleNamespace(device=device, generator=generator, vae=vae, binarization=binarization,
-                           transform=transform, ds=ds, dynamic=dynamic, x_train=x_train, x_test=x_test)
 
 
 def cmd_compare(args) -> int:
@@ -406,8 +384,8 @@ def cmd_train(args) -> int:
             alt = reference_for(vae).estimator
             raise ValueError(f"estimator {name!r} is invalid for prior {spec.prior.name!r}: {v.reason} "
                              f"(e.g. --estimator {alt})")
-    run = _spec_run(spec)
-    vae, device, ds, dynamic, x_train, x_test, generator = (run.vae, run.device, run.ds, run.dynamic,
+    run = prepare_run(spec)
+    vae, device, ds, dynamic, x_train, x_test, generator = (run.vae, run.device, run.dataset, run.dynamic,
                                                              run.x_train, run.x_test, run.generator)
     binarization, transform = run.binarization, run.transform
     vae.check_data(x_test)
@@ -443,8 +421,6 @@ def cmd_experiment(args) -> int:
     from .experiment import ExperimentConfig, experiment_table, run_experiment
 
     estimators, args.estimators = args.estimators, None  # not the spec's compare list
-    if args.epochs is None:
-        args.epochs = 20
     cfg = ExperimentConfig.from_spec(spec_from_args(args), out=args.out, estimators=estimators,
                                      variance_draws=max(args.variance_draws, 2), nll_k=args.nll_k,
                                      progress=not args.no_progress)
@@ -461,7 +437,7 @@ def cmd_experiment(args) -> int:
 def cmd_estimators(args) -> int:
     import json
 
-    from . import validity
+    from .checks import validity
 
     if args.all_pairs:
         if args.spec or args.prior or args.likelihood or args.overrides:
@@ -521,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (DataError, UnknownNameError, TrainingError, SpecError, NoClosedFormError, ValueError) as err:
+    except (DataError, UnknownNameError, TrainingError, SpecError, NoClosedFormError, CheckpointError, ValueError) as err:
         print(f"vae-pyro: error: {err}", file=sys.stderr)
         return 2
 

@@ -22,9 +22,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checks
+from .checks.agreement import AgreementSetup, run_agreement
 from .data import load_dataset, prepare, resolve_data
-from .estimators import DEFAULT_ESTIMATORS, ELBO_BOUND, ESTIMATORS, build_estimator, validity
+from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, build_estimator
 from .model import VAE, VAEConfig
+from .runs import training_estimator
 from .train import evaluate, resolve_device, seed_all, time_steps, train
 
 SCHEMA_VERSION = 2
@@ -76,21 +78,24 @@ class CompareConfig:
                 raise ValueError(f"{key} must be >= {low}, got {value}")
 
 
-def _verdict(results: list[checks.CheckResult]) -> str:
-    verdicts = {r.verdict for r in results}
-    if checks.FAIL in verdicts:
-        return checks.FAIL
-    return checks.PASS if checks.PASS in verdicts else checks.SKIP
-
-
-def _skipped(name: str, reason: str) -> list[checks.CheckResult]:
-    return [checks.CheckResult(check, name, None, None, checks.SKIP, details={"reason": reason})
-            for check in ("monte_carlo", "same_noise", "gradient", "device")]
-
-
-def _not_an_elbo(name: str, bound: str) -> list[checks.CheckResult]:
-    return _skipped(name, f"{name} estimates the {bound.upper()}_k bound, not the ELBO; it is checked against "
-                          "exact log p(x) and its twin by `vae-pyro check`")
+def _record(name, est, valid, mc, results, vae, ref, x_time, cfg) -> dict:
+    """One estimator's entry of the JSON (see the module docstring)."""
+    if mc is None:  # invalid here: not run
+        return {"name": name, "description": est.description, "neg_elbo_mean": None, "neg_elbo_se": None,
+                "kl": valid.kind, "validity": valid.to_dict(), "z_vs_reference": None, "z_vs_analytic": None,
+                "same_noise_max_abs_diff": None, "grad_agreement": None, "grad_max_rel_err": None,
+                "ms_per_step": None, "verdict": checks.SKIP, "checks": [r.to_dict() for r in results]}
+    by_name = {r.name: r for r in results}
+    z = by_name["monte_carlo"].value
+    return {
+        "name": name, "description": est.description, "neg_elbo_mean": mc.mean, "neg_elbo_se": mc.se,
+        "kl": est.validity(vae).kind, "validity": valid.to_dict(), "z_vs_reference": z,
+        "z_vs_analytic": z if ref.estimator == "analytic" else None,
+        "same_noise_max_abs_diff": by_name["same_noise"].value, "grad_agreement": by_name["gradient"].value,
+        "grad_max_rel_err": by_name["gradient"].details.get("max_rel_err"), "bound": est.bound,
+        "ms_per_step": time_steps(vae, est, x_time, cfg.timing_steps), "verdict": checks.overall(results),
+        "checks": [r.to_dict() for r in results],
+    }
 
 
 def run_comparison(cfg: CompareConfig) -> dict:
@@ -101,9 +106,7 @@ def run_comparison(cfg: CompareConfig) -> dict:
 
     vae = VAE(cfg.model).to(device)
     binarization, transform = resolve_data(cfg.binarization, cfg.transform, vae.likelihood.data_kind)
-    train_validity = validity(cfg.train_estimator, vae)
-    if not train_validity.valid:
-        raise ValueError(f"cannot train with estimator {cfg.train_estimator!r}: {train_validity.reason}")
+    trainer, trainer_note = training_estimator(vae, cfg.train_estimator)
     ds = load_dataset(cfg.dataset)
     dynamic = binarization == "dynamic"
     x_train = prepare(ds.train_x, binarization, transform).to(device)
@@ -111,73 +114,19 @@ def run_comparison(cfg: CompareConfig) -> dict:
     x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
     vae.check_data(x_test)
 
-    history = train(vae, build_estimator(cfg.train_estimator, cfg.particles), x_train, epochs=cfg.epochs,
+    history = train(vae, build_estimator(trainer, cfg.particles), x_train, epochs=cfg.epochs,
                     batch_size=cfg.batch_size, lr=cfg.lr, dynamic=dynamic, generator=generator,
                     progress=cfg.progress, kl_anneal_epochs=cfg.kl_anneal_epochs)
     ref = checks.reference_for(vae, cfg.particles, cfg.reference_particles)
-    ref_est = build_estimator(ref.estimator, ref.particles)
-    trained_test = evaluate(vae, ref_est, x_test) if cfg.epochs else None
+    trained_test = evaluate(vae, build_estimator(ref.estimator, ref.particles), x_test) if cfg.epochs else None
 
-    x_grad = x_test[:cfg.grad_batch]
     x_time = x_train[:cfg.batch_size] if not dynamic else torch.bernoulli(x_train[:cfg.batch_size])
-    per_estimator = cfg.draws + cfg.grad_draws
-    bar = tqdm(total=per_estimator * (len(cfg.estimators) + 1), desc="checks", unit="draw",
-               disable=not cfg.progress, leave=False)
-    ref_mc = checks.MCStats.of(ref.estimator, checks.loss_draws(ref_est, vae, x_test, cfg.draws, bar), ref.particles)
-    directions = checks.gradient_directions(vae, x_grad, seed=cfg.seed, reference=ref.estimator)
-    ref_grad = checks.gradient_draws(ref_est, vae, x_grad, cfg.grad_draws, directions, bar)
-
+    setup = AgreementSetup(vae, x_test, x_test[:cfg.grad_batch], x_test, cfg.particles, cfg.draws, cfg.grad_draws,
+                           cfg.reference_particles, cfg.seed, cfg.z_tol, cfg.same_noise_tol)
     records = []
-    for name in cfg.estimators:
-        bar.set_postfix(estimator=name)
-        est = build_estimator(name, cfg.particles)
-        valid = est.validity(vae)
-        if not valid.valid:
-            results = _skipped(name, f"{name} is invalid here: {valid.reason}")
-            bar.update(per_estimator)
-            records.append({
-                "name": name, "description": est.description, "neg_elbo_mean": None, "neg_elbo_se": None,
-                "kl": est.kl_kind(vae), "validity": valid.to_dict(), "z_vs_reference": None,
-                "z_vs_analytic": None, "same_noise_max_abs_diff": None, "grad_agreement": None,
-                "grad_max_rel_err": None, "ms_per_step": None, "verdict": checks.SKIP,
-                "checks": [r.to_dict() for r in results],
-            })
-            continue
-        mc = checks.MCStats.of(name, checks.loss_draws(est, vae, x_test, cfg.draws, bar), cfg.particles)
-        if est.bound != ELBO_BOUND:
-            # issue #3: an IWAE_k estimator's value is a different, tighter bound; judging it against
-            # the ELBO would fail a correct estimator. `vae-pyro check` judges it instead.
-            results = _not_an_elbo(name, est.bound)
-            bar.update(cfg.grad_draws)
-        else:
-            results = [
-                checks.monte_carlo_check(mc, ref_mc, cfg.z_tol),
-                checks.same_noise_check(vae, x_test, name, cfg.particles, tol=cfg.same_noise_tol),
-                checks.gradient_check(checks.gradient_draws(est, vae, x_grad, cfg.grad_draws, directions, bar),
-                                      ref_grad, cfg.z_tol),
-                checks.device_check(vae, x_test, name, max(cfg.draws // 2, 2), cfg.particles, cfg.z_tol),
-            ]
-        by_name = {r.name: r for r in results}
-        z = by_name["monte_carlo"].value
-        records.append({
-            "name": name,
-            "description": est.description,
-            "neg_elbo_mean": mc.mean,
-            "neg_elbo_se": mc.se,
-            "kl": est.kl_kind(vae),
-            "validity": valid.to_dict(),
-            "z_vs_reference": z,
-            "z_vs_analytic": z if ref.estimator == "analytic" else None,
-            "same_noise_max_abs_diff": by_name["same_noise"].value,
-            "grad_agreement": by_name["gradient"].value,
-            "grad_max_rel_err": by_name["gradient"].details.get("max_rel_err"),
-            "bound": est.bound,
-            "ms_per_step": time_steps(vae, est, x_time, cfg.timing_steps),
-            "verdict": _verdict(results),
-            "checks": [r.to_dict() for r in results],
-        })
-    bar.close()
-
+    agreement = run_agreement(setup, cfg.estimators, cfg.progress, "checks", on_estimator=lambda name, *entry:
+                              records.append(_record(name, *entry, vae, ref, x_time, cfg)))
+    ref_mc = agreement.reference_mc
     return {
         "schema_version": SCHEMA_VERSION,
         "command": "compare",
@@ -198,13 +147,14 @@ def run_comparison(cfg: CompareConfig) -> dict:
         "model": cfg.model.to_dict(),
         "kl_weight": cfg.model.kl_weight,
         "training": {
-            "estimator": cfg.train_estimator, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "estimator": trainer, "requested_estimator": cfg.train_estimator, "estimator_note": trainer_note,
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "lr": cfg.lr, "kl_anneal_epochs": cfg.kl_anneal_epochs,
             "history": [asdict(h) for h in history], "test_neg_elbo": trained_test,
         },
         "reference": {**ref.to_dict(), "neg_elbo_mean": ref_mc.mean, "neg_elbo_se": ref_mc.se},
         "tolerances": {"z": cfg.z_tol, "same_noise": cfg.same_noise_tol, "grad_z": cfg.z_tol},
         "estimators": records,
-        "verdict": _verdict([checks.CheckResult("", r["name"], None, None, r["verdict"]) for r in records]),
+        "verdict": checks.overall([checks.CheckResult("", r["name"], None, None, r["verdict"]) for r in records]),
         "seconds": time.perf_counter() - started,
     }

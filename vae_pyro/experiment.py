@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from . import checks, plots
 from .data import load_dataset, prepare, resolve_data
 from .estimators import ESTIMATORS, build_estimator
-from .iwae import iwae_log_likelihood
+from .estimators.iwae import iwae_log_likelihood
 from .model import VAE, VAEConfig
 from .report import atomic_write_text, fmt, table, write_json
 from .train import resolve_device, seed_all, train

@@ -318,16 +318,29 @@ def _validate(raw: dict) -> VAESpec:
     return spec
 
 
+#: Each command's own defaults, beneath the spec file (a spec that sets the key wins over them):
+#: ``check`` trains briefly and draws less than ``compare``; ``experiment`` trains longer.
+COMMAND_DEFAULTS = {
+    "check": {"training.epochs": 3, "checks.draws": 40, "checks.grad_draws": 40},
+    "experiment": {"training.epochs": 20},
+}
+
+
 def load_spec(name_or_path: str | None = None, overrides: list[str] = (), prior: str | None = None,
-              likelihood: str | None = None, fields: dict | None = None) -> VAESpec:
-    """The spec ``name_or_path`` (None: all defaults), then ``fields`` ({"training.epochs": 1},
-    from command-line options), then ``prior``/``likelihood`` (fresh, with their default options),
-    then ``overrides`` (``--set``), validated once at the end."""
+              likelihood: str | None = None, fields: dict | None = None, command: str | None = None) -> VAESpec:
+    """``command``'s defaults (:data:`COMMAND_DEFAULTS`), then the spec ``name_or_path`` (None: the
+    built-in defaults), then ``fields`` ({"training.epochs": 1}, from command-line options), then
+    ``prior``/``likelihood`` (fresh, with their default options), then ``overrides`` (``--set``),
+    validated once at the end."""
     if name_or_path is None:
         raw, source = {}, "defaults"
     else:
         text, source = read_spec_text(name_or_path)
         raw = parse_toml(text, source)
+    for key, value in COMMAND_DEFAULTS.get(command, {}).items():
+        section, name = key.split(".")
+        if isinstance(raw.setdefault(section, {}), dict):
+            raw[section].setdefault(name, value)
     for key, value in (fields or {}).items():
         section, name = key.split(".")
         if not isinstance(raw.setdefault(section, {}), dict):

@@ -39,8 +39,10 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
-from .checks import FAIL, PASS, SKIP, Z_TOL, CheckResult, GradStats, MCStats, gradient_check, monte_carlo_check
-from .iwae import DifferentiableRenyiELBO
+from ..estimators.iwae import DifferentiableRenyiELBO
+from .agreement import gradient_check, monte_carlo_check
+from .result import FAIL, PASS, SKIP, Z_TOL, CheckResult
+from .stats import GradStats, MCStats, grad_moments, unit_directions
 
 SAME_SEED_TOL = 1e-5
 
@@ -59,7 +61,7 @@ class EstimatorReport:
         return all(c.verdict != FAIL for c in self.checks)
 
     def table(self) -> str:
-        from .report import fmt, table
+        from ..report import fmt, table
 
         rows = [[c.name, c.estimator, fmt(c.value, ".3g"), fmt(c.tolerance, ".3g"), c.verdict.upper()]
                 for c in self.checks]
@@ -151,7 +153,7 @@ def check_estimators(model, guide, *args, seed: int = 0, draws: int = 100, grad_
 
 
 def _directions(elbo, model, guide, args, kwargs, params, seed, pilot: int = 8, num_random: int = 3):
-    """Per parameter, a pilot gradient direction (the mean of ``pilot`` reference draws, made apart
+    """Per parameter, a pilot gradient direction (the sum of ``pilot`` reference draws, made apart
     from the tested ones) and ``num_random`` seeded Gaussian directions, as unit vectors."""
     if not params:
         return []
@@ -162,32 +164,12 @@ def _directions(elbo, model, guide, args, kwargs, params, seed, pilot: int = 8, 
                                                   allow_unused=True)):
             if g is not None:
                 t += g
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for p, t in zip(params, total):
-        dirs = torch.cat([t.detach().double().flatten()[None],
-                          torch.randn(num_random, p.numel(), generator=gen, dtype=torch.float64).to(p.device)])
-        out.append(dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-300))
-    return out
+    return unit_directions(total, params, num_random, seed)
 
 
 def _grad_draws(name, elbo, model, guide, args, kwargs, params, names, directions, draws, bar) -> GradStats:
-    s1 = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    s2 = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    proj = torch.zeros(draws, len(params), directions[0].shape[0] if directions else 1, dtype=torch.float64)
-    for r in range(draws):
-        if params:
-            loss = elbo.differentiable_loss(model, guide, *args, **kwargs)
-            for i, g in enumerate(torch.autograd.grad(loss, params, allow_unused=True)):
-                g = torch.zeros_like(params[i]) if g is None else g
-                g = g.detach().double()
-                s1[i] += g
-                s2[i] += g * g
-                proj[r, i] = (directions[i] @ g.flatten()).cpu()
-        bar.update(1)
-    mean = [a / draws for a in s1]
-    var = [((b - draws * m * m) / (draws - 1)).clamp_min(0) for b, m in zip(s2, mean)]
-    return GradStats(name, names, mean, var, proj, draws)
+    return grad_moments(name, lambda: elbo.differentiable_loss(model, guide, *args, **kwargs), names, params,
+                        draws, directions, bar)
 
 
 __all__ = ["check_estimators", "EstimatorReport", "Z_TOL"]

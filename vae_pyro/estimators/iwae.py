@@ -50,16 +50,8 @@ from pyro.util import warn_if_nan
 from tqdm.auto import tqdm
 
 from .analytic import log_normal_diag, reparameterize
-from .estimators import (
-    INVALID,
-    IWAE_BOUND,
-    MONTE_CARLO,
-    MONTE_CARLO_KL,
-    Estimator,
-    PyroEstimator,
-    Validity,
-    register_estimator,
-)
+from .base import INVALID, IWAE_BOUND, MONTE_CARLO_KL, Estimator, Validity, register_estimator
+from .pyro_elbos import PyroEstimator
 
 
 def iwae_validity(vae) -> Validity:
@@ -75,7 +67,7 @@ def log_weights(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor 
     """log w = log p(x|z) + log p(z) - log q(z|x) at z = mu + sigma * eps, shape (num_particles, B).
 
     ``stop_q_grad=True`` evaluates log q with the encoder's outputs detached (z itself still carries
-    the gradient): the path-derivative of Roeder et al. 2017, used by :mod:`vae_pyro.stl`."""
+    the gradient): the path-derivative of Roeder et al. 2017, used by :mod:`vae_pyro.estimators.stl`."""
     mu, logvar = vae.encoder(x)
     z = reparameterize(mu, logvar, num_particles, eps)
     log_lik = vae.likelihood.log_prob(vae.decoder(z), x)
@@ -105,9 +97,6 @@ class IWAEEstimator(Estimator):
 
     def differentiable_loss(self, vae, x):
         return iwae_neg_bound(vae, x, self.num_particles)
-
-    def kl_kind(self, vae):
-        return MONTE_CARLO
 
     def validity(self, vae):
         return iwae_validity(vae)
@@ -202,7 +191,6 @@ def iwae_same_noise(vae, x: torch.Tensor, k: int, repeats: int = 3) -> dict:
 # Test-set log-likelihood with many samples
 
 
-@torch.no_grad()
 @torch.no_grad()  # an evaluation: keeping the graph of k samples per digit would cost gigabytes
 def iwae_log_likelihood(vae, x: torch.Tensor, k: int = 5000, chunk: int = 500, batch_size: int = 100,
                         progress: bool = True, desc: str = "log p(x), IWAE") -> torch.Tensor:

@@ -37,30 +37,33 @@ Both also report each estimator's gradient signal-to-noise ratio (:mod:`vae_pyro
 
 from __future__ import annotations
 
-import contextlib
 import math
-import platform
 import time
 from dataclasses import dataclass
 
-import pyro
 import torch
 from tqdm.auto import tqdm
 
-from . import checks, exact
-from .checks import FAIL, PASS, SKIP, Z_TOL, CheckResult
-from .estimators import Estimator, build_estimator
+from ..estimators import ELBO_BOUND, ESTIMATORS, Estimator, build_estimator, checked_estimator_names, estimator_names
+from ..estimators.iwae import iwae_log_likelihood, iwae_same_noise, log_weights
+from . import exact
+from .result import (
+    EXACT_TOL,
+    IWAE_GAP_TOL,
+    QUAD_TOL,
+    SAME_NOISE_TOL,
+    SKIP,
+    STL_RATIO_TOL,
+    Z_TOL,
+    CheckResult,
+    overall,
+    result,
+    torch_threads,
+)
 from .gradquality import gradient_quality
-from .iwae import iwae_log_likelihood, iwae_same_noise, log_weights
+from .stats import loss_draws, mean_se
 from .toys import TOYS, build_toy, pooled_digits
 
-EXACT_TOL = 1e-9
-QUAD_TOL = 1e-6
-SAME_NOISE_TOL = 1e-8
-IWAE_GAP_TOL = 0.05
-STL_RATIO_TOL = 1e-12
-BOUNDARY_TOL = -20.0   # log-density on the quadrature box's edge relative to the peak
-ELBO_ESTIMATORS = ("analytic", "trace", "tmf", "jit_trace", "jit_tmf", "stl")
 IWAE_KS = (1, 5, 50, 500, 5000)
 QUAD_POINTS = {1: 128, 2: 48}
 
@@ -79,6 +82,14 @@ class CheckConfig:
     #: the MNIST VAE's spec (prior, likelihood, data, networks; :mod:`vae_pyro.spec`); None = defaults
     spec: object = None
 
+    @classmethod
+    def from_spec(cls, spec, progress: bool = True) -> "CheckConfig":
+        """The MNIST VAE's checks as ``spec`` describes them: its [training] (device, seed, epochs) and
+        [checks] (particles, draws, grad_draws)."""
+        t, c = spec.training, spec.checks
+        return cls(device=t.device, seed=t.seed, particles=c.particles, draws=c.draws, grad_draws=c.grad_draws,
+                   epochs=t.epochs, progress=progress, spec=spec)
+
     def validate(self) -> None:
         if self.toy is not None and self.toy not in TOYS:
             raise ValueError(f"unknown toy {self.toy!r}; allowed: {', '.join(TOYS)}")
@@ -92,34 +103,16 @@ class CheckConfig:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
 
 
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run tiny models on ``n`` threads: their ops are too small for OpenMP to pay off, and on a
-    busy machine idle-spinning worker threads make them 10-50x slower (measured on 2 cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _result(name, estimator, value, tolerance, ok, reference=None, **details) -> CheckResult:
-    return CheckResult(name, estimator, value, tolerance, PASS if ok else FAIL, reference, details)
-
-
-def _mean_se(values: torch.Tensor) -> tuple[float, float]:
-    return float(values.mean()), float(values.std(unbiased=True) / math.sqrt(len(values)))
-
-
 def _elbo_draws(est: Estimator, vae, x: torch.Tensor, draws: int, bar) -> torch.Tensor:
     """``draws`` independent estimates of the bound, averaged over the examples (nats/example)."""
-    return -torch.tensor(checks.loss_draws(est, vae, x, draws, bar), dtype=torch.float64)
+    return -torch.tensor(loss_draws(est, vae, x, draws, bar), dtype=torch.float64)
 
 
-def overall(results: list[CheckResult]) -> str:
-    verdicts = {r.verdict for r in results}
-    return FAIL if FAIL in verdicts else (PASS if PASS in verdicts else SKIP)
+def elbo_estimators(vae) -> list[str]:
+    """The ELBO estimators judged against ground truth, from the registry (bound, validity). Asked
+    with the random stream forked: asking ``tmf`` traces the guide once, which draws numbers."""
+    with torch.random.fork_rng(devices=[]):
+        return checked_estimator_names(vae)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,7 +125,7 @@ def toy_checks(toy, x: torch.Tensor, cfg: CheckConfig, estimators: dict[str, Est
     toy = toy.clone(dtype=torch.float64)
     x = x.double()
     linear = toy.config.toy == "linear_gaussian"
-    estimators = estimators or {n: build_estimator(n, cfg.particles) for n in ELBO_ESTIMATORS}
+    estimators = estimators or {n: build_estimator(n, cfg.particles) for n in elbo_estimators(toy)}
     results: list[CheckResult] = []
     b = len(x)
 
@@ -142,26 +135,26 @@ def toy_checks(toy, x: torch.Tensor, cfg: CheckConfig, estimators: dict[str, Est
         kl = exact.linear_gaussian_kl_to_posterior(toy, x)
         elbo_exact = exact.linear_gaussian_elbo(toy, x)
         diff = float((elbo_exact - (log_px - kl)).abs().max())
-        results.append(_result("exact_identity", "-", diff, EXACT_TOL, diff <= EXACT_TOL, 0.0,
+        results.append(result("exact_identity", "-", diff, EXACT_TOL, diff <= EXACT_TOL, 0.0,
                                what="closed-form ELBO vs closed-form log p(x) - KL(q || p(z|x))"))
         quad = {"method": "closed form (Cholesky of W W^T + s^2 I)"}
     else:
         n = QUAD_POINTS[toy.config.z_dim]
         q = exact.quadrature_log_px(toy, x, n=n, progress=cfg.progress)
         log_px = q["log_px"]
-        ok = q["max_abs_diff"] <= QUAD_TOL and q["boundary_rel"] <= BOUNDARY_TOL
-        results.append(_result("quadrature_converged", "-", q["max_abs_diff"], QUAD_TOL, ok, 0.0,
+        ok = q["max_abs_diff"] <= QUAD_TOL and q["boundary_rel"] <= exact.BOUNDARY_TOL
+        results.append(result("quadrature_converged", "-", q["max_abs_diff"], QUAD_TOL, ok, 0.0,
                                points_per_dim=[n, 2 * n], boundary_log_density_rel_peak=q["boundary_rel"],
-                               boundary_tolerance=BOUNDARY_TOL))
+                               boundary_tolerance=exact.BOUNDARY_TOL))
         elbo_exact = exact.gauss_hermite_elbo(toy, x, 40)
         gh_diff = float((elbo_exact - exact.gauss_hermite_elbo(toy, x, 20)).abs().max())
-        results.append(_result("gauss_hermite_converged", "-", gh_diff, QUAD_TOL, gh_diff <= QUAD_TOL, 0.0,
+        results.append(result("gauss_hermite_converged", "-", gh_diff, QUAD_TOL, gh_diff <= QUAD_TOL, 0.0,
                                nodes_per_dim=[20, 40]))
         kl = log_px - elbo_exact
         quad = {"method": f"midpoint rule, {2 * n} points per dimension on a per-example box "
                           f"(agrees with {n} points to {q['max_abs_diff']:.1e} nats)"}
     kl_min = float(kl.min())
-    results.append(_result("kl_nonnegative", "-", kl_min, -EXACT_TOL, kl_min >= -EXACT_TOL, 0.0,
+    results.append(result("kl_nonnegative", "-", kl_min, -EXACT_TOL, kl_min >= -EXACT_TOL, 0.0,
                            kl_mean=float(kl.mean())))
     log_px_mean = float(log_px.mean())
     elbo_ref = float((log_px - kl).mean())
@@ -172,38 +165,38 @@ def toy_checks(toy, x: torch.Tensor, cfg: CheckConfig, estimators: dict[str, Est
     for name, est in estimators.items():
         bar.set_postfix(estimator=name)
         draws = _elbo_draws(est, toy, x, cfg.draws, bar)
-        mean, se = _mean_se(draws)
+        mean, se = mean_se(draws)
         bounds[name] = {"mean": mean, "se": se, "num_particles": est.num_particles}
         z = (mean - elbo_ref) / se if se > 0 else (0.0 if abs(mean - elbo_ref) <= EXACT_TOL else math.inf)
-        results.append(_result("elbo_matches_exact", name, z, Z_TOL, abs(z) <= Z_TOL, elbo_ref,
+        results.append(result("elbo_matches_exact", name, z, Z_TOL, abs(z) <= Z_TOL, elbo_ref,
                                mean=mean, se=se, draws=cfg.draws))
         zb = (mean - log_px_mean) / se if se > 0 else (0.0 if mean - log_px_mean <= EXACT_TOL else math.inf)
-        results.append(_result("bound_below_log_px", name, zb, Z_TOL, zb <= Z_TOL, log_px_mean,
+        results.append(result("bound_below_log_px", name, zb, Z_TOL, zb <= Z_TOL, log_px_mean,
                                mean=mean, se=se, gap=log_px_mean - mean))
     bar.close()
 
     # --- IWAE_k: ours vs Pyro's, monotone in k, converging to log p(x) ----------------------------
     sn = iwae_same_noise(toy, x, 10)
-    results.append(_result("iwae_same_noise", "iwae vs renyi0", sn["value_max_abs_diff"], SAME_NOISE_TOL,
+    results.append(result("iwae_same_noise", "iwae vs renyi0", sn["value_max_abs_diff"], SAME_NOISE_TOL,
                            sn["value_max_abs_diff"] <= SAME_NOISE_TOL and sn["grad_max_rel_diff"] <= 1e-6, 0.0,
                            **sn))
     torch.manual_seed(cfg.seed + 1)
     iw = {k: iwae_log_likelihood(toy, x, k=k, progress=cfg.progress, desc=f"check: IWAE_{k}") for k in IWAE_KS}
     for k, values in iw.items():
-        mean, se = _mean_se(values - log_px)
+        mean, se = mean_se(values - log_px)
         bounds[f"iwae_k{k}"] = {"mean": float(values.mean()), "se_of_gap": se, "num_particles": k}
         z = mean / se
-        results.append(_result("bound_below_log_px", f"iwae[k={k}]", z, Z_TOL, z <= Z_TOL, log_px_mean,
+        results.append(result("bound_below_log_px", f"iwae[k={k}]", z, Z_TOL, z <= Z_TOL, log_px_mean,
                                mean=float(values.mean()), gap=-mean, se=se))
     steps = []
     for k1, k2 in zip(IWAE_KS[:-1], IWAE_KS[1:]):
-        mean, se = _mean_se(iw[k2] - iw[k1])
+        mean, se = mean_se(iw[k2] - iw[k1])
         steps.append({"k": [k1, k2], "mean_increase": mean, "se": se, "z": mean / se})
     z_min = min(s["z"] for s in steps)
-    results.append(_result("iwae_nondecreasing", "iwae", z_min, -Z_TOL, z_min >= -Z_TOL, None, steps=steps))
+    results.append(result("iwae_nondecreasing", "iwae", z_min, -Z_TOL, z_min >= -Z_TOL, None, steps=steps))
     kmax = IWAE_KS[-1]
-    gap, gap_se = _mean_se(log_px - iw[kmax])
-    results.append(_result("iwae_close_to_log_px", f"iwae[k={kmax}]", gap, IWAE_GAP_TOL,
+    gap, gap_se = mean_se(log_px - iw[kmax])
+    results.append(result("iwae_close_to_log_px", f"iwae[k={kmax}]", gap, IWAE_GAP_TOL,
                            -Z_TOL * gap_se <= gap <= IWAE_GAP_TOL, log_px_mean, se=gap_se))
 
     # --- the posterior-matching encoder ----------------------------------------------------------
@@ -233,14 +226,14 @@ def _linear_gaussian_at_posterior(toy, x, log_px, cfg) -> list[CheckResult]:
             log_w = log_weights(at, x, k)                                  # every draw, every example
             worst[name] = float((log_w - log_px).abs().max())
     value = max(closed, *worst.values())
-    out = [_result("tight_at_posterior", "closed form, trace, stl, iwae", value, EXACT_TOL, value <= EXACT_TOL, 0.0,
+    out = [result("tight_at_posterior", "closed form, trace, stl, iwae", value, EXACT_TOL, value <= EXACT_TOL, 0.0,
                    closed_form_max_abs_diff=closed, single_draw_max_abs_diff=worst,
                    posterior_diagonal=True)]
     torch.manual_seed(cfg.seed + 3)
     stl = gradient_quality(build_estimator("stl"), at, x, cfg.grad_draws)
     trace = gradient_quality(build_estimator("trace"), at, x, cfg.grad_draws)
     ratio = stl.encoder_var / trace.encoder_var
-    out.append(_result("stl_zero_variance", "stl", ratio, STL_RATIO_TOL, ratio <= STL_RATIO_TOL, 0.0,
+    out.append(result("stl_zero_variance", "stl", ratio, STL_RATIO_TOL, ratio <= STL_RATIO_TOL, 0.0,
                        stl_encoder_var=stl.encoder_var, trace_encoder_var=trace.encoder_var,
                        stl_decoder_var=stl.decoder_var, trace_decoder_var=trace.decoder_var))
     return out
@@ -250,7 +243,9 @@ def _gradient_table(vae, x, cfg) -> list[dict]:
     """Gradient SNR / variance of each estimator at the same parameters (Rainforth et al. 2018); IWAE
     at k = 1, 10, 100 to show the encoder's SNR falling and the decoder's rising with k. Estimators
     that do not apply to this VAE (e.g. ``analytic`` for a mixture prior) are left out."""
-    rows = [(n, build_estimator(n, cfg.particles), None) for n in ("analytic", "trace", "tmf", "stl")]
+    with torch.random.fork_rng(devices=[]):  # asking validity may trace the guide (see elbo_estimators)
+        plain = [n for n in checked_estimator_names(vae) if not ESTIMATORS[n].jit]
+    rows = [(n, build_estimator(n, cfg.particles), None) for n in plain]
     rows += [("iwae", build_estimator("iwae", k), f"iwae[k={k}]") for k in (1, 10, 100)]
     rows.append(("renyi0", build_estimator("renyi0", 10), "renyi0[k=10]"))
     rows = [row for row in rows if row[1].validity(vae).valid]
@@ -282,93 +277,101 @@ def run_toy(cfg: CheckConfig, estimators: dict[str, Estimator] | None = None) ->
     return out
 
 
-def _header(cfg, device, what, binarization) -> dict:
-    return {"schema_version": 1, "command": "check", "toy": cfg.toy, "device": str(device),
-            "device_name": platform.processor() or platform.machine() if str(device) == "cpu"
-            else torch.cuda.get_device_name(device), "data": what, "binarization": binarization,
-            "seed": cfg.seed, "particles": cfg.particles, "draws": cfg.draws, "grad_draws": cfg.grad_draws,
-            "torch_version": torch.__version__, "pyro_version": pyro.__version__,
-            "tolerances": {"z": Z_TOL, "exact": EXACT_TOL, "quadrature": QUAD_TOL, "same_noise": SAME_NOISE_TOL,
-                           "iwae_gap": IWAE_GAP_TOL, "stl_ratio": STL_RATIO_TOL}}
+def _header(cfg, device, what, binarization, spec_source=None) -> dict:
+    from ..runs import result_header
+
+    out = result_header("check", spec_source, device, cfg.seed)
+    out.update({"toy": cfg.toy, "data": what, "binarization": binarization, "particles": cfg.particles,
+                "draws": cfg.draws, "grad_draws": cfg.grad_draws,
+                "tolerances": {"z": Z_TOL, "exact": EXACT_TOL, "quadrature": QUAD_TOL, "same_noise": SAME_NOISE_TOL,
+                               "iwae_gap": IWAE_GAP_TOL, "stl_ratio": STL_RATIO_TOL}})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
 # The MNIST VAE
 
 
-MNIST_ESTIMATORS = ("trace", "tmf", "jit_trace", "jit_tmf", "stl")
+def _mnist_estimators(vae, reference, particles: int) -> dict:
+    """The ELBO estimators ``check`` runs on the MNIST VAE, from the registry (:func:`elbo_estimators`,
+    each asked once), without the reference itself (at the same particles it would be compared with itself)."""
+    out = {}
+    for name in estimator_names():
+        cls = ESTIMATORS[name]
+        if cls.bound != ELBO_BOUND or not cls.checked or (name == reference.estimator and reference.particles == particles):
+            continue
+        valid = cls().validity(vae)
+        if valid.valid:
+            out[name] = valid
+    return out
 
 
-def run_mnist(cfg: CheckConfig) -> dict:
-    from .data import load_dataset, prepare
-    from .model import VAE
-    from .train import resolve_device, seed_all, train
+def _iwae_checks(vae, x_test, cfg) -> tuple[list[CheckResult], torch.Tensor | None]:
+    """iwae against renyi0 at shared noise, and IWAE_50 >= ELBO per example (paired z-score); only at
+    beta = 1 (IWAE_k has no KL weight)."""
+    if not build_estimator("iwae").validity(vae).valid:
+        return [], None
+    sn = iwae_same_noise(vae, x_test[:200], 5)
+    out = [result("iwae_same_noise", "iwae vs renyi0", sn["value_max_abs_diff"], SAME_NOISE_TOL,
+                  sn["value_max_abs_diff"] <= SAME_NOISE_TOL and sn["grad_max_rel_diff"] <= 1e-6, 0.0, **sn)]
+    # IWAE_50 >= ELBO, paired per example: one IWAE_50 draw and a 50-particle ELBO per digit
+    torch.manual_seed(cfg.seed + 1)
+    iw = iwae_log_likelihood(vae, x_test, k=50, chunk=50, progress=cfg.progress, desc="check: IWAE_50")
+    with torch.no_grad():
+        elbo = torch.cat([log_weights(vae, x_test[i:i + 100], 50).mean(0) for i in range(0, len(x_test), 100)])
+    mean, se = mean_se((iw - elbo).double().cpu())
+    out.append(result("iwae_at_least_elbo", "iwae[k=50]", mean / se, -Z_TOL, mean / se >= -Z_TOL, 0.0,
+                      mean_difference=mean, se=se, iwae_mean=float(iw.mean()), elbo_mean=float(elbo.mean())))
+    return out, iw
 
-    from .spec import load_spec
+
+def _train_for_check(run, cfg, reference) -> tuple[str, str | None]:
+    from ..runs import training_estimator
+    from ..train import train
+
+    t = run.spec.training
+    trainer, note = training_estimator(run.vae, t.estimator)
+    train(run.vae, build_estimator(trainer, cfg.particles), run.x_train, epochs=cfg.epochs, batch_size=t.batch_size,
+          lr=t.lr, generator=run.generator, progress=cfg.progress, kl_anneal_epochs=t.kl_anneal_epochs)
+    return trainer, note
+
+
+def run_mnist(cfg: CheckConfig, run=None) -> dict:
+    """The agreement checks (:func:`~vae_pyro.checks.agreement.run_agreement`) and the IWAE checks on
+    the MNIST VAE of ``cfg.spec``, trained first (``cfg.epochs``) unless ``run`` holds a trained one.
+    A dynamically binarized spec is trained and checked on one static draw: the checks need fixed data."""
+    from ..runs import prepare_run
+    from .agreement import AgreementSetup, reference_for, run_agreement
 
     cfg.validate()
     started = time.perf_counter()
-    spec = cfg.spec if cfg.spec is not None else load_spec(None)
-    device = resolve_device(cfg.device)
-    generator = seed_all(cfg.seed)
-    vae = VAE(spec.model_config()).to(device)
-    binarization, transform = spec.resolved_data()
-    ds = load_dataset(spec.data.dataset)
-    # the checks need one fixed data set: dynamic binarization is checked on a static draw
-    binarization = "static" if binarization == "dynamic" else binarization
-    x_train = prepare(ds.train_x, binarization, transform).to(device)
-    x_test = prepare(ds.test_x, binarization, transform).to(device)
+    trained = run is not None
+    run = run or prepare_run(cfg.spec, binarization="static" if cfg.spec.resolved_data()[0] == "dynamic" else None)
+    vae, x_test, c = run.vae, run.x_test, cfg.spec.checks
     vae.check_data(x_test)
-    epochs = 3 if cfg.epochs is None else cfg.epochs
-    reference = checks.reference_for(vae, cfg.particles)
-    trainer = spec.training.estimator
-    if not build_estimator(trainer).validity(vae).valid:
-        trainer = reference.estimator
-    train(vae, build_estimator(trainer, cfg.particles), x_train, epochs=epochs, batch_size=128,
-          generator=generator, progress=cfg.progress)
-    results: list[CheckResult] = []
-    x_grad = x_test[::4][:256]
-    names = [n for n in MNIST_ESTIMATORS if build_estimator(n).validity(vae).valid]
-    bar = tqdm(total=(cfg.draws + cfg.grad_draws) * (len(names) + 1), desc="check: agreement",
-               unit="draw", disable=not cfg.progress, leave=False)
-    ref = build_estimator(reference.estimator, reference.particles)
-    ref_mc = checks.MCStats.of(reference.estimator, checks.loss_draws(ref, vae, x_test, cfg.draws, bar),
-                               reference.particles)
-    directions = checks.gradient_directions(vae, x_grad, seed=cfg.seed, reference=reference.estimator)
-    ref_grad = checks.gradient_draws(ref, vae, x_grad, cfg.grad_draws, directions, bar)
-    for name in names:
-        bar.set_postfix(estimator=name)
-        est = build_estimator(name, cfg.particles)
-        mc = checks.MCStats.of(name, checks.loss_draws(est, vae, x_test, cfg.draws, bar), cfg.particles)
-        results += [checks.monte_carlo_check(mc, ref_mc),
-                    checks.same_noise_check(vae, x_test[:200], name, cfg.particles),
-                    checks.gradient_check(checks.gradient_draws(est, vae, x_grad, cfg.grad_draws, directions, bar),
-                                          ref_grad)]
-    bar.close()
-    iw = None
-    if build_estimator("iwae").validity(vae).valid:  # IWAE_k has no KL weight: beta = 1 only
-        sn = iwae_same_noise(vae, x_test[:200], 5)
-        results.append(_result("iwae_same_noise", "iwae vs renyi0", sn["value_max_abs_diff"], SAME_NOISE_TOL,
-                               sn["value_max_abs_diff"] <= SAME_NOISE_TOL and sn["grad_max_rel_diff"] <= 1e-6, 0.0, **sn))
-        # IWAE_50 >= ELBO, paired per example: one IWAE_50 draw and a 50-particle ELBO per digit
-        torch.manual_seed(cfg.seed + 1)
-        iw = iwae_log_likelihood(vae, x_test, k=50, chunk=50, progress=cfg.progress, desc="check: IWAE_50")
-        with torch.no_grad():
-            elbo = torch.cat([log_weights(vae, x_test[i:i + 100], 50).mean(0) for i in range(0, len(x_test), 100)])
-        mean, se = _mean_se((iw - elbo).double().cpu())
-        results.append(_result("iwae_at_least_elbo", "iwae[k=50]", mean / se, -Z_TOL, mean / se >= -Z_TOL, 0.0,
-                               mean_difference=mean, se=se, iwae_mean=float(iw.mean()), elbo_mean=float(elbo.mean())))
-    quality = _gradient_table(vae, x_grad[:64], cfg)  # 64 digits: IWAE_100 gradients of the 784-400-20 VAE are costly on CPU
-    m = spec.model_config()
-    out = _header(cfg, device, f"MNIST VAE {m.x_dim}-{'-'.join(map(str, m.hidden))}-{m.z_dim} (prior {m.prior}, "
-                               f"likelihood {m.likelihood}) on {ds.name} ({len(x_test)} test digits)", binarization)
-    out["spec"] = spec.source
-    out["reference"] = {"estimator": reference.estimator, "particles": reference.particles, "why": reference.why}
-    out.update({"exact_log_px": None, "examples": int(len(x_test)), "trained_epochs": epochs,
+    reference = reference_for(vae, cfg.particles, c.reference_particles)
+    trainer, note = (None, "evaluated as loaded from the checkpoint") if trained else _train_for_check(run, cfg, reference)
+    validities = _mnist_estimators(vae, reference, cfg.particles)
+    setup = AgreementSetup(vae, x_test, x_test[::4][:256], x_test[:200], cfg.particles, cfg.draws, cfg.grad_draws,
+                           c.reference_particles, cfg.seed, c.z_tol, c.same_noise_tol,
+                           checks=("monte_carlo", "same_noise", "gradient"))
+    agreement = run_agreement(setup, list(validities), cfg.progress, "check: agreement", validities)
+    results = [r for *_, checks_ in agreement.estimators.values() for r in checks_]
+    iwae_results, iw = _iwae_checks(vae, x_test, cfg)
+    quality = _gradient_table(vae, setup.x_grad[:64], cfg)  # 64 digits: IWAE_100 gradients of the 784-400-20 VAE are costly on CPU
+    m = cfg.spec.model_config()
+    out = _header(cfg, run.device, f"MNIST VAE {m.x_dim}-{'-'.join(map(str, m.hidden))}-{m.z_dim} (prior {m.prior}, "
+                                   f"likelihood {m.likelihood}) on {run.dataset.name} ({len(x_test)} test digits)",
+                  run.binarization, cfg.spec.source)
+    out["reference"] = reference.to_dict()
+    ref_mc = agreement.reference_mc
+    out.update({"exact_log_px": None, "examples": int(len(x_test)), "trained_epochs": 0 if trained else cfg.epochs,
+                "training": {"estimator": trainer, "requested_estimator": cfg.spec.training.estimator,
+                             "estimator_note": note},
                 "bounds": {"elbo": {"mean": -ref_mc.mean, "se": ref_mc.se},
                            "iwae_k50": {"mean": float(iw.mean())} if iw is not None else None},
-                "checks": [r.to_dict() for r in results], "gradient_quality": quality,
-                "verdict": overall(results), "seconds": time.perf_counter() - started})
+                "checks": [r.to_dict() for r in results + iwae_results], "gradient_quality": quality,
+                "verdict": overall(results + iwae_results), "seconds": time.perf_counter() - started})
     return out
 
 
@@ -381,7 +384,7 @@ def run_check(cfg: CheckConfig) -> dict:
 
 
 def check_table(result: dict) -> str:
-    from .report import fmt, table
+    from ..report import fmt, table
 
     rows = []
     for c in result["checks"]:
@@ -400,8 +403,11 @@ def check_table(result: dict) -> str:
                       for name, v in b.items()]
         lines += ["", table(["bound", "mean (nats/example)", "s.e.", "log p(x) - bound"], bound_rows)]
     else:
-        lines.append(f"ELBO = {b['elbo']['mean']:.3f} ± {b['elbo']['se']:.3f}, IWAE_50 = {b['iwae_k50']['mean']:.3f} "
-                     f"nats/example over {result['examples']} test digits")
+        iwae = f", IWAE_50 = {b['iwae_k50']['mean']:.3f}" if b.get("iwae_k50") else " (IWAE_50: not at beta != 1)"
+        lines.append(f"ELBO = {b['elbo']['mean']:.3f} ± {b['elbo']['se']:.3f}{iwae} nats/example over "
+                     f"{result['examples']} test digits")
+        if result.get("training", {}).get("estimator_note"):
+            lines.append(result["training"]["estimator_note"])
     lines += ["", table(["check", "estimator", "value", "reference", "tolerance", "verdict"], rows, align="llrrrl")]
     skipped = sorted({c["details"]["reason"] for c in result["checks"] if c["verdict"] == "skip" and "reason" in c["details"]})
     for reason in skipped:

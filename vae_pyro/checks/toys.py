@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .analytic import LOG_2PI
-from .data import load_mnist5k
-from .likelihoods import build_likelihood
-from .model import VAE
-from .priors import build_prior
+from ..data import load_mnist5k
+from ..estimators.analytic import LOG_2PI
+from ..likelihoods import build_likelihood
+from ..model import VAE
+from ..priors import build_prior
 
 TOYS = ("linear_gaussian", "bernoulli_2d", "bernoulli_1d")
 TOY_BINARIZATION_SEED = 0
@@ -193,8 +193,8 @@ def build_toy(name: str, x_train: torch.Tensor | None = None, *, seed: int = 0, 
     ``epochs`` (default 10) epochs, so it is close to but not at the exact posterior.
     ``bernoulli_1d`` / ``bernoulli_2d``: encoder and decoder (196-32-z, tanh) fitted together by Adam
     on the ELBO, ``epochs`` (default 15)."""
-    from .estimators import build_estimator
-    from .train import seed_all, train
+    from ..estimators import build_estimator
+    from ..train import seed_all, train
 
     if name not in TOYS:
         raise ValueError(f"unknown toy {name!r}; allowed: {', '.join(TOYS)}")

@@ -61,7 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Independent, Normal, kl_divergence
 
-from .priors import DiagNormal, StandardNormal
+from ..priors import DiagNormal, StandardNormal
+from .base import EXACT_KL, INVALID, Estimator, Validity, register_estimator
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -104,22 +105,20 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, num_particles: int = 
     return mu + eps * std
 
 
-def neg_elbo_terms(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None):
-    """The two terms of the hand-derived loss, per example: ``(recon, kl, z, mu, logvar)`` where
-    ``recon`` (shape (num_particles, B)) is -log p(x|z) at each sample and ``kl`` (shape (B,)) is
-    the closed-form KL. Uses the VAE's own likelihood, so other likelihoods plug in."""
+def neg_elbo_terms(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None,
+                   sampled_kl: bool = False):
+    """The two terms of the hand-written -ELBO, per example: ``(recon, kl, z, mu, logvar)`` where
+    ``recon`` (shape (num_particles, B)) is -log p(x|z) at each sample z = mu + sigma eps and ``kl`` is
+    the closed-form KL (shape (B,)), or with ``sampled_kl`` the Monte Carlo KL log q(z|x) - log p(z)
+    at each sample (shape (num_particles, B); any prior). Uses the VAE's own likelihood and prior."""
     mu, logvar = vae.encoder(x)
     z = reparameterize(mu, logvar, num_particles, eps)
+    if sampled_kl:
+        recon = -vae.likelihood.log_prob(vae.decoder(z), x)
+        return recon, log_normal_diag(z, mu, logvar) - vae.prior.dist((x.shape[0],)).log_prob(z), z, mu, logvar
     kl = closed_form_kl(vae, mu, logvar)  # first, so a prior without one refuses before any work
     recon = -vae.likelihood.log_prob(vae.decoder(z), x)
     return recon, kl, z, mu, logvar
-
-
-def recon_terms(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None):
-    """Like :func:`neg_elbo_terms` without the KL: ``(recon, z, mu, logvar)``, for any prior."""
-    mu, logvar = vae.encoder(x)
-    z = reparameterize(mu, logvar, num_particles, eps)
-    return -vae.likelihood.log_prob(vae.decoder(z), x), z, mu, logvar
 
 
 def closed_form_kl(vae, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -154,9 +153,38 @@ def closed_form_kl_reason(vae) -> str | None:
     return None
 
 
-def analytic_neg_elbo(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None) -> torch.Tensor:
-    """BCE + beta KLD, summed over the batch, the reconstruction term averaged over ``num_particles``
-    samples: an unbiased estimate of -sum_i ELBO_beta(x_i) whose only noise is in the reconstruction
-    (beta = ``vae.kl_weight``, 1 for the ELBO)."""
-    recon, kl, *_ = neg_elbo_terms(vae, x, num_particles, eps)
-    return (recon.mean(0) + vae.kl_weight * kl).sum()
+def neg_elbo(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None,
+             sampled_kl: bool = False) -> torch.Tensor:
+    """The hand-written -ELBO_beta summed over the batch (beta = ``vae.kl_weight``, 1 for the ELBO):
+    BCE + beta KLD with the closed-form KL, the reconstruction averaged over ``num_particles``
+    samples, an unbiased estimate of -sum_i ELBO_beta(x_i) whose only noise is in the
+    reconstruction; or (``sampled_kl``) recon + beta (log q(z|x) - log p(z)) averaged over samples."""
+    recon, kl, *_ = neg_elbo_terms(vae, x, num_particles, eps, sampled_kl)
+    return neg_elbo_from_terms(recon, kl, vae.kl_weight, sampled_kl)
+
+
+def neg_elbo_from_terms(recon: torch.Tensor, kl: torch.Tensor, kl_weight, sampled_kl: bool = False) -> torch.Tensor:
+    """:func:`neg_elbo` from the terms of :func:`neg_elbo_terms`: mean over particles, sum over the batch."""
+    if sampled_kl:
+        return (recon + kl_weight * kl).mean(0).sum()
+    return (recon.mean(0) + kl_weight * kl).sum()
+
+
+@register_estimator("analytic")
+class AnalyticEstimator(Estimator):
+    description = "hand-written log-likelihood (BCE for Bernoulli) + closed-form KL; refuses without one"
+    same_noise_skip = "is the reference the others are compared with"
+
+    def differentiable_loss(self, vae, x):
+        return neg_elbo(vae, x, self.num_particles)
+
+    def same_noise_skip_reason(self, vae):
+        why_not = closed_form_kl_reason(vae)
+        return f"is invalid here: {why_not}" if why_not else self.same_noise_skip
+
+    def validity(self, vae):
+        why_not = closed_form_kl_reason(vae)
+        if why_not:
+            return Validity(INVALID, why_not)
+        return Validity(EXACT_KL, f"closed-form KL(Normal || {vae.prior.name}) plus the likelihood's "
+                                  "hand-written log-density")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .checks import gradient_draws
+from .stats import gradient_draws
 
 
 @dataclass

@@ -8,10 +8,10 @@ is built for each pair and each estimator is asked, :meth:`Estimator.validity`),
 
 from __future__ import annotations
 
-from .estimators import estimator_names, validity_table
-from .likelihoods import LIKELIHOODS
-from .model import VAE
-from .priors import PRIORS
+from ..estimators import estimator_names, validity_table
+from ..likelihoods import LIKELIHOODS
+from ..model import VAE
+from ..priors import PRIORS
 
 SHORT = {"exact_kl": "exact", "monte_carlo_kl": "MC", "invalid": "invalid"}
 

@@ -16,9 +16,16 @@
 The reference (:func:`reference_for`) is the analytic loss where the prior has a closed-form KL. Where
 it has none the analytic loss refuses, and the reference is ``tmf`` with many particles (it is then
 the Monte Carlo KL, and the same-noise check has tied it to the hand-written recon + log q - log p).
+
 * **devices**: the same numbers on CUDA as on the CPU (skipped, and reported as skipped, without CUDA).
 
-Tolerances and why:
+**The engine.** :func:`run_agreement` runs the checks named in :data:`AGREEMENT_CHECKS` (one function
+each) for a list of estimators against the reference and returns their :class:`CheckResult`s;
+``vae-pyro compare`` and ``vae-pyro check`` on the MNIST VAE both call it, and
+:func:`~vae_pyro.checks.any_model.check_estimators` uses the same statistics for any Pyro model. A new
+agreement check is one function ``(ctx, est, mc) -> CheckResult`` and one entry in that dict.
+
+Tolerances and why (the constants live in :mod:`vae_pyro.checks.result`):
 
 * ``SAME_NOISE_TOL = 1e-8`` nats/example, float64: the two computations differ only by the order of
   float operations on ~10^3 terms of size ~1, so disagreement should be ~1e-13; 1e-8 leaves five
@@ -35,46 +42,16 @@ Tolerances and why:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from tqdm.auto import tqdm
 
-from .analytic import closed_form_kl, closed_form_kl_reason, log_normal_diag, recon_terms
-from .estimators import ANALYTIC, ESTIMATORS, Estimator, build_estimator, mean_field_kl_kind
-
-SAME_NOISE_TOL = 1e-8
-GRAD_REL_TOL = 1e-6
-GRAD_DETERMINISTIC_REL = 1e-5
-Z_TOL = 4.0
-PASS, FAIL, SKIP = "pass", "fail", "skip"
-
-
-@dataclass
-class CheckResult:
-    """One check of one estimator. ``value`` is compared with ``tolerance`` (``reference`` is what the
-    value was measured against, where that is a number)."""
-
-    name: str
-    estimator: str
-    value: float | None
-    tolerance: float | None
-    verdict: str
-    reference: float | None = None
-    details: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _verdict(ok: bool) -> str:
-    return PASS if ok else FAIL
-
-
-def _mean_se(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), float(t.std(unbiased=True) / math.sqrt(len(t)))
+from ..estimators import ELBO_BOUND, build_estimator
+from ..estimators.analytic import closed_form_kl_reason, neg_elbo, neg_elbo_from_terms, neg_elbo_terms
+from .result import GRAD_DETERMINISTIC_REL, GRAD_REL_TOL, SAME_NOISE_TOL, SKIP, Z_TOL, CheckResult, skipped, verdict_of
+from .stats import GradStats, MCStats, gradient_directions, gradient_draws, loss_draws, z_score
 
 
 @dataclass
@@ -101,32 +78,16 @@ def reference_for(vae, particles: int = 1, reference_particles: int = 8) -> Refe
                      "itself tied to the hand-written recon + log q - log p by the same-noise check")
 
 
-def hand_neg_elbo(vae, x: torch.Tensor, num_particles: int, eps: torch.Tensor, sampled_kl: bool):
-    """The hand-written -ELBO_beta summed over the batch at noise ``eps``: recon + beta KL with the
-    closed-form KL, or (``sampled_kl``) recon + beta (log q(z|x) - log p(z)) at z = mu + sigma eps.
-    Returns ``(loss, recon, sampled_kl_or_None)``, the last two per particle and example."""
-    recon, z, mu, logvar = recon_terms(vae, x, num_particles, eps)
-    beta = vae.kl_weight
-    if sampled_kl:
-        mc_kl = log_normal_diag(z, mu, logvar) - vae.prior.dist((x.shape[0],)).log_prob(z)
-        return (recon + beta * mc_kl).mean(0).sum(), recon, mc_kl
-    return (recon.mean(0) + beta * closed_form_kl(vae, mu, logvar)).sum(), recon, None
-
-
 # ----------------------------------------------------------------------------------------------
 # Same noise: exact identities
 
 
-def recorded_pyro_loss(vae, x, elbo, differentiable: bool = False):
-    """Run a Pyro ELBO on (vae.model, vae.guide) at beta = ``vae.kl_weight`` and return
-    ``(loss, z)``, the z its guide drew."""
+def recorded_pyro_loss(vae, x, elbo):
+    """Run a Pyro ELBO's ``differentiable_loss`` on (vae.model, vae.guide) at beta = ``vae.kl_weight``
+    and return ``(loss, z)``, the z its guide drew."""
     traced_guide = poutine.trace(vae.guide)
-    if differentiable:
-        loss = elbo.differentiable_loss(vae.model, traced_guide, x, vae.kl_weight)
-    else:
-        loss = elbo.loss(vae.model, traced_guide, x, vae.kl_weight)
-    z = traced_guide.msngr.trace.nodes["z"]["value"]
-    return loss, z
+    loss = elbo.differentiable_loss(vae.model, traced_guide, x, vae.kl_weight)
+    return loss, traced_guide.msngr.trace.nodes["z"]["value"]
 
 
 def _grads(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -152,33 +113,31 @@ def same_noise_check(vae, x: torch.Tensor, estimator: str, num_particles: int = 
     a compiled estimator, whose noise cannot be recorded, with its uncompiled twin at the same seed
     (both draw the same numbers from torch's generator), which closes the chain to the hand-written
     loss. Runs at beta = ``vae.kl_weight``."""
-    est_cls = ESTIMATORS[estimator]
-    if estimator == "analytic" and closed_form_kl_reason(vae):
-        return CheckResult("same_noise", estimator, None, tol, SKIP,
-                           details={"reason": f"analytic is invalid here: {closed_form_kl_reason(vae)}"})
-    if est_cls.same_noise_skip or (est_cls.twin is None and estimator not in ("tmf", "trace")):
-        reason = est_cls.same_noise_skip or "has no same-noise identity"
-        return CheckResult("same_noise", estimator, None, tol, SKIP, details={"reason": f"{estimator} {reason}"})
-    if est_cls.twin is not None:
-        return _same_seed_twin_check(vae, x, estimator, est_cls.twin, num_particles, repeats, tol)
+    est = build_estimator(estimator, num_particles)
+    why_not = est.same_noise_skip_reason(vae)
+    if why_not:
+        return skipped("same_noise", estimator, f"{estimator} {why_not}", tol)
+    if est.twin is not None:
+        return _same_seed_twin_check(vae, x, estimator, est.twin, num_particles, repeats, tol)
     vae64 = vae.clone(dtype=torch.float64)
+    identity = est.same_noise_elbo(vae64)
+    if identity is None:
+        return skipped("same_noise", estimator, f"{estimator} has no same-noise identity", tol)
+    elbo, sampled_kl = identity
     x64 = x.to(torch.float64)
     batch = x.shape[0]
-    # tmf's KL is exact where torch registers one, else it samples exactly like trace.
-    sampled_kl = estimator == "trace" or mean_field_kl_kind(vae64) != ANALYTIC
-    elbo_cls = TraceMeanField_ELBO if estimator == "tmf" else Trace_ELBO
-    elbo = elbo_cls(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
     params = list(vae64.parameters())
     worst_value, worst_grad, worst_recon = 0.0, 0.0, 0.0
     for _ in range(repeats):
-        pyro_loss, z = recorded_pyro_loss(vae64, x64, elbo, differentiable=True)
+        pyro_loss, z = recorded_pyro_loss(vae64, x64, elbo)
         z = z.detach().reshape(num_particles, batch, -1)
         mu, logvar = vae64.encoder(x64)
         eps = ((z - mu) / torch.exp(0.5 * logvar)).detach()
-        hand, recon, mc_kl = hand_neg_elbo(vae64, x64, num_particles, eps, sampled_kl)
+        recon, kl, *_ = neg_elbo_terms(vae64, x64, num_particles, eps, sampled_kl)
+        hand = neg_elbo_from_terms(recon, kl, vae64.kl_weight, sampled_kl)
         if sampled_kl:
             # The reconstruction term alone: the Pyro loss minus its (weighted) Monte Carlo KL.
-            rest = pyro_loss - vae64.kl_weight * mc_kl.mean(0).sum()
+            rest = pyro_loss - vae64.kl_weight * kl.mean(0).sum()
             worst_recon = max(worst_recon, abs((rest - recon.mean(0).sum()).item()) / batch)
         worst_value = max(worst_value, abs((pyro_loss - hand).item()) / batch)
         worst_grad = max(worst_grad, _max_rel_grad_diff(_grads(pyro_loss, params), _grads(hand, params)))
@@ -189,7 +148,7 @@ def same_noise_check(vae, x: torch.Tensor, estimator: str, num_particles: int = 
     if sampled_kl:
         details["recon_term_max_abs_diff"] = worst_recon
     ok = worst_value <= tol and worst_grad <= GRAD_REL_TOL and worst_recon <= tol
-    return CheckResult("same_noise", estimator, worst_value, tol, _verdict(ok), reference=0.0, details=details)
+    return CheckResult("same_noise", estimator, worst_value, tol, verdict_of(ok), reference=0.0, details=details)
 
 
 def _same_seed_twin_check(vae, x, estimator, twin, num_particles, repeats, tol) -> CheckResult:
@@ -208,7 +167,7 @@ def _same_seed_twin_check(vae, x, estimator, twin, num_particles, repeats, tol) 
         worst_value = max(worst_value, abs((a - b).item()) / x.shape[0])
         worst_grad = max(worst_grad, _max_rel_grad_diff(_grads(a, params), _grads(b, params)))
     ok = worst_value <= tol and worst_grad <= GRAD_REL_TOL
-    return CheckResult("same_noise", estimator, worst_value, tol, _verdict(ok), reference=0.0,
+    return CheckResult("same_noise", estimator, worst_value, tol, verdict_of(ok), reference=0.0,
                        details={"grad_max_rel_diff": worst_grad, "repeats": repeats, "dtype": "float64",
                                 "against": f"{twin} at the same seed"})
 
@@ -217,39 +176,10 @@ def _same_seed_twin_check(vae, x, estimator, twin, num_particles, repeats, tol) 
 # Monte Carlo agreement of values
 
 
-def loss_draws(est: Estimator, vae, x: torch.Tensor, draws: int, progress=None) -> list[float]:
-    """``draws`` independent values of the estimate, in nats/example."""
-    out = []
-    for _ in range(draws):
-        out.append(est.loss(vae, x) / x.shape[0])
-        if progress is not None:
-            progress.update(1)
-    return out
-
-
-@dataclass
-class MCStats:
-    estimator: str
-    mean: float
-    se: float
-    sd: float
-    draws: int
-    num_particles: int
-
-    @classmethod
-    def of(cls, name: str, values: list[float], num_particles: int) -> "MCStats":
-        mean, se = _mean_se(values)
-        return cls(name, mean, se, se * math.sqrt(len(values)), len(values), num_particles)
-
-
-def z_score(a: MCStats, b: MCStats) -> float:
-    return (a.mean - b.mean) / math.sqrt(a.se ** 2 + b.se ** 2 + 1e-300)
-
-
 def monte_carlo_check(stats: MCStats, reference: MCStats, tol: float = Z_TOL) -> CheckResult:
     z = z_score(stats, reference)
     return CheckResult(
-        "monte_carlo", stats.estimator, z, tol, _verdict(abs(z) <= tol), reference=reference.mean,
+        "monte_carlo", stats.estimator, z, tol, verdict_of(abs(z) <= tol), reference=reference.mean,
         details={"mean": stats.mean, "se": stats.se, "sd_per_draw": stats.sd, "draws": stats.draws,
                  "num_particles": stats.num_particles, "reference_se": reference.se},
     )
@@ -257,69 +187,6 @@ def monte_carlo_check(stats: MCStats, reference: MCStats, tol: float = Z_TOL) ->
 
 # ----------------------------------------------------------------------------------------------
 # Gradients
-
-
-@dataclass
-class GradStats:
-    """Per parameter tensor: the mean and variance over ``draws`` independent gradient estimates, and
-    each draw's projections onto the tensor's fixed test directions (shape (draws, tensors, K))."""
-
-    estimator: str
-    names: list[str]
-    mean: list[torch.Tensor]
-    var: list[torch.Tensor]
-    proj: torch.Tensor
-    draws: int
-
-
-def _params(vae) -> tuple[list[str], list[torch.Tensor]]:
-    named = [(n, p) for n, p in vae.named_parameters() if p.requires_grad]
-    return [n for n, _ in named], [p for _, p in named]
-
-
-def gradient_directions(vae, x: torch.Tensor, num_random: int = 3, pilot_particles: int = 32,
-                        seed: int = 0, reference: str = "analytic") -> list[torch.Tensor]:
-    """Per parameter tensor, K = 1 + ``num_random`` fixed unit directions to test gradients along:
-    the direction of a pilot gradient of the ``reference`` estimator (``pilot_particles`` samples,
-    drawn independently of the draws that are tested, so the direction does not favour them) and
-    ``num_random`` Gaussian directions from a seeded generator. Returns one (K, numel) float64
-    tensor per parameter."""
-    names, params = _params(vae)
-    est = build_estimator(reference, pilot_particles)
-    pilot = torch.autograd.grad(est.differentiable_loss(vae, x) / x.shape[0], params, allow_unused=True)
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for p, g in zip(params, pilot):
-        rand = torch.randn(num_random, p.numel(), generator=gen, dtype=torch.float64).to(p.device)
-        first = (g if g is not None else torch.zeros_like(p)).detach().double().flatten()[None]
-        dirs = torch.cat([first, rand])
-        out.append(dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-300))
-    return out
-
-
-def gradient_draws(est: Estimator, vae, x: torch.Tensor, draws: int, directions: list[torch.Tensor],
-                   progress=None) -> GradStats:
-    """``draws`` independent gradients of -ELBO/example: float64 running sums for mean and variance
-    (memory stays at two copies of the parameters however many draws) and their projections onto
-    ``directions``."""
-    names, params = _params(vae)
-    s1 = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    s2 = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    proj = torch.zeros(draws, len(params), directions[0].shape[0], dtype=torch.float64)
-    for r in range(draws):
-        loss = est.differentiable_loss(vae, x) / x.shape[0]
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        for i, g in enumerate(grads):
-            g = torch.zeros_like(params[i]) if g is None else g
-            g = g.detach().double()
-            s1[i] += g
-            s2[i] += g * g
-            proj[r, i] = (directions[i] @ g.flatten()).cpu()
-        if progress is not None:
-            progress.update(1)
-    mean = [a / draws for a in s1]
-    var = [((b - draws * m * m) / (draws - 1)).clamp_min(0) for b, m in zip(s2, mean)]
-    return GradStats(est.name, names, mean, var, proj, draws)
 
 
 def gradient_check(stats: GradStats, reference: GradStats, tol: float = Z_TOL) -> CheckResult:
@@ -348,7 +215,7 @@ def gradient_check(stats: GradStats, reference: GradStats, tol: float = Z_TOL) -
         per_tensor[name] = {"z": [float(v) for v in z[i]],
                             "rel_err": float((m - rm).norm() / (rm.norm() + 1e-30))}
     value = float(z.abs().max())
-    return CheckResult("gradient", stats.estimator, value, tol, _verdict(value <= tol), reference=0.0,
+    return CheckResult("gradient", stats.estimator, value, tol, verdict_of(value <= tol), reference=0.0,
                        details={"per_tensor": per_tensor, "draws": stats.draws, "directions": int(z.shape[1]),
                                 "max_rel_err": max(d["rel_err"] for d in per_tensor.values())})
 
@@ -366,7 +233,7 @@ def device_check(vae, x: torch.Tensor, estimator: str, draws: int, num_particles
     different random streams, so only statistical agreement is possible). Skipped, and reported as
     such, without CUDA."""
     if not torch.cuda.is_available():
-        return CheckResult("device", estimator, None, tol, SKIP, details={"reason": "CUDA is not available"})
+        return skipped("device", estimator, "CUDA is not available", tol)
     cpu_vae, cuda_vae = vae.clone(device="cpu"), vae.clone(device="cuda")
     x_cpu, x_cuda = x.to("cpu"), x.to("cuda")
     with torch.no_grad():
@@ -375,7 +242,7 @@ def device_check(vae, x: torch.Tensor, estimator: str, draws: int, num_particles
         fixed = []
         sampled = closed_form_kl_reason(cpu_vae) is not None
         for model, xs, e in ((cpu_vae, x_cpu, eps), (cuda_vae, x_cuda, eps.cuda())):
-            fixed.append(float(hand_neg_elbo(model, xs, num_particles, e, sampled)[0]))
+            fixed.append(float(neg_elbo(model, xs, num_particles, e, sampled)))
     rel = abs(fixed[0] - fixed[1]) / abs(fixed[0])
     est = build_estimator(estimator, num_particles)
     cpu = MCStats.of(estimator, loss_draws(est, cpu_vae, x_cpu, draws), num_particles)
@@ -383,5 +250,113 @@ def device_check(vae, x: torch.Tensor, estimator: str, draws: int, num_particles
     z = z_score(gpu, cpu)
     details = {"fixed_noise_rel_diff": rel, "cuda_mean": gpu.mean, "cuda_se": gpu.se,
                "cpu_mean": cpu.mean, "cpu_se": cpu.se, "device_name": torch.cuda.get_device_name()}
-    return CheckResult("device", estimator, z, tol, _verdict(rel <= 1e-4 and abs(z) <= tol),
+    return CheckResult("device", estimator, z, tol, verdict_of(rel <= 1e-4 and abs(z) <= tol),
                        reference=cpu.mean, details=details)
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine: every agreement check, for a list of estimators, against one reference
+
+
+@dataclass
+class AgreementSetup:
+    """What the agreement checks run on: the VAE, the data (``x`` for values, ``x_grad`` for
+    gradients, ``x_same_noise`` for the float64 identities), the draws and tolerances, and which
+    checks of :data:`AGREEMENT_CHECKS` to run."""
+
+    vae: object
+    x: torch.Tensor
+    x_grad: torch.Tensor
+    x_same_noise: torch.Tensor
+    particles: int = 1
+    draws: int = 100
+    grad_draws: int = 50
+    reference_particles: int = 8
+    seed: int = 0
+    z_tol: float = Z_TOL
+    same_noise_tol: float = SAME_NOISE_TOL
+    checks: tuple[str, ...] = ("monte_carlo", "same_noise", "gradient", "device")
+
+
+@dataclass
+class Agreement:
+    """The engine's result: the reference and its Monte Carlo statistics, and per estimator its
+    validity, Monte Carlo statistics (None when invalid) and check results."""
+
+    reference: Reference
+    reference_mc: MCStats
+    estimators: dict
+
+
+def _context(setup: AgreementSetup, bar) -> dict:
+    ref = reference_for(setup.vae, setup.particles, setup.reference_particles)
+    ref_est = build_estimator(ref.estimator, ref.particles)
+    ref_mc = MCStats.of(ref.estimator, loss_draws(ref_est, setup.vae, setup.x, setup.draws, bar), ref.particles)
+    directions = gradient_directions(setup.vae, setup.x_grad, seed=setup.seed, reference=ref.estimator)
+    ref_grad = gradient_draws(ref_est, setup.vae, setup.x_grad, setup.grad_draws, directions, bar)
+    return {"setup": setup, "reference": ref, "ref_mc": ref_mc, "directions": directions, "ref_grad": ref_grad,
+            "bar": bar}
+
+
+def _monte_carlo(ctx, est, mc) -> CheckResult:
+    return monte_carlo_check(mc, ctx["ref_mc"], ctx["setup"].z_tol)
+
+
+def _same_noise(ctx, est, mc) -> CheckResult:
+    s = ctx["setup"]
+    return same_noise_check(s.vae, s.x_same_noise, est.name, s.particles, tol=s.same_noise_tol)
+
+
+def _gradient(ctx, est, mc) -> CheckResult:
+    s = ctx["setup"]
+    stats = gradient_draws(est, s.vae, s.x_grad, s.grad_draws, ctx["directions"], ctx["bar"])
+    return gradient_check(stats, ctx["ref_grad"], s.z_tol)
+
+
+def _device(ctx, est, mc) -> CheckResult:
+    s = ctx["setup"]
+    return device_check(s.vae, s.x, est.name, max(s.draws // 2, 2), s.particles, s.z_tol)
+
+
+#: The engine's list: check name -> function ``(ctx, est, mc) -> CheckResult``, run in this order.
+AGREEMENT_CHECKS = {"monte_carlo": _monte_carlo, "same_noise": _same_noise, "gradient": _gradient,
+                    "device": _device}
+
+
+def _all_skipped(checks, name: str, reason: str) -> list[CheckResult]:
+    return [skipped(check, name, reason) for check in checks]
+
+
+def run_agreement(setup: AgreementSetup, names, progress: bool = True, desc: str = "checks",
+                  validities: dict | None = None, on_estimator=None) -> Agreement:
+    """Every check of ``setup.checks`` for each estimator in ``names`` against the reference
+    (:func:`reference_for`). An estimator invalid for the VAE is not run (its checks are skipped
+    with the reason); one of another bound than the ELBO (IWAE_k) has its value drawn but is not
+    judged against the ELBO. ``validities``: the estimators' :class:`Validity`, where the caller
+    has already asked (asking ``tmf`` traces the guide once, which draws random numbers).
+    ``on_estimator(name, est, validity, mc, results)`` is called after each estimator's checks,
+    before the next one's (e.g. to time it)."""
+    per_estimator = setup.draws + setup.grad_draws
+    bar = tqdm(total=per_estimator * (len(names) + 1), desc=desc, unit="draw", disable=not progress, leave=False)
+    ctx = _context(setup, bar)
+    out = {}
+    for name in names:
+        bar.set_postfix(estimator=name)
+        est = build_estimator(name, setup.particles)
+        valid = validities[name] if validities else est.validity(setup.vae)
+        if not valid.valid:
+            bar.update(per_estimator)
+            out[name] = (est, valid, None, _all_skipped(setup.checks, name, f"{name} is invalid here: {valid.reason}"))
+        elif est.bound != ELBO_BOUND:
+            mc = MCStats.of(name, loss_draws(est, setup.vae, setup.x, setup.draws, bar), setup.particles)
+            bar.update(setup.grad_draws)
+            reason = (f"{name} estimates the {est.bound.upper()}_k bound, not the ELBO; it is checked against "
+                      "exact log p(x) and its twin by `vae-pyro check`")
+            out[name] = (est, valid, mc, _all_skipped(setup.checks, name, reason))
+        else:
+            mc = MCStats.of(name, loss_draws(est, setup.vae, setup.x, setup.draws, bar), setup.particles)
+            out[name] = (est, valid, mc, [AGREEMENT_CHECKS[check](ctx, est, mc) for check in setup.checks])
+        if on_estimator is not None:
+            on_estimator(name, *out[name])
+    bar.close()
+    return Agreement(ctx["reference"], ctx["ref_mc"], out)

@@ -18,7 +18,7 @@ the full (``trace``/``analytic``) gradient still carries the score term's noise.
 
 from __future__ import annotations
 
-from .estimators import INVALID, MONTE_CARLO, MONTE_CARLO_KL, Estimator, Validity, register_estimator
+from .base import INVALID, MONTE_CARLO_KL, Estimator, Validity, register_estimator
 from .iwae import log_weights
 
 
@@ -30,9 +30,6 @@ class STLEstimator(Estimator):
 
     def differentiable_loss(self, vae, x):
         return -log_weights(vae, x, self.num_particles, stop_q_grad=True).mean(0).sum()
-
-    def kl_kind(self, vae):
-        return MONTE_CARLO
 
     def validity(self, vae):
         if float(vae.kl_weight) != 1.0:

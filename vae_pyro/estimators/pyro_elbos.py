@@ -1,30 +1,10 @@
-"""Every way to compute the (negative) ELBO, behind one interface.
+"""Pyro's ELBO classes as estimators (``trace``, ``tmf`` and their JIT twins), and vae_pyro's fixes of
+two Pyro 1.9.2 defects (:class:`CachedJitTraceMeanField_ELBO`, :class:`DetachedJitTrace_ELBO`).
 
-=================  =========================================  ==============================
-name               what                                       KL term
-=================  =========================================  ==============================
-``analytic``       hand-written BCE + closed-form KL          analytic (exact)
-``trace``          ``pyro.infer.Trace_ELBO``                   Monte Carlo: log q(z|x) - log p(z)
-``tmf``            ``pyro.infer.TraceMeanField_ELBO``          analytic where torch has a KL
-                                                              registered, else Monte Carlo
-``jit_trace``      ``JitTrace_ELBO``, gradient fixed (below)   as ``trace``
-``jit_tmf``        ``JitTraceMeanField_ELBO``, compiled once   as ``tmf``
-``jit_tmf_pyro``   ``pyro.infer.JitTraceMeanField_ELBO`` as    as ``tmf``; re-traces every step
-                   Pyro 1.9.2 ships it (right, but slow)
-``jit_trace_pyro`` ``pyro.infer.JitTrace_ELBO`` as shipped:    as ``trace``
-                   its ``differentiable_loss`` gradient is 2x
-=================  =========================================  ==============================
-
-Each estimator's ``differentiable_loss(vae, x)`` is an unbiased estimate of -sum_i ELBO(x_i) over the
-batch (Pyro's convention: summed over the ``data`` plate, averaged over particles) whose gradient is an
-unbiased estimate of the gradient; divide by the batch size for nats per example. ``num_particles``
-samples are drawn in one vectorised pass. With a KL weight beta (``vae.kl_weight``) every estimator
-computes the same beta-ELBO (see :mod:`vae_pyro.model` for how, and why both z sites are scaled).
-
-**Validity.** Which of them stays exact depends on the prior (:func:`validity`): ``analytic`` needs a
-closed-form KL and is *invalid* without one (it refuses); ``trace`` and its JIT twins always use a
-Monte Carlo KL; ``tmf`` and its twins use torch's registered KL where there is one and silently fall
-back to the Monte Carlo KL where there is none, which ``validity`` reports instead of hiding.
+**Validity.** ``trace`` and its JIT twins always use a Monte Carlo KL; ``tmf`` and its twins use
+torch's registered KL where there is one and silently fall back to the Monte Carlo KL where there is
+none, which :meth:`PyroEstimator.validity` reports instead of hiding. With a KL weight beta
+(``vae.kl_weight``) every estimator computes the same beta-ELBO (see :mod:`vae_pyro.model`).
 """
 
 from __future__ import annotations
@@ -42,92 +22,7 @@ from pyro.infer import (
 from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
 
-from dataclasses import asdict, dataclass
-
-from .analytic import analytic_neg_elbo, closed_form_kl_reason
-from .registry import Registry
-
-ESTIMATORS: Registry[type["Estimator"]] = Registry("estimator")
-register_estimator = ESTIMATORS.register
-
-ANALYTIC, MONTE_CARLO, NO_KL = "analytic", "monte_carlo", "none"
-#: validity kinds: the KL term is exact, is sampled, or the estimator does not apply
-EXACT_KL, MONTE_CARLO_KL, INVALID = "exact_kl", "monte_carlo_kl", "invalid"
-
-
-@dataclass
-class Validity:
-    """Whether an estimator computes this VAE's (beta-)ELBO, and how it gets the KL term."""
-
-    kind: str      # EXACT_KL, MONTE_CARLO_KL or INVALID
-    reason: str
-
-    @property
-    def valid(self) -> bool:
-        return self.kind != INVALID
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-#: which bound an estimator's value estimates (issue #3): the ELBO, or the tighter IWAE_k, which the
-#: ELBO-agreement checks of ``compare`` must not judge against the ELBO
-ELBO_BOUND, IWAE_BOUND = "elbo", "iwae"
-
-
-class Estimator:
-    """Base class. Subclasses set ``description`` and implement ``differentiable_loss``."""
-
-    name = "estimator"
-    description = ""
-    jit = False
-    #: for a compiled estimator, the uncompiled one it must equal when both draw the same noise
-    twin: str | None = None
-    #: why the exact same-noise check does not apply (None: it does)
-    same_noise_skip: str | None = None
-    #: ELBO_BOUND or IWAE_BOUND (issue #3)
-    bound = ELBO_BOUND
-
-    def __init__(self, num_particles: int = 1):
-        if num_particles < 1:
-            raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-        self.num_particles = num_particles
-
-    def differentiable_loss(self, vae, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def loss(self, vae, x: torch.Tensor) -> float:
-        """The estimate's value, without building a graph for gradients."""
-        with torch.no_grad():
-            return float(self.differentiable_loss(vae, x))
-
-    def kl_kind(self, vae) -> str:
-        return MONTE_CARLO
-
-    def validity(self, vae) -> Validity:
-        """Override to say when the estimator does not apply. A user's estimator that declares
-        nothing is taken to apply everywhere, so the checks run on it (and can fail it)."""
-        return Validity(MONTE_CARLO_KL, f"{self.name} declares no validity rule; assumed to apply")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_particles={self.num_particles})"
-
-
-@register_estimator("analytic")
-class AnalyticEstimator(Estimator):
-    description = "hand-written log-likelihood (BCE for Bernoulli) + closed-form KL; refuses without one"
-    same_noise_skip = "is the reference the others are compared with"
-
-    def differentiable_loss(self, vae, x):
-        return analytic_neg_elbo(vae, x, self.num_particles)
-
-    def kl_kind(self, vae):
-        return NO_KL if closed_form_kl_reason(vae) else ANALYTIC
-
-    def validity(self, vae):
-        why_not = closed_form_kl_reason(vae)
-        if why_not:
-            return Validity(INVALID, why_not)
-        return Validity(EXACT_KL, f"closed-form KL(Normal || {vae.prior.name}) plus the likelihood's "
-                                  "hand-written log-density")
+from .base import EXACT_KL, MONTE_CARLO_KL, Estimator, Validity, register_estimator
 
 
 def mean_field_kl_kind(vae) -> str:
@@ -141,8 +36,8 @@ def mean_field_kl_kind(vae) -> str:
     try:
         kl_divergence(guide_trace.nodes["z"]["fn"], model_trace.nodes["z"]["fn"])
     except NotImplementedError:
-        return MONTE_CARLO
-    return ANALYTIC
+        return MONTE_CARLO_KL
+    return EXACT_KL
 
 
 def _dist_name(d) -> str:
@@ -235,8 +130,13 @@ class PyroEstimator(Estimator):
         with torch.no_grad():
             return float(elbo.loss(model, guide, x, vae.kl_weight))
 
-    def kl_kind(self, vae):
-        return mean_field_kl_kind(vae) if self.mean_field else MONTE_CARLO
+    def same_noise_elbo(self, vae):
+        """Uncompiled Pyro ELBOs run the guide once per call, so the z it drew can be recorded:
+        ``trace`` (and ``tmf`` where it falls back to sampling) equals recon + beta (log q - log p) at
+        that z, ``tmf`` with a registered KL equals recon + beta closed-form KL."""
+        if self.jit or self.same_noise_skip:
+            return None
+        return self.make_elbo(), not self.mean_field or mean_field_kl_kind(vae) != EXACT_KL
 
     def validity(self, vae):
         v = self._validity(vae)
@@ -249,7 +149,7 @@ class PyroEstimator(Estimator):
             return Validity(MONTE_CARLO_KL, "Trace_ELBO estimates the KL by log q(z|x) - log p(z) at the "
                                             "sampled z, for any prior")
         p_name = _dist_name(vae.prior.dist((1,)))
-        if mean_field_kl_kind(vae) == ANALYTIC:
+        if mean_field_kl_kind(vae) == EXACT_KL:
             return Validity(EXACT_KL, f"torch registers KL(Normal || {p_name}); TraceMeanField_ELBO uses it")
         return Validity(MONTE_CARLO_KL, f"torch registers no KL(Normal || {p_name}): TraceMeanField_ELBO "
                                         "silently falls back to log q(z|x) - log p(z) at the sampled z")
@@ -287,6 +187,7 @@ class JitTraceMeanFieldEstimator(PyroEstimator):
 
 @register_estimator("jit_tmf_pyro")
 class PyroJitTraceMeanFieldEstimator(PyroEstimator):
+    checked = False
     same_noise_skip = ("re-traces on every call, and each trace draws extra random numbers, so no seed "
                        "gives it the same noise as another estimator; checked statistically")
     description = "pyro.infer.JitTraceMeanField_ELBO as shipped (re-traces every call)"
@@ -297,36 +198,9 @@ class PyroJitTraceMeanFieldEstimator(PyroEstimator):
 
 @register_estimator("jit_trace_pyro")
 class PyroJitTraceEstimator(PyroEstimator):
+    checked = False
     twin = "trace"
     description = "pyro.infer.JitTrace_ELBO as shipped (differentiable_loss doubles the gradient)"
     caveat = "but pyro 1.9.2's differentiable_loss doubles its gradient: the gradient check fails"
     elbo_class = JitTrace_ELBO
     jit = True
-
-
-#: What ``vae-pyro compare`` runs by default: every estimator that computes the ELBO correctly. The
-#: ``*_pyro`` entries are Pyro's JIT classes as shipped, kept to show what our fixes change.
-DEFAULT_ESTIMATORS = ("analytic", "trace", "tmf", "jit_trace", "jit_tmf", "jit_tmf_pyro")
-
-
-def build_estimator(name: str, num_particles: int = 1) -> Estimator:
-    return ESTIMATORS[name](num_particles=num_particles)
-
-
-def validity(name: str, vae) -> Validity:
-    """:class:`Validity` of estimator ``name`` for this VAE (its prior and likelihood)."""
-    return ESTIMATORS[name]().validity(vae)
-
-
-def validity_table(vae, names=None) -> dict[str, Validity]:
-    return {name: validity(name, vae) for name in (names or estimator_names())}
-
-
-def estimator_names() -> list[str]:
-    return ESTIMATORS.names()
-
-
-# --- issue #3: estimators in their own modules (one estimator per file, as in pyro/infer) ---------
-# Imported last: they subclass the classes above and register themselves in ESTIMATORS.
-from . import iwae as _iwae  # noqa: E402,F401  (iwae, renyi0)
-from . import stl as _stl  # noqa: E402,F401  (stl)

@@ -1,0 +1,127 @@
+"""The statistics every check uses: means and standard errors, two-sample z-scores, Monte Carlo draws
+of an estimator's value, gradient moments and their projections onto fixed (pilot) directions. Used by
+the agreement engine (:mod:`.agreement`), the ground-truth checks, gradient quality and the
+any-model checks alike, so each number is computed one way."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..estimators import build_estimator
+
+
+def mean_se(values) -> tuple[float, float]:
+    """Mean and standard error sd / sqrt(n) (unbiased sd) of a list or tensor, in float64."""
+    t = torch.as_tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std(unbiased=True) / math.sqrt(len(t)))
+
+
+def loss_draws(est, vae, x: torch.Tensor, draws: int, progress=None) -> list[float]:
+    """``draws`` independent values of the estimate, in nats/example."""
+    out = []
+    for _ in range(draws):
+        out.append(est.loss(vae, x) / x.shape[0])
+        if progress is not None:
+            progress.update(1)
+    return out
+
+
+@dataclass
+class MCStats:
+    estimator: str
+    mean: float
+    se: float
+    sd: float
+    draws: int
+    num_particles: int
+
+    @classmethod
+    def of(cls, name: str, values: list[float], num_particles: int) -> "MCStats":
+        mean, se = mean_se(values)
+        return cls(name, mean, se, se * math.sqrt(len(values)), len(values), num_particles)
+
+
+def z_score(a: MCStats, b: MCStats) -> float:
+    """Two-sample z = (m_a - m_b) / sqrt(se_a^2 + se_b^2)."""
+    return (a.mean - b.mean) / math.sqrt(a.se ** 2 + b.se ** 2 + 1e-300)
+
+
+@dataclass
+class GradStats:
+    """Per parameter tensor: the mean and variance over ``draws`` independent gradient estimates, and
+    each draw's projections onto the tensor's fixed test directions (shape (draws, tensors, K))."""
+
+    estimator: str
+    names: list[str]
+    mean: list[torch.Tensor]
+    var: list[torch.Tensor]
+    proj: torch.Tensor
+    draws: int
+
+
+def trainable(vae) -> tuple[list[str], list[torch.Tensor]]:
+    """Names and tensors of the parameters that require gradients."""
+    named = [(n, p) for n, p in vae.named_parameters() if p.requires_grad]
+    return [n for n, _ in named], [p for _, p in named]
+
+
+def grad_moments(label: str, loss_fn: Callable[[], torch.Tensor], names: list[str], params: list[torch.Tensor],
+                 draws: int, directions: list[torch.Tensor], progress=None) -> GradStats:
+    """``draws`` gradients of ``loss_fn()``: float64 running sums for mean and variance (memory stays at
+    two copies of the parameters however many draws) and their projections onto ``directions``."""
+    s1 = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    s2 = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    proj = torch.zeros(draws, len(params), directions[0].shape[0] if directions else 1, dtype=torch.float64)
+    for r in range(draws):
+        if params:
+            grads = torch.autograd.grad(loss_fn(), params, allow_unused=True)
+            for i, g in enumerate(grads):
+                g = torch.zeros_like(params[i]) if g is None else g
+                g = g.detach().double()
+                s1[i] += g
+                s2[i] += g * g
+                proj[r, i] = (directions[i] @ g.flatten()).cpu()
+        if progress is not None:
+            progress.update(1)
+    mean = [a / draws for a in s1]
+    var = [((b - draws * m * m) / (draws - 1)).clamp_min(0) for b, m in zip(s2, mean)]
+    return GradStats(label, names, mean, var, proj, draws)
+
+
+def gradient_draws(est, vae, x: torch.Tensor, draws: int, directions: list[torch.Tensor],
+                   progress=None) -> GradStats:
+    """``draws`` independent gradients of -ELBO/example of estimator ``est`` (:func:`grad_moments`)."""
+    names, params = trainable(vae)
+    return grad_moments(est.name, lambda: est.differentiable_loss(vae, x) / x.shape[0], names, params, draws,
+                        directions, progress)
+
+
+def unit_directions(pilot: list[torch.Tensor | None], params: list[torch.Tensor], num_random: int,
+                    seed: int) -> list[torch.Tensor]:
+    """Per parameter tensor, K = 1 + ``num_random`` unit directions: the ``pilot`` gradient's and
+    ``num_random`` Gaussian ones from a generator seeded with ``seed``; one (K, numel) float64 tensor
+    per parameter."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for p, g in zip(params, pilot):
+        rand = torch.randn(num_random, p.numel(), generator=gen, dtype=torch.float64).to(p.device)
+        first = (g if g is not None else torch.zeros_like(p)).detach().double().flatten()[None]
+        dirs = torch.cat([first, rand])
+        out.append(dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-300))
+    return out
+
+
+def gradient_directions(vae, x: torch.Tensor, num_random: int = 3, pilot_particles: int = 32,
+                        seed: int = 0, reference: str = "analytic") -> list[torch.Tensor]:
+    """Per parameter tensor, fixed unit directions to test gradients along: the direction of a pilot
+    gradient of the ``reference`` estimator (``pilot_particles`` samples, drawn independently of the
+    draws that are tested, so the direction does not favour them) and ``num_random`` seeded Gaussian
+    directions (:func:`unit_directions`)."""
+    _, params = trainable(vae)
+    est = build_estimator(reference, pilot_particles)
+    pilot = torch.autograd.grad(est.differentiable_loss(vae, x) / x.shape[0], params, allow_unused=True)
+    return unit_directions(list(pilot), params, num_random, seed)
