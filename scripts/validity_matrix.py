@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vae_pyro import validity
+from vae_pyro.checks import validity
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "validity.md"
 

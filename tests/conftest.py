@@ -49,7 +49,7 @@ def small_vae(digits):
     vae = VAE(hidden=(64,), z_dim=8)
     # One thread (issue #3): a model this small trains ~1 s on one thread but 10-30x slower on two
     # when the machine is busy (OpenMP workers spin-wait); see vae_pyro.verify.torch_threads.
-    from vae_pyro.verify import torch_threads
+    from vae_pyro.checks import torch_threads
 
     with torch_threads(1):
         train(vae, build_estimator("analytic"), prepare(digits.train_x, "static"), epochs=2, batch_size=100,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from vae_pyro.analytic import (
-    analytic_neg_elbo,
+from vae_pyro.estimators.analytic import (
+    neg_elbo,
     bernoulli_neg_log_lik,
     closed_form_kl,
     gaussian_kl_to_standard_normal,
@@ -205,22 +205,22 @@ def _by_hand(vae, x, eps):
     return (recon.mean(0) + kld).sum()
 
 
-def test_analytic_neg_elbo_matches_hand_computation(vae_and_x):
+def test_neg_elbo_matches_hand_computation(vae_and_x):
     vae, x = vae_and_x
     eps = torch.randn(1, 5, 4, generator=_gen(13), dtype=F64)
-    ours = analytic_neg_elbo(vae, x, 1, eps)
+    ours = neg_elbo(vae, x, 1, eps)
     assert ours.dtype == F64 and ours.dim() == 0
     torch.testing.assert_close(ours, _by_hand(vae, x, eps), rtol=1e-12, atol=1e-9)
     # sanity: a neg-ELBO on 5 images of 784 random pixels is large and positive
     assert ours.item() > 5 * 784 * 0.5
 
 
-def test_analytic_neg_elbo_multi_particle_is_average(vae_and_x):
+def test_neg_elbo_multi_particle_is_average(vae_and_x):
     vae, x = vae_and_x
     P = 4
     eps = torch.randn(P, 5, 4, generator=_gen(14), dtype=F64)
-    multi = analytic_neg_elbo(vae, x, P, eps)
-    singles = torch.stack([analytic_neg_elbo(vae, x, 1, eps[k:k + 1]) for k in range(P)])
+    multi = neg_elbo(vae, x, P, eps)
+    singles = torch.stack([neg_elbo(vae, x, 1, eps[k:k + 1]) for k in range(P)])
     torch.testing.assert_close(multi, singles.mean(), rtol=1e-12, atol=1e-9)
     torch.testing.assert_close(multi, _by_hand(vae, x, eps), rtol=1e-12, atol=1e-9)
     # the particles really differ, so the average is not trivially equal to each single value
@@ -236,10 +236,10 @@ def test_neg_elbo_terms_shapes(vae_and_x):
     torch.testing.assert_close(kl, gaussian_kl_to_standard_normal(mu, logvar), rtol=0, atol=0)
 
 
-def test_analytic_neg_elbo_gradients_flow(vae_and_x):
+def test_neg_elbo_gradients_flow(vae_and_x):
     vae, x = vae_and_x
     eps = torch.randn(1, 5, 4, generator=_gen(16), dtype=F64)
-    analytic_neg_elbo(vae, x, 1, eps).backward()
+    neg_elbo(vae, x, 1, eps).backward()
     for name, param in vae.named_parameters():
         if name.startswith(("encoder", "decoder")):
             assert param.grad is not None and bool(torch.isfinite(param.grad).all()), name
@@ -257,4 +257,4 @@ def test_closed_form_kl_refuses_other_priors(vae_and_x):
     with pytest.raises(NotImplementedError, match="no closed-form KL for prior 'mog'"):
         closed_form_kl(vae, mu, logvar)
     with pytest.raises(NotImplementedError, match="closed-form KL"):
-        analytic_neg_elbo(vae, x)
+        neg_elbo(vae, x)

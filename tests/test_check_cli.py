@@ -8,18 +8,18 @@ import sys
 
 import pytest
 
-from vae_pyro import verify
+from vae_pyro.checks import ground_truth as verify
 from vae_pyro.cli import main
-from vae_pyro.analytic import neg_elbo_terms
+from vae_pyro.estimators.analytic import neg_elbo_terms
 from vae_pyro.estimators import Estimator, build_estimator
-from vae_pyro.verify import torch_threads
+from vae_pyro.checks import torch_threads
 
 CHECK_KEYS = {"name", "value", "reference", "tolerance", "verdict"}
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """Small models run faster on one thread, and much faster on a busy machine (see verify.torch_threads)."""
+    """Small models run faster on one thread, and much faster on a busy machine (see vae_pyro.checks.torch_threads)."""
     with torch_threads(1):
         yield
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vae_pyro import checks
-from vae_pyro.analytic import neg_elbo_terms
+from vae_pyro.estimators.analytic import neg_elbo_terms
 from vae_pyro.estimators import Estimator, build_estimator
 
 

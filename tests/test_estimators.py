@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from vae_pyro.estimators import (
-    ANALYTIC,
     DEFAULT_ESTIMATORS,
     ESTIMATORS,
-    MONTE_CARLO,
+    EXACT_KL,
+    MONTE_CARLO_KL,
     build_estimator,
     estimator_names,
     mean_field_kl_kind,
@@ -41,10 +41,10 @@ def test_num_particles_must_be_positive():
 
 
 def test_kl_kinds(small_vae):
-    assert build_estimator("analytic").kl_kind(small_vae) == ANALYTIC
-    assert build_estimator("trace").kl_kind(small_vae) == MONTE_CARLO
-    assert build_estimator("tmf").kl_kind(small_vae) == ANALYTIC
-    assert build_estimator("jit_tmf").kl_kind(small_vae) == ANALYTIC
+    assert build_estimator("analytic").validity(small_vae).kind == EXACT_KL
+    assert build_estimator("trace").validity(small_vae).kind == MONTE_CARLO_KL
+    assert build_estimator("tmf").validity(small_vae).kind == EXACT_KL
+    assert build_estimator("jit_tmf").validity(small_vae).kind == EXACT_KL
 
 
 class _StudentTPrior(Prior):
@@ -57,8 +57,8 @@ def test_mean_field_detects_pyros_silent_monte_carlo_fallback(small_vae):
     """torch has no KL(Normal || StudentT): TraceMeanField_ELBO silently samples; we say so."""
     vae = small_vae.clone()
     vae.prior = _StudentTPrior(vae.config.z_dim)
-    assert mean_field_kl_kind(vae) == MONTE_CARLO
-    assert build_estimator("tmf").kl_kind(vae) == MONTE_CARLO
+    assert mean_field_kl_kind(vae) == MONTE_CARLO_KL
+    assert build_estimator("tmf").validity(vae).kind == MONTE_CARLO_KL
 
 
 @pytest.mark.parametrize("name", DEFAULT_ESTIMATORS)

@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
-from vae_pyro import exact
-from vae_pyro.analytic import neg_elbo_terms
+from vae_pyro.checks import exact
+from vae_pyro.estimators.analytic import neg_elbo_terms
 from vae_pyro.estimators import Estimator, build_estimator
-from vae_pyro.toys import build_toy, pooled_digits
-from vae_pyro.verify import CheckConfig, toy_checks, torch_threads
+from vae_pyro.checks.toys import build_toy, pooled_digits
+from vae_pyro.checks import torch_threads
+from vae_pyro.checks.ground_truth import CheckConfig, toy_checks
 
 F64 = torch.float64
 

@@ -7,23 +7,24 @@ import pytest
 import torch
 
 from vae_pyro import checks
-from vae_pyro.compare import _not_an_elbo
 from vae_pyro.estimators import ESTIMATORS, build_estimator
-from vae_pyro.iwae import DifferentiableRenyiELBO, iwae_log_likelihood, iwae_same_noise, log_weights
-from vae_pyro.verify import torch_threads
+from vae_pyro.estimators.iwae import DifferentiableRenyiELBO, iwae_log_likelihood, iwae_same_noise, log_weights
+from vae_pyro.checks import torch_threads
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """Small models run faster on one thread, and much faster on a busy machine (see verify.torch_threads)."""
+    """Small models run faster on one thread, and much faster on a busy machine (see vae_pyro.checks.torch_threads)."""
     with torch_threads(1):
         yield
 
 
-def test_iwae_estimators_declare_their_bound():
+def test_iwae_estimators_declare_their_bound(small_vae, binary_test):
     assert ESTIMATORS["iwae"].bound == ESTIMATORS["renyi0"].bound == "iwae"
     assert all(ESTIMATORS[n].bound == "elbo" for n in ("analytic", "trace", "tmf", "stl"))
-    skipped = _not_an_elbo("iwae", "iwae")
+    agreement = checks.run_agreement(checks.AgreementSetup(small_vae, binary_test[:50], binary_test[:20], binary_test[:20],
+                                                           draws=2, grad_draws=2), ["iwae"], progress=False)
+    skipped = agreement.estimators["iwae"][-1]
     assert {r.verdict for r in skipped} == {"skip"} and "not the ELBO" in skipped[0].details["reason"]
 
 

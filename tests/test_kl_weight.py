@@ -13,7 +13,7 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from vae_pyro import checks
-from vae_pyro.analytic import closed_form_kl
+from vae_pyro.estimators.analytic import closed_form_kl
 from vae_pyro.estimators import build_estimator
 from vae_pyro.train import kl_weight_at, train
 from test_combinations import Z_SWEEP, assert_pair_agrees, assert_same_noise, trained_pair  # noqa: F401

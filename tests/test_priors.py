@@ -12,7 +12,7 @@ import torch
 from pyro import poutine
 from torch.distributions import Independent, Normal, kl_divergence
 
-from vae_pyro.analytic import NoClosedFormError, closed_form_kl, closed_form_kl_reason, gaussian_kl_diag
+from vae_pyro.estimators.analytic import NoClosedFormError, closed_form_kl, closed_form_kl_reason, gaussian_kl_diag
 from vae_pyro.model import VAE
 from vae_pyro.priors import PRIORS, build_prior
 
