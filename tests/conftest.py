@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vae_pyro.checks import torch_threads
 from vae_pyro.data import load_mnist5k, prepare
 from vae_pyro.estimators import build_estimator
 from vae_pyro.model import VAE
@@ -25,11 +26,10 @@ def pytest_collection_modifyitems(config, items):
 def one_thread():
     """The test models are small (784-16..64-3..8): with torch's default two threads on a shared
     2-core machine, thread hand-offs cost more than the arithmetic (measured: a small compare took
-    50 s with 2 threads and 6.5 s with 1 while other processes ran), so tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    50 s with 2 threads and 6.5 s with 1 while other processes ran), so every test runs
+    single-threaded (the one thread-count fixture of the suite)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +47,6 @@ def small_vae(digits):
     """784-64-8 VAE, 2 epochs of the analytic loss on the 4,000 training digits (about a second)."""
     generator = seed_all(0)
     vae = VAE(hidden=(64,), z_dim=8)
-    # One thread (issue #3): a model this small trains ~1 s on one thread but 10-30x slower on two
-    # when the machine is busy (OpenMP workers spin-wait); see vae_pyro.verify.torch_threads.
-    from vae_pyro.checks import torch_threads
-
-    with torch_threads(1):
-        train(vae, build_estimator("analytic"), prepare(digits.train_x, "static"), epochs=2, batch_size=100,
-              generator=generator, progress=False)
+    train(vae, build_estimator("analytic"), prepare(digits.train_x, "static"), epochs=2, batch_size=100,
+          generator=generator, progress=False)
     return vae

@@ -10,16 +10,8 @@ import pyro.distributions as dist
 import pytest
 
 import vae_pyro
-from vae_pyro.checks import torch_threads
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "check_any_model.md"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models run faster on one thread, and much faster on a busy machine (see vae_pyro.checks.torch_threads)."""
-    with torch_threads(1):
-        yield
 
 
 def test_the_documented_example_runs_and_passes_and_its_wrong_estimator_fails(capsys):

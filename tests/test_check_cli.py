@@ -12,16 +12,8 @@ from vae_pyro.checks import ground_truth as verify
 from vae_pyro.cli import main
 from vae_pyro.estimators.analytic import neg_elbo_terms
 from vae_pyro.estimators import Estimator, build_estimator
-from vae_pyro.checks import torch_threads
 
 CHECK_KEYS = {"name", "value", "reference", "tolerance", "verdict"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models run faster on one thread, and much faster on a busy machine (see vae_pyro.checks.torch_threads)."""
-    with torch_threads(1):
-        yield
 
 
 def test_check_linear_gaussian_passes_and_writes_the_documented_json(tmp_path, capsys):

@@ -97,7 +97,7 @@ def test_linear_identity_and_tightness_at_the_posterior(linear):
 def test_quadrature_converges_at_n_and_2n(bern2):
     toy, x = bern2
     q = exact.quadrature_log_px(toy, x, n=48)
-    assert q["max_abs_diff"] < 1e-6          # the tolerance; measured ~1e-7
+    assert q["max_abs_diff"] < 1e-6          # QUAD_TOL; measured ~1e-7
     assert q["boundary_rel"] < -20           # the box truncates nothing measurable
 
 

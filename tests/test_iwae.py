@@ -9,14 +9,6 @@ import torch
 from vae_pyro import checks
 from vae_pyro.estimators import ESTIMATORS, build_estimator
 from vae_pyro.estimators.iwae import DifferentiableRenyiELBO, iwae_log_likelihood, iwae_same_noise, log_weights
-from vae_pyro.checks import torch_threads
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models run faster on one thread, and much faster on a busy machine (see vae_pyro.checks.torch_threads)."""
-    with torch_threads(1):
-        yield
 
 
 def test_iwae_estimators_declare_their_bound(small_vae, binary_test):

@@ -14,7 +14,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from vae_pyro import checks
 from vae_pyro.estimators.analytic import closed_form_kl
-from vae_pyro.estimators import build_estimator
+from vae_pyro.estimators import Estimator, build_estimator
 from vae_pyro.train import kl_weight_at, train
 from test_combinations import Z_SWEEP, assert_pair_agrees, assert_same_noise, trained_pair  # noqa: F401
 from test_combinations import data_by_likelihood  # noqa: F401  (a fixture)
@@ -71,7 +71,7 @@ def test_the_trap_scaling_only_the_model_site(data_by_likelihood):
     assert at_seed(tmf, model_only, guide_plain) == at_seed(tmf, plain, guide_plain)  # tmf: no change at all
     assert abs(at_seed(trace, model_only, guide_plain) - at_seed(trace, plain, guide_plain)) > 10  # trace: changed
 
-    class ModelOnlyBeta(checks.Estimator):  # the buggy estimator, for the statistical check
+    class ModelOnlyBeta(Estimator):  # the buggy estimator, for the statistical check
         name = "trace_model_only_beta"
 
         def differentiable_loss(self, vae_, xx):

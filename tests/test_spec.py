@@ -34,7 +34,7 @@ def test_shipped_specs_are_package_data_and_all_load():
         spec = load_spec(name)
         assert spec.source == name and spec.description
         spec.resolved_data()
-    # the example, with every default filled in
+    # a spec with every default filled in
     mog = load_spec("mog-bernoulli")
     assert (mog.prior.name, mog.prior.options, mog.likelihood.name) == ("mog", {"components": 10}, "bernoulli")
     assert load_spec("beta-vae").training.kl_weight == 4.0

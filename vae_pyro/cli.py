@@ -347,9 +347,6 @@ def cmd_nll(args) -> int:
     return 0
 
 
-# --- end issue #3 -----------------------------------------------------------------------------
-
-
 def cmd_compare(args) -> int:
     from .compare import CompareConfig, run_comparison
 

@@ -83,14 +83,17 @@ def compare_table(result: dict) -> str:
     skipped = sorted({c["details"].get("reason", "") for r in result["estimators"] for c in r["checks"]
                       if c["name"] == "device" and c["verdict"] == "skip" and r["validity"]["kind"] != "invalid"
                       and r.get("bound", "elbo") == "elbo"})
-    lines = [head, train_line, f"reference: {ref['why']}", "", table(headers, rows), "", legend]
+    lines = [head, train_line]
+    if trained.get("estimator_note"):
+        lines.append(trained["estimator_note"])
+    lines += [f"reference: {ref['why']}", "", table(headers, rows), "", legend]
     for r in result["estimators"]:
         if r["validity"]["kind"] == "invalid":
             lines.append(f"{r['name']} skipped: {r['validity']['reason']}")
     if skipped:
         lines.append(f"device check skipped: {'; '.join(skipped)}")
     other_bounds = [r["name"] for r in result["estimators"] if r.get("bound", "elbo") != "elbo"]
-    if other_bounds:  # issue #3: IWAE_k estimators are listed, not judged against the ELBO
+    if other_bounds:  # IWAE_k estimators are listed, not judged against the ELBO
         lines.append(f"not judged against the ELBO (their value is the tighter IWAE_k bound; see `vae-pyro check`): "
                      f"{', '.join(other_bounds)}")
     lines.append(f"overall: {result['verdict'].upper()} in {result['seconds']:.0f} s")

@@ -22,10 +22,10 @@ check                        value                                              
 ===========================  ==================================================================  ============
 
 Why these tolerances: 1e-9 and 1e-8 nats are float64 rounding with five orders of margin (values are
-~10^2 nats, sums of ~10^2 terms: rounding ~1e-13); 1e-6 for quadrature is what the issue asks, and
+~10^2 nats, sums of ~10^2 terms: rounding ~1e-13); 1e-6 for quadrature is the accuracy we ask of log p(x), and
 the rules used converge spectrally (n = 48 vs 96 agree to ~1e-7 on the 2-d toy, n = 96 vs 192 to
 1e-14); |z| <= 4 is the library's Z_TOL (two-sided p = 6e-5 per check under the null, fixed seeds);
-0.05 nats is the issue's target for k = 5,000 (measured gaps are 0.0001-0.006 nats); the STL ratio is
+0.05 nats is our target for k = 5,000 (measured gaps are 0.0001-0.006 nats); the STL ratio is
 zero in exact arithmetic and ~1e-25 in float64.
 
 On the MNIST VAE (no ``--toy``): the agreement checks of :mod:`vae_pyro.checks` (Monte Carlo z-score,
