@@ -13,24 +13,20 @@ says which estimator the statistical checks compare with and why, and ``spec`` t
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 
-import pyro
 import torch
 from tqdm.auto import tqdm
 
 from . import checks
 from .checks.agreement import AgreementSetup, run_agreement
+from .checkpoint import load_checkpoint, restore
 from .data import load_dataset, prepare, resolve_data
 from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, build_estimator
 from .model import VAE, VAEConfig
-from .runs import training_estimator
+from .runs import result_header, training_estimator
 from .train import evaluate, resolve_device, seed_all, time_steps, train
-
-SCHEMA_VERSION = 2
-
 
 @dataclass
 class CompareConfig:
@@ -98,7 +94,9 @@ def _record(name, est, valid, mc, results, vae, ref, x_time, cfg) -> dict:
     }
 
 
-def run_comparison(cfg: CompareConfig) -> dict:
+def run_comparison(cfg: CompareConfig, checkpoint: str | None = None) -> dict:
+    """Train (or load ``checkpoint``: its weights, no training), then :func:`run_agreement` for every
+    estimator of ``cfg``; the result is the JSON of the module docstring."""
     cfg.validate()
     device = resolve_device(cfg.device)
     generator = seed_all(cfg.seed)
@@ -114,11 +112,16 @@ def run_comparison(cfg: CompareConfig) -> dict:
     x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
     vae.check_data(x_test)
 
-    history = train(vae, build_estimator(trainer, cfg.particles), x_train, epochs=cfg.epochs,
-                    batch_size=cfg.batch_size, lr=cfg.lr, dynamic=dynamic, generator=generator,
-                    progress=cfg.progress, kl_anneal_epochs=cfg.kl_anneal_epochs)
+    if checkpoint is not None:
+        restore(load_checkpoint(checkpoint), vae, path=checkpoint)
+        history, trainer, trainer_note = [], None, f"evaluated the model saved in {checkpoint} (no training)"
+    else:
+        history = train(vae, build_estimator(trainer, cfg.particles), x_train, epochs=cfg.epochs,
+                        batch_size=cfg.batch_size, lr=cfg.lr, dynamic=dynamic, generator=generator,
+                        progress=cfg.progress, kl_anneal_epochs=cfg.kl_anneal_epochs)
     ref = checks.reference_for(vae, cfg.particles, cfg.reference_particles)
-    trained_test = evaluate(vae, build_estimator(ref.estimator, ref.particles), x_test) if cfg.epochs else None
+    trained = cfg.epochs or checkpoint is not None
+    trained_test = evaluate(vae, build_estimator(ref.estimator, ref.particles), x_test) if trained else None
 
     x_time = x_train[:cfg.batch_size] if not dynamic else torch.bernoulli(x_train[:cfg.batch_size])
     setup = AgreementSetup(vae, x_test, x_test[:cfg.grad_batch], x_test, cfg.particles, cfg.draws, cfg.grad_draws,
@@ -128,27 +131,20 @@ def run_comparison(cfg: CompareConfig) -> dict:
                               records.append(_record(name, *entry, vae, ref, x_time, cfg)))
     ref_mc = agreement.reference_mc
     return {
-        "schema_version": SCHEMA_VERSION,
-        "command": "compare",
-        "spec": cfg.spec,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        **result_header("compare", cfg.spec, device, cfg.seed),
         "dataset": ds.name,
         "binarization": binarization,
         "transform": transform,
-        "seed": cfg.seed,
         "particles": cfg.particles,
         "draws": cfg.draws,
         "grad_draws": cfg.grad_draws,
         "eval_examples": int(x_test.shape[0]),
         "timing_batch_size": int(x_time.shape[0]),
-        "torch_version": torch.__version__,
-        "pyro_version": pyro.__version__,
         "model": cfg.model.to_dict(),
         "kl_weight": cfg.model.kl_weight,
         "training": {
             "estimator": trainer, "requested_estimator": cfg.train_estimator, "estimator_note": trainer_note,
-            "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "epochs": 0 if checkpoint is not None else cfg.epochs, "checkpoint": checkpoint, "batch_size": cfg.batch_size,
             "lr": cfg.lr, "kl_anneal_epochs": cfg.kl_anneal_epochs,
             "history": [asdict(h) for h in history], "test_neg_elbo": trained_test,
         },

@@ -19,7 +19,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pyro
 import torch
 from tqdm.auto import tqdm
 
@@ -28,6 +27,7 @@ from .data import load_dataset, prepare, resolve_data
 from .estimators import ESTIMATORS, build_estimator
 from .estimators.iwae import iwae_log_likelihood
 from .model import VAE, VAEConfig
+from .runs import result_header
 from .report import atomic_write_text, fmt, table, write_json
 from .train import resolve_device, seed_all, train
 
@@ -57,6 +57,7 @@ class ExperimentConfig:
     kl_anneal_epochs: int = 0
     model: VAEConfig = field(default_factory=VAEConfig)
     progress: bool = True
+    spec: str = "defaults"
 
     @classmethod
     def from_spec(cls, spec, out: str, estimators=None, variance_draws: int = 50, nll_k: int = 1000,
@@ -66,7 +67,8 @@ class ExperimentConfig:
                    dataset=spec.data.dataset, binarization=spec.data.binarization, transform=spec.data.transform,
                    device=t.device, seed=t.seed, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                    particles=spec.checks.particles, variance_draws=variance_draws, nll_k=nll_k,
-                   kl_anneal_epochs=t.kl_anneal_epochs, model=spec.model_config(), progress=progress)
+                   kl_anneal_epochs=t.kl_anneal_epochs, model=spec.model_config(), progress=progress,
+                   spec=spec.source)
 
     def resolved_data(self) -> tuple[str, str]:
         from .likelihoods import LIKELIHOODS
@@ -195,14 +197,11 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         record.update(variance[record["name"]])
 
     result = {
-        "schema_version": 1,
-        "command": "experiment",
-        "device": str(device),
+        **result_header("experiment", cfg.spec, device, cfg.seed),
         "dataset": ds.name,
         "binarization": binarization,
         "transform": transform,
         "test_binarization": "static" if dynamic else binarization,
-        "seed": cfg.seed,
         "particles": cfg.particles,
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
@@ -211,8 +210,6 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         "variance_measured_at": cfg.estimators[0],
         "nll_k": cfg.nll_k,
         "test_examples": int(len(x_test)),
-        "torch_version": torch.__version__,
-        "pyro_version": pyro.__version__,
         "estimators": records,
         "plots": {k: Path(v).name for k, v in files.items()},
     }

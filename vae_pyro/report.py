@@ -139,3 +139,35 @@ def _jsonable(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def train_lines(result: dict) -> str:
+    """``vae-pyro train``'s report: the run, one row per epoch, the final test -ELBO."""
+    t = result["training"]
+    rows = [[h["epoch"], f"{h['train_neg_elbo']:.2f}", f"{h['test_neg_elbo']:.2f}", f"{h['kl_weight']:g}",
+             f"{h['seconds']:.1f}"] for h in result["history"]]
+    m = result["model"]
+    lines = [f"vae-pyro train: spec {result['spec']}, prior {m['prior']}, likelihood {m['likelihood']}, "
+             f"estimator {result['estimator']}, {result['dataset']} ({result['binarization']}, {result['transform']}), "
+             f"device {result['device']}, seed {result['seed']}, {result['particles']} particle(s)"]
+    if t.get("estimator_note"):
+        lines.append(t["estimator_note"])
+    lines.append(table(["epoch", "train -ELBO", f"test -ELBO ({result['eval_estimator']})", "KL weight", "seconds"],
+                       rows))
+    if result["test_neg_elbo"] is not None:
+        lines.append(f"test -ELBO: {result['test_neg_elbo']:.3f} nats/example")
+    return "\n".join(lines)
+
+
+def nll_lines(result: dict) -> str:
+    """``vae-pyro nll``'s report: how the model was obtained, and the test NLL."""
+    t, m = result["training"], result["model"]
+    how = (f"loaded from {t['checkpoint']}" if t.get("checkpoint") else
+           f"trained {t['epochs']} epochs with '{t['estimator']}' and {result['binarization']} binarization")
+    lines = [f"vae-pyro nll: {result['dataset']}, prior {m['prior']}, likelihood {m['likelihood']}, {how}, "
+             f"test binarization {result['test_binarization']}, device {result['device']}, seed {result['seed']}"]
+    if t.get("estimator_note"):
+        lines.append(t["estimator_note"])
+    lines.append(f"test NLL (IWAE, k={result['k']}) = {result['nll']:.3f} ± {result['nll_se']:.3f} nats/example over "
+                 f"{result['examples']} test digits (an upper bound on the true NLL in expectation)")
+    return "\n".join(lines)

@@ -15,6 +15,7 @@ import torch
 
 from .data import load_dataset, prepare
 from .estimators import build_estimator
+from .checkpoint import CheckpointError, load_checkpoint, restore
 from .model import VAE
 from .train import resolve_device, seed_all
 
@@ -47,11 +48,15 @@ class Run:
         return "static" if self.dynamic else self.binarization
 
 
-def prepare_run(spec, binarization: str | None = None) -> Run:
-    """Device, seeds, VAE and data for ``spec`` (``binarization`` overrides the spec's resolved one)."""
+def prepare_run(spec, binarization: str | None = None, checkpoint: str | None = None) -> Run:
+    """Device, seeds, VAE and data for ``spec`` (``binarization`` overrides the spec's resolved one).
+    ``checkpoint``: the VAE is the one saved there (its weights; ``spec`` must describe its model,
+    see :func:`spec_for_checkpoint`)."""
     device = resolve_device(spec.training.device)
     generator = seed_all(spec.training.seed)
     vae = VAE(spec.model_config()).to(device)
+    if checkpoint is not None:
+        restore(load_checkpoint(checkpoint), vae, path=checkpoint)
     resolved, transform = spec.resolved_data()
     binarization = binarization or resolved
     ds = load_dataset(spec.data.dataset)
@@ -61,16 +66,21 @@ def prepare_run(spec, binarization: str | None = None) -> Run:
     return Run(spec, device, generator, vae, ds, binarization, transform, x_train, x_test)
 
 
-def training_estimator(vae, requested: str) -> tuple[str, str | None]:
-    """``(name, note)``: the estimator to train with. ``requested`` when it applies to this VAE; else
-    the one the checks use as reference (``analytic`` with a closed-form KL, else ``tmf``), with a
-    note saying why, which every training command prints and writes to its JSON."""
+def training_estimator(vae, requested: str, explicit: bool = False) -> tuple[str, str | None]:
+    """``(name, note)``: the estimator to train with, the same rule for every command. ``requested``
+    when it applies to this VAE. Else, when it came from a spec (or its default), the one the checks
+    use as reference (``analytic`` with a closed-form KL, else ``tmf``), with a note saying why that
+    every training command prints and writes to its JSON; when the user named it (``explicit``), a
+    ``ValueError`` naming it, why, and a valid one."""
     from .checks.agreement import reference_for
 
     valid = build_estimator(requested).validity(vae)
     if valid.valid:
         return requested, None
     chosen = reference_for(vae).estimator
+    if explicit:
+        raise ValueError(f"estimator {requested!r} is invalid for prior {vae.prior.name!r}: {valid.reason} "
+                         f"(e.g. --estimator {chosen})")
     return chosen, f"trained with {chosen!r} instead of {requested!r}: {valid.reason}"
 
 
@@ -85,3 +95,28 @@ def result_header(command: str, spec_source: str, device, seed: int) -> dict:
     return {"schema_version": SCHEMA_VERSION, "command": command, "spec": spec_source, "device": str(device),
             "device_name": device_name(torch.device(device)), "seed": seed,
             "torch_version": torch.__version__, "pyro_version": pyro.__version__}
+
+
+def spec_for_checkpoint(spec, path: str, prior: str | None = None, z_dim: int | None = None):
+    """``spec`` with its model (networks, prior, likelihood, KL weight) replaced by the one saved in
+    the checkpoint at ``path``, so that the data, the checks and the reports all describe the loaded
+    model. A ``prior`` or ``z_dim`` the user asked for that differs from the checkpoint's is a
+    :class:`~vae_pyro.checkpoint.CheckpointError` (one line, exit 2 from the CLI)."""
+    import copy
+
+    from .spec import ComponentSpec
+
+    saved = load_checkpoint(path)["model_config"]
+    for key, asked in (("prior", prior), ("z_dim", z_dim)):
+        if asked is not None and asked != saved[key]:
+            raise CheckpointError(f"checkpoint {path} holds a model with {key} {saved[key]!r}, not {asked!r}; "
+                                  f"drop --{key.replace('_', '-')} (the model's settings come from the checkpoint)")
+    spec = copy.deepcopy(spec)
+    spec.networks.hidden, spec.networks.z_dim = list(saved["hidden"]), saved["z_dim"]
+    spec.prior = ComponentSpec(saved["prior"], dict(saved["prior_options"]))
+    spec.likelihood = ComponentSpec(saved["likelihood"], dict(saved["likelihood_options"]))
+    spec.training.kl_weight = saved["kl_weight"]
+    if saved.get("x_dim", 784) != spec.model_config().x_dim:
+        raise CheckpointError(f"checkpoint {path} holds a model of {saved['x_dim']} pixels; this data has "
+                              f"{spec.model_config().x_dim}")
+    return spec

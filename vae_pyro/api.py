@@ -1,0 +1,165 @@
+"""The library entry points behind every command, for a Python user:
+
+    from vae_pyro import api
+    result = api.compare("mog-bernoulli", epochs=1, draws=20)   # a dict, the same as `compare --json`
+    api.train(None, epochs=5, checkpoint="ck.pt")
+    api.nll(None, checkpoint="ck.pt", k=500)                   # evaluates the saved model, no training
+    api.check("beta-vae", epochs=1)
+
+Each takes a spec (a :class:`~vae_pyro.spec.VAESpec`, a shipped name, a path, or None for the built-in
+defaults) and keyword settings (``epochs``, ``seed``, ``draws`` ... any field the command line sets,
+:data:`SETTINGS`), runs the command and returns its result: a dict whose header (command, spec,
+versions, device, seed, schema_version) is the same for every command (:func:`~vae_pyro.runs.result_header`).
+``checkpoint`` on :func:`nll`, :func:`check` and :func:`compare` evaluates the model saved there
+instead of training one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from .estimators import build_estimator
+from .runs import prepare_run, result_header, spec_for_checkpoint, training_estimator
+from .spec import VAESpec, load_spec
+
+#: keyword setting -> spec field: what the entry points (and the command-line options) may set
+SETTINGS = {
+    "dataset": "data.dataset", "binarization": "data.binarization", "transform": "data.transform",
+    "hidden": "networks.hidden", "z_dim": "networks.z_dim",
+    "device": "training.device", "seed": "training.seed", "epochs": "training.epochs",
+    "batch_size": "training.batch_size", "lr": "training.lr", "estimator": "training.estimator",
+    "particles": "checks.particles", "draws": "checks.draws", "grad_draws": "checks.grad_draws",
+    "estimators": "checks.estimators",
+}
+
+
+def resolve_spec(spec, command: str, settings: dict | None = None, prior=None, likelihood=None,
+                 overrides=()) -> VAESpec:
+    """The spec a command runs: ``command``'s defaults < the spec < ``settings`` < ``prior``/
+    ``likelihood`` < ``overrides`` (``--set``). A :class:`VAESpec` given as it is only takes ``settings``."""
+    fields = {SETTINGS[k]: list(v) if isinstance(v, tuple) else v for k, v in (settings or {}).items()
+              if v is not None}
+    unknown = [k for k in (settings or {}) if k not in SETTINGS]
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r}; allowed: {', '.join(SETTINGS)}")
+    if isinstance(spec, VAESpec):
+        import copy
+
+        spec = copy.deepcopy(spec)
+        for key, value in fields.items():
+            section, name = key.split(".")
+            setattr(getattr(spec, section), name, value)
+        return spec
+    return load_spec(spec, overrides=list(overrides), prior=prior, likelihood=likelihood, fields=fields,
+                     command=command)
+
+
+def _loaded(spec, checkpoint, prior=None, z_dim=None):
+    return spec if checkpoint is None else spec_for_checkpoint(spec, checkpoint, prior, z_dim)
+
+
+def compare(spec=None, *, checkpoint: str | None = None, progress: bool = False, **settings) -> dict:
+    """Train briefly (or load ``checkpoint``), then run every agreement check for every estimator."""
+    from .compare import CompareConfig, run_comparison
+
+    spec = _loaded(resolve_spec(spec, "compare", settings), checkpoint)
+    return run_comparison(CompareConfig.from_spec(spec, progress=progress), checkpoint=checkpoint)
+
+
+def check(spec=None, *, toy: str | None = None, checkpoint: str | None = None, progress: bool = False,
+          **settings) -> dict:
+    """Ground truth on a toy (``toy``), or the agreement and IWAE checks on the spec's MNIST VAE."""
+    from .checks.ground_truth import CheckConfig, run_mnist, run_toy
+
+    spec = _loaded(resolve_spec(spec, "check", settings), checkpoint)
+    cfg = CheckConfig.from_spec(spec, progress=progress)
+    if toy:
+        cfg.toy, cfg.epochs = toy, settings.get("epochs")  # None: the toy's own fitting epochs
+        return run_toy(cfg)
+    if checkpoint is None:
+        return run_mnist(cfg)
+    dynamic = spec.resolved_data()[0] == "dynamic"
+    return run_mnist(cfg, prepare_run(spec, "static" if dynamic else None, checkpoint))
+
+
+def _fit(run, trainer: str, note: str | None, progress: bool, **train_kwargs):
+    """Train ``run.vae`` as its spec says, with ``trainer`` (chosen by :func:`training_estimator`)."""
+    from .train import train as fit
+
+    t = run.spec.training
+    history = fit(run.vae, build_estimator(trainer, run.spec.checks.particles), run.x_train, epochs=t.epochs,
+                  batch_size=t.batch_size, lr=t.lr, dynamic=run.dynamic, generator=run.generator,
+                  progress=progress, kl_anneal_epochs=t.kl_anneal_epochs, **train_kwargs)
+    return history, {"estimator": trainer, "requested_estimator": t.estimator, "estimator_note": note,
+                     "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
+                     "kl_anneal_epochs": t.kl_anneal_epochs}
+
+
+def _header(command: str, run) -> dict:
+    out = result_header(command, run.spec.source, run.device, run.spec.training.seed)
+    out.update({"dataset": run.dataset.name, "binarization": run.binarization, "transform": run.transform,
+                "model": run.spec.model_config().to_dict()})
+    return out
+
+
+def nll(spec=None, *, k: int = 5000, examples: int = 1000, chunk: int = 500, checkpoint: str | None = None,
+        progress: bool = False, **settings) -> dict:
+    """Test-set negative log-likelihood by IWAE_k (Burda et al. 2015), after training (or of the
+    model saved in ``checkpoint``)."""
+    from .estimators.iwae import iwae_log_likelihood
+
+    started = time.perf_counter()
+    spec = _loaded(resolve_spec(spec, "nll", settings), checkpoint)
+    run = prepare_run(spec, checkpoint=checkpoint)
+    x_test = run.x_test[:: max(len(run.x_test) // examples, 1)][:examples]
+    run.vae.check_data(x_test)
+    if checkpoint is None:
+        _, training = _fit(run, *training_estimator(run.vae, spec.training.estimator), progress)
+    else:
+        training = {"checkpoint": str(checkpoint), "epochs": 0, "estimator": None, "estimator_note": None}
+    log_px = iwae_log_likelihood(run.vae, x_test, k=k, chunk=chunk, progress=progress)
+    out = _header("nll", run)
+    out.update({"test_binarization": ("static (dynamic training; a fixed draw of the test set)" if run.dynamic
+                                      else run.binarization),
+                "k": k, "examples": len(log_px), "epochs": training["epochs"], "training": training,
+                "nll": float(-log_px.mean()), "nll_se": float(log_px.std() / len(log_px) ** 0.5),
+                "seconds": time.perf_counter() - started})
+    return out
+
+
+def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | None = None, resume: bool = False,
+          progress: bool = False, explicit_estimator: bool = False, **settings) -> dict:
+    """Train with the spec's estimator; per-epoch train/test -ELBO (test by ``eval_estimator``, default
+    the training one). ``checkpoint``: saved there after every epoch; ``resume``: continue from it."""
+    if resume and not checkpoint:
+        raise ValueError("--resume needs --checkpoint PATH")
+    from .model import VAE
+
+    spec = resolve_spec(spec, "train", settings)
+    probe = VAE(spec.model_config())  # asked before the run is seeded: asking may draw random numbers
+    trainer, note = training_estimator(probe, spec.training.estimator, explicit_estimator)
+    if eval_estimator is not None:
+        training_estimator(probe, eval_estimator, explicit=True)
+    run = prepare_run(spec)
+    run.vae.check_data(run.x_test)
+    eval_est = build_estimator(eval_estimator or trainer, spec.checks.particles)
+    history, training = _fit(run, trainer, note, progress, x_test=run.x_test, eval_estimator=eval_est,
+                             checkpoint=checkpoint, resume=resume)
+    out = _header("train", run)
+    out.update({"particles": spec.checks.particles, "estimator": training["estimator"],
+                "eval_estimator": eval_est.name, "training": training, "kl_weight": spec.training.kl_weight,
+                "kl_anneal_epochs": spec.training.kl_anneal_epochs, "checkpoint": checkpoint,
+                "history": [asdict(h) for h in history],
+                "test_neg_elbo": history[-1].test_neg_elbo if history else None})
+    return out
+
+
+def experiment(spec=None, *, out: str = "runs/experiment", estimators=None, variance_draws: int = 50,
+               nll_k: int = 1000, progress: bool = False, **settings) -> dict:
+    """One model per estimator: curves, plots, report and metrics in ``out``."""
+    from .experiment import ExperimentConfig, run_experiment
+
+    cfg = ExperimentConfig.from_spec(resolve_spec(spec, "experiment", settings), out=out, estimators=estimators,
+                                     variance_draws=max(variance_draws, 2), nll_k=nll_k, progress=progress)
+    return run_experiment(cfg)
