@@ -24,14 +24,58 @@ that could not be sampled would break those silently far from here.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.distributions import Independent, Normal, kl_divergence
 
 from .registry import Option, Registry, resolve_options
 
 PRIORS: Registry[type["Prior"]] = Registry("prior")
 register_prior = PRIORS.register
+
+#: prior type -> KL(N(mu, exp(logvar)) || prior) in closed form (see :func:`register_prior_kl`)
+_PRIOR_KL: dict[type, Callable] = {}
+
+
+def register_prior_kl(prior_type: type):
+    """Give a prior type its closed-form KL(q(z|x) || p(z)) for the Gaussian guide, the way
+    ``torch.distributions.kl.register_kl`` does for pairs of distributions::
+
+        @register_prior_kl(MyPrior)
+        def _kl_my_prior(prior, mu, logvar):   # -> tensor of shape mu.shape[:-1]
+            ...
+
+    :func:`prior_kl` dispatches on the prior's type, most specific class first."""
+    def decorator(fn: Callable) -> Callable:
+        _PRIOR_KL[prior_type] = fn
+        return fn
+
+    return decorator
+
+
+def prior_kl(prior, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag(exp(logvar))) || prior) summed over latent dimensions, from the function registered
+    for the nearest class of ``type(prior)``; ``NotImplementedError`` where none gives a closed form."""
+    for cls in type(prior).__mro__:
+        if cls in _PRIOR_KL:
+            return _PRIOR_KL[cls](prior, mu, logvar)
+    raise NotImplementedError(f"no closed-form KL registered for prior {type(prior).__name__}")
+
+
+def gaussian_kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) summed over latent dimensions (Kingma & Welling 2013,
+    appendix B; derived in :mod:`vae_pyro.estimators.analytic`): -1/2 sum(1 + logvar - mu^2 - exp(logvar))."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
+
+
+def gaussian_kl_diag(mu: torch.Tensor, logvar: torch.Tensor, mu_p: torch.Tensor,
+                     logvar_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, v) || N(m, v_p)) summed over latent dimensions, v = exp(logvar), v_p = exp(logvar_p):
+    1/2 sum(log v_p - log v + (v + (mu - m)^2) / v_p - 1), the formula above at m = 0, v_p = 1."""
+    return 0.5 * torch.sum(logvar_p - logvar + (logvar.exp() + (mu - mu_p).pow(2)) / logvar_p.exp() - 1, dim=-1)
 
 
 class Prior(nn.Module):
@@ -70,6 +114,19 @@ class StandardNormal(Prior):
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
 
+@register_prior_kl(Prior)
+def _kl_registered_in_torch(prior, mu, logvar):
+    """Any prior for which torch registers ``kl_divergence(Normal, prior)`` (``laplace``), used as it is
+    rather than re-derived; torch raises ``NotImplementedError`` for the others."""
+    q = Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+    return kl_divergence(q, prior.dist(mu.shape[:-1]))
+
+
+@register_prior_kl(StandardNormal)
+def _kl_standard_normal(prior, mu, logvar):
+    return gaussian_kl_to_standard_normal(mu, logvar)
+
+
 @register_prior("diag_normal")
 class DiagNormal(Prior):
     """p(z) = N(m, diag(s^2)) with m and log s learnt (initialised at N(0, I)). With the Gaussian
@@ -89,6 +146,11 @@ class DiagNormal(Prior):
     def dist(self, batch_shape=()):
         shape = tuple(batch_shape) + (self.z_dim,)
         return dist.Normal(self.loc.expand(shape), self.log_scale.exp().expand(shape)).to_event(1)
+
+
+@register_prior_kl(DiagNormal)
+def _kl_diag_normal(prior, mu, logvar):
+    return gaussian_kl_diag(mu, logvar, prior.loc, prior.logvar)
 
 
 def _gaussian_mixture(logits: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor, batch_shape):

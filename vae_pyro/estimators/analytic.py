@@ -31,7 +31,8 @@ and log s^2 = logvar. This expectation is exact, so only the reconstruction term
 
 **Other priors and likelihoods.** The reconstruction term is the chosen likelihood's hand-written
 ``log_prob`` (:mod:`vae_pyro.likelihoods`; for Bernoulli it is the BCE above). The KL term is closed
-form only for some priors:
+form only for some priors, each of which offers it through ``register_prior_kl`` in
+:mod:`vae_pyro.priors` (a dispatch on the prior's type, like torch's ``register_kl``):
 
 * N(0, I): the formula above (kept as it is: it is the one the classic code and the README show);
 * N(m, diag(s_p^2)) (``diag_normal``): per dimension, with v = exp(logvar) and v_p = s_p^2,
@@ -59,9 +60,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Independent, Normal, kl_divergence
 
-from ..priors import DiagNormal, StandardNormal
+from ..priors import gaussian_kl_diag, gaussian_kl_to_standard_normal, prior_kl  # noqa: F401  (the KL formulas)
 from .base import EXACT_KL, INVALID, Estimator, Validity, register_estimator
 
 LOG_2PI = math.log(2 * math.pi)
@@ -75,17 +75,6 @@ class NoClosedFormError(NotImplementedError):
 def bernoulli_neg_log_lik(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """BCE summed over pixels: -log p(x|z) for Bernoulli(sigmoid(logits)). Shape: logits' batch shape."""
     return F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
-
-
-def gaussian_kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) summed over latent dimensions (appendix B)."""
-    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
-
-
-def gaussian_kl_diag(mu: torch.Tensor, logvar: torch.Tensor, mu_p: torch.Tensor,
-                     logvar_p: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(mu_p, exp(logvar_p))) summed over latent dimensions (formula above)."""
-    return 0.5 * torch.sum(logvar_p - logvar + (logvar.exp() + (mu - mu_p).pow(2)) / logvar_p.exp() - 1, dim=-1)
 
 
 def log_normal_diag(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -123,16 +112,12 @@ def neg_elbo_terms(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tens
 
 def closed_form_kl(vae, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """The KL term of the analytic loss, KL(q(z|x) || p(z)) summed over latent dimensions, shape
-    ``mu.shape[:-1]``. Decided by the prior *object* (a swapped-in prior is honoured). A prior without
-    a closed form raises :class:`NoClosedFormError` rather than being replaced by a sampled KL."""
+    ``mu.shape[:-1]``: the prior's own closed form (:func:`~vae_pyro.priors.prior_kl`, dispatched on the
+    prior *object's* type, so a swapped-in prior is honoured). A prior without one raises
+    :class:`NoClosedFormError` rather than being replaced by a sampled KL."""
     prior = vae.prior
-    if isinstance(prior, StandardNormal):
-        return gaussian_kl_to_standard_normal(mu, logvar)
-    if isinstance(prior, DiagNormal):
-        return gaussian_kl_diag(mu, logvar, prior.loc, prior.logvar)
-    q = Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
     try:
-        return kl_divergence(q, prior.dist(mu.shape[:-1]))
+        return prior_kl(prior, mu, logvar)
     except NotImplementedError:
         why = getattr(prior, "no_closed_form", None) or "torch registers no KL(Normal || this prior)"
         raise NoClosedFormError(
