@@ -25,20 +25,11 @@ from .checkpoint import load_checkpoint, restore
 from .data import load_dataset, prepare, resolve_data
 from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, build_estimator
 from .model import VAE, VAEConfig
-from .runs import result_header, training_estimator
+from .runs import RunSettings, result_header, training_estimator
 from .train import evaluate, resolve_device, seed_all, time_steps, train
 
 @dataclass
-class CompareConfig:
-    dataset: str = "mnist5k"
-    binarization: str = "auto"
-    transform: str = "auto"
-    device: str = "auto"
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    particles: int = 1
+class CompareConfig(RunSettings):
     draws: int = 100          # independent draws per estimator for the Monte Carlo check
     grad_draws: int = 50      # independent gradient draws per estimator
     grad_batch: int = 256     # test examples the gradient check uses
@@ -46,23 +37,17 @@ class CompareConfig:
     estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
     train_estimator: str = "analytic"
     model: VAEConfig = field(default_factory=VAEConfig)
-    progress: bool = True
-    kl_anneal_epochs: int = 0
     reference_particles: int = 8   # particles of the tmf reference where analytic is invalid
     z_tol: float = checks.Z_TOL
     same_noise_tol: float = checks.SAME_NOISE_TOL
-    spec: str = "defaults"
 
     @classmethod
     def from_spec(cls, spec, progress: bool = True) -> "CompareConfig":
-        t, c = spec.training, spec.checks
-        return cls(dataset=spec.data.dataset, binarization=spec.data.binarization, transform=spec.data.transform,
-                   device=t.device, seed=t.seed, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-                   particles=c.particles, draws=c.draws, grad_draws=c.grad_draws, grad_batch=c.grad_batch,
-                   timing_steps=c.timing_steps, estimators=tuple(c.estimators), train_estimator=t.estimator,
-                   model=spec.model_config(), progress=progress, kl_anneal_epochs=t.kl_anneal_epochs,
-                   reference_particles=c.reference_particles, z_tol=c.z_tol, same_noise_tol=c.same_noise_tol,
-                   spec=spec.source)
+        c = spec.checks
+        return cls(**RunSettings.fields_of(spec, progress), draws=c.draws, grad_draws=c.grad_draws,
+                   grad_batch=c.grad_batch, timing_steps=c.timing_steps, estimators=tuple(c.estimators),
+                   train_estimator=spec.training.estimator, model=spec.model_config(),
+                   reference_particles=c.reference_particles, z_tol=c.z_tol, same_noise_tol=c.same_noise_tol)
 
     def validate(self) -> None:
         for name in (*self.estimators, self.train_estimator):

@@ -24,6 +24,33 @@ SCHEMA_VERSION = 2
 
 
 @dataclass
+class RunSettings:
+    """The settings every training command shares (those of the spec's [data] and [training] and the
+    particles of [checks]), as flat fields; each command's config adds its own."""
+
+    dataset: str = "mnist5k"
+    binarization: str = "auto"
+    transform: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    particles: int = 1
+    kl_anneal_epochs: int = 0
+    progress: bool = True
+    spec: str = "defaults"
+
+    @staticmethod
+    def fields_of(spec, progress: bool = True) -> dict:
+        """The shared fields from a :class:`~vae_pyro.spec.VAESpec`."""
+        d, t = spec.data, spec.training
+        return dict(dataset=d.dataset, binarization=d.binarization, transform=d.transform, device=t.device,
+                    seed=t.seed, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, particles=spec.checks.particles,
+                    kl_anneal_epochs=t.kl_anneal_epochs, progress=progress, spec=spec.source)
+
+
+@dataclass
 class Run:
     """What every training command starts with: the device, the seeded shuffling generator, the VAE
     on the device, and the data the likelihood takes. A dynamic run trains on fresh draws and is

@@ -47,19 +47,8 @@ from tqdm.auto import tqdm
 from ..estimators import ELBO_BOUND, ESTIMATORS, Estimator, build_estimator, checked_estimator_names, estimator_names
 from ..estimators.iwae import iwae_log_likelihood, iwae_same_noise, log_weights
 from . import exact
-from .result import (
-    EXACT_TOL,
-    IWAE_GAP_TOL,
-    QUAD_TOL,
-    SAME_NOISE_TOL,
-    SKIP,
-    STL_RATIO_TOL,
-    Z_TOL,
-    CheckResult,
-    overall,
-    result,
-    torch_threads,
-)
+from .result import EXACT_TOL, IWAE_GAP_TOL, QUAD_TOL, SAME_NOISE_TOL, SKIP, STL_RATIO_TOL, Z_TOL
+from .result import CheckResult, overall, result, torch_threads
 from .gradquality import gradient_quality
 from .stats import loss_draws, mean_se
 from .toys import TOYS, build_toy, pooled_digits
