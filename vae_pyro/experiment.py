@@ -116,36 +116,24 @@ def _variance(vae, x, names, draws, particles) -> dict:
     return out
 
 
-def run_experiment(cfg: ExperimentConfig) -> dict:
-    cfg.validate()
-    out = Path(cfg.out)
-    device = resolve_device(cfg.device)
-    binarization, transform = cfg.resolved_data()
-    probe = VAE(cfg.model)
-    for name in cfg.estimators:
-        v = build_estimator(name).validity(probe)
-        if not v.valid:
-            raise ValueError(f"estimator {name!r} is invalid for prior {cfg.model.prior!r}: {v.reason}")
-    ds = load_dataset(cfg.dataset)
-    dynamic = binarization == "dynamic"
-    x_train = prepare(ds.train_x, binarization, transform).to(device)
-    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
-    probe.check_data(x_test)
-
+def _train_all(cfg: ExperimentConfig, x_train, x_test, dynamic: bool, device, out: Path) -> tuple[dict, list]:
+    """One model per estimator, each ending with its test NLL (IWAE_k per digit, an upper bound on
+    -log p(x) in expectation, tightening as k grows; Burda et al. 2015) where beta = 1."""
     models, records = {}, []
     for name in tqdm(cfg.estimators, desc="estimators", disable=not cfg.progress, leave=False):
         models[name], record = _train_one(name, cfg, x_train, x_test, dynamic, device, out)
         if cfg.nll_k and float(cfg.model.kl_weight) == 1.0:
-            # The run ends with the test NLL estimate: IWAE_k per digit (an upper bound on -log p(x)
-            # in expectation, tightening as k grows; Burda et al. 2015).
             torch.manual_seed(cfg.seed)
             log_px = iwae_log_likelihood(models[name], x_test, k=cfg.nll_k, progress=cfg.progress,
                                          desc=f"test NLL [{name}]")
             record["test_nll"] = float(-log_px.mean())
             record["test_nll_se"] = float(log_px.std() / len(log_px) ** 0.5)
         records.append(record)
+    return models, records
 
-    # Look at the models: reconstructions of the same test digits, samples from the prior.
+
+def _pictures(cfg: ExperimentConfig, models: dict, records: list, x_test, test_y, transform: str, out: Path) -> dict:
+    """Curves, reconstructions of the same test digits, samples from each prior, the latent space."""
     scale = 255.0 if transform == "counts" else 1.0  # show every likelihood's mean on [0, 1]
 
     def mean_image(vae, z):
@@ -169,11 +157,34 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     if cfg.model.z_dim == 2:
         with torch.no_grad():
             latents = {name: vae.encoder(x_test)[0] for name, vae in models.items()}
-        files["latent"] = plots.latent_scatter(latents, ds.test_y, out / "latent.png")
+        files["latent"] = plots.latent_scatter(latents, test_y, out / "latent.png")
+    return files
 
+
+def _check_estimators(cfg: ExperimentConfig) -> VAE:
+    probe = VAE(cfg.model)
+    for name in cfg.estimators:
+        v = build_estimator(name).validity(probe)
+        if not v.valid:
+            raise ValueError(f"estimator {name!r} is invalid for prior {cfg.model.prior!r}: {v.reason}")
+    return probe
+
+
+def run_experiment(cfg: ExperimentConfig) -> dict:
+    cfg.validate()
+    out = Path(cfg.out)
+    device = resolve_device(cfg.device)
+    binarization, transform = cfg.resolved_data()
+    probe = _check_estimators(cfg)
+    ds = load_dataset(cfg.dataset)
+    dynamic = binarization == "dynamic"
+    x_train = prepare(ds.train_x, binarization, transform).to(device)
+    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
+    probe.check_data(x_test)
+    models, records = _train_all(cfg, x_train, x_test, dynamic, device, out)
+    files = _pictures(cfg, models, records, x_test, ds.test_y, transform, out)
     # Estimator spread, all measured at the same trained model (the first estimator's).
-    reference_model = models[cfg.estimators[0]]
-    variance = _variance(reference_model, x_test, cfg.estimators, cfg.variance_draws, cfg.particles)
+    variance = _variance(models[cfg.estimators[0]], x_test, cfg.estimators, cfg.variance_draws, cfg.particles)
     files["variance"] = plots.estimator_variance(
         list(variance), [v["value_sd"] for v in variance.values()],
         {"encoder": [v["grad_var_encoder"] for v in variance.values()],

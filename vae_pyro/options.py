@@ -154,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
+    _add_compare_and_train(sub)
+    _add_experiment(sub)
+    _add_estimators_and_spec(sub)
+    _add_check_and_nll(sub)
+    return parser
+
+
+def _add_compare_and_train(sub) -> None:
     p = sub.add_parser("compare", help="train briefly, then check every estimator against the analytic ELBO",
                        description="Train the VAE briefly, then for every estimator: -ELBO (mean ± s.e.), "
                                    "same-noise identity, Monte Carlo z-score, gradient agreement, device "
@@ -181,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from --checkpoint up to --epochs (the model options must match it)")
 
+
+
+def _add_experiment(sub) -> None:
     p = sub.add_parser("experiment", help="train one model per estimator; write metrics, plots and a report",
                        description="Train one VAE per estimator from the same seed, log per-epoch train/test "
                                    "-ELBO and wall time, and write metrics.json, metrics.csv, plots and report.md "
@@ -196,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="importance samples per test digit for the final test NLL (IWAE_k); 0 skips it "
                         "(default: 1000; `vae-pyro nll` uses Burda et al.'s 5000)")
 
+
+
+def _add_estimators_and_spec(sub) -> None:
     p = sub.add_parser("estimators", help="the estimators, and which are exact, Monte Carlo or invalid here",
                        description="Every registered estimator and, for the spec's prior and likelihood, "
                                    "whether its KL term is exact, Monte Carlo (TraceMeanField_ELBO's silent "
@@ -216,8 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--likelihood", type=registry_name(LIKELIHOODS), metavar="NAME", help="replace the likelihood")
     show.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                       help="override one field (repeatable)")
-    _add_check_and_nll(sub)
-    return parser
 
 
 def _add_check_and_nll(sub) -> None:

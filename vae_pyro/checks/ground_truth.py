@@ -108,75 +108,68 @@ def elbo_estimators(vae) -> list[str]:
 # Toys
 
 
-def toy_checks(toy, x: torch.Tensor, cfg: CheckConfig, estimators: dict[str, Estimator] | None = None) -> dict:
-    """Every check of the module docstring on a fitted toy; ``estimators`` (name -> instance) are
-    the ELBO estimators judged (default: :data:`ELBO_ESTIMATORS` at ``cfg.particles``)."""
-    toy = toy.clone(dtype=torch.float64)
-    x = x.double()
-    linear = toy.config.toy == "linear_gaussian"
-    estimators = estimators or {n: build_estimator(n, cfg.particles) for n in elbo_estimators(toy)}
-    results: list[CheckResult] = []
-    b = len(x)
+def _exact_linear(toy, x, results) -> tuple:
+    """Closed-form log p(x), KL(q || p(z|x)) and ELBO of the linear-Gaussian toy, and their identity."""
+    log_px = exact.linear_gaussian_log_px(toy, x)
+    kl = exact.linear_gaussian_kl_to_posterior(toy, x)
+    elbo_exact = exact.linear_gaussian_elbo(toy, x)
+    diff = float((elbo_exact - (log_px - kl)).abs().max())
+    results.append(result("exact_identity", "-", diff, EXACT_TOL, diff <= EXACT_TOL, 0.0,
+                          what="closed-form ELBO vs closed-form log p(x) - KL(q || p(z|x))"))
+    return log_px, kl, {"method": "closed form (Cholesky of W W^T + s^2 I)"}
 
-    # --- exact log p(x) and the exact ELBO of the fitted encoder ---------------------------------
-    if linear:
-        log_px = exact.linear_gaussian_log_px(toy, x)
-        kl = exact.linear_gaussian_kl_to_posterior(toy, x)
-        elbo_exact = exact.linear_gaussian_elbo(toy, x)
-        diff = float((elbo_exact - (log_px - kl)).abs().max())
-        results.append(result("exact_identity", "-", diff, EXACT_TOL, diff <= EXACT_TOL, 0.0,
-                               what="closed-form ELBO vs closed-form log p(x) - KL(q || p(z|x))"))
-        quad = {"method": "closed form (Cholesky of W W^T + s^2 I)"}
-    else:
-        n = QUAD_POINTS[toy.config.z_dim]
-        q = exact.quadrature_log_px(toy, x, n=n, progress=cfg.progress)
-        log_px = q["log_px"]
-        ok = q["max_abs_diff"] <= QUAD_TOL and q["boundary_rel"] <= exact.BOUNDARY_TOL
-        results.append(result("quadrature_converged", "-", q["max_abs_diff"], QUAD_TOL, ok, 0.0,
-                               points_per_dim=[n, 2 * n], boundary_log_density_rel_peak=q["boundary_rel"],
-                               boundary_tolerance=exact.BOUNDARY_TOL))
-        elbo_exact = exact.gauss_hermite_elbo(toy, x, 40)
-        gh_diff = float((elbo_exact - exact.gauss_hermite_elbo(toy, x, 20)).abs().max())
-        results.append(result("gauss_hermite_converged", "-", gh_diff, QUAD_TOL, gh_diff <= QUAD_TOL, 0.0,
-                               nodes_per_dim=[20, 40]))
-        kl = log_px - elbo_exact
-        quad = {"method": f"midpoint rule, {2 * n} points per dimension on a per-example box "
-                          f"(agrees with {n} points to {q['max_abs_diff']:.1e} nats)"}
-    kl_min = float(kl.min())
-    results.append(result("kl_nonnegative", "-", kl_min, -EXACT_TOL, kl_min >= -EXACT_TOL, 0.0,
-                           kl_mean=float(kl.mean())))
-    log_px_mean = float(log_px.mean())
-    elbo_ref = float((log_px - kl).mean())
 
+def _exact_by_quadrature(toy, x, cfg, results) -> tuple:
+    """log p(x) by the midpoint rule (n and 2n points), the exact ELBO by Gauss-Hermite (20 and 40
+    nodes), and KL(q || p(z|x)) as their difference, with both convergence checks."""
+    n = QUAD_POINTS[toy.config.z_dim]
+    q = exact.quadrature_log_px(toy, x, n=n, progress=cfg.progress)
+    ok = q["max_abs_diff"] <= QUAD_TOL and q["boundary_rel"] <= exact.BOUNDARY_TOL
+    results.append(result("quadrature_converged", "-", q["max_abs_diff"], QUAD_TOL, ok, 0.0,
+                          points_per_dim=[n, 2 * n], boundary_log_density_rel_peak=q["boundary_rel"],
+                          boundary_tolerance=exact.BOUNDARY_TOL))
+    elbo_exact = exact.gauss_hermite_elbo(toy, x, 40)
+    gh_diff = float((elbo_exact - exact.gauss_hermite_elbo(toy, x, 20)).abs().max())
+    results.append(result("gauss_hermite_converged", "-", gh_diff, QUAD_TOL, gh_diff <= QUAD_TOL, 0.0,
+                          nodes_per_dim=[20, 40]))
+    quad = {"method": f"midpoint rule, {2 * n} points per dimension on a per-example box "
+                      f"(agrees with {n} points to {q['max_abs_diff']:.1e} nats)"}
+    return q["log_px"], q["log_px"] - elbo_exact, quad
+
+
+def _elbo_bounds(toy, x, estimators, cfg, log_px_mean, elbo_ref, results) -> dict:
+    """Each ELBO estimator's Monte Carlo mean against the exact ELBO (z-score) and below log p(x)."""
     bar = tqdm(total=len(estimators) * cfg.draws, desc="check: ELBO estimators", unit="draw",
                disable=not cfg.progress, leave=False)
     bounds = {}
     for name, est in estimators.items():
         bar.set_postfix(estimator=name)
-        draws = _elbo_draws(est, toy, x, cfg.draws, bar)
-        mean, se = mean_se(draws)
+        mean, se = mean_se(_elbo_draws(est, toy, x, cfg.draws, bar))
         bounds[name] = {"mean": mean, "se": se, "num_particles": est.num_particles}
         z = (mean - elbo_ref) / se if se > 0 else (0.0 if abs(mean - elbo_ref) <= EXACT_TOL else math.inf)
         results.append(result("elbo_matches_exact", name, z, Z_TOL, abs(z) <= Z_TOL, elbo_ref,
-                               mean=mean, se=se, draws=cfg.draws))
+                              mean=mean, se=se, draws=cfg.draws))
         zb = (mean - log_px_mean) / se if se > 0 else (0.0 if mean - log_px_mean <= EXACT_TOL else math.inf)
         results.append(result("bound_below_log_px", name, zb, Z_TOL, zb <= Z_TOL, log_px_mean,
-                               mean=mean, se=se, gap=log_px_mean - mean))
+                              mean=mean, se=se, gap=log_px_mean - mean))
     bar.close()
+    return bounds
 
-    # --- IWAE_k: ours vs Pyro's, monotone in k, converging to log p(x) ----------------------------
+
+def _iwae_bounds(toy, x, log_px, cfg, bounds, results) -> None:
+    """IWAE_k: ours against Pyro's at shared noise, below log p(x), non-decreasing in k, within
+    ``IWAE_GAP_TOL`` of log p(x) at the largest k."""
+    log_px_mean = float(log_px.mean())
     sn = iwae_same_noise(toy, x, 10)
     results.append(result("iwae_same_noise", "iwae vs renyi0", sn["value_max_abs_diff"], SAME_NOISE_TOL,
-                           sn["value_max_abs_diff"] <= SAME_NOISE_TOL and sn["grad_max_rel_diff"] <= 1e-6, 0.0,
-                           **sn))
+                          sn["value_max_abs_diff"] <= SAME_NOISE_TOL and sn["grad_max_rel_diff"] <= 1e-6, 0.0, **sn))
     torch.manual_seed(cfg.seed + 1)
     iw = {k: iwae_log_likelihood(toy, x, k=k, progress=cfg.progress, desc=f"check: IWAE_{k}") for k in IWAE_KS}
     for k, values in iw.items():
         mean, se = mean_se(values - log_px)
         bounds[f"iwae_k{k}"] = {"mean": float(values.mean()), "se_of_gap": se, "num_particles": k}
-        z = mean / se
-        results.append(result("bound_below_log_px", f"iwae[k={k}]", z, Z_TOL, z <= Z_TOL, log_px_mean,
-                               mean=float(values.mean()), gap=-mean, se=se))
+        results.append(result("bound_below_log_px", f"iwae[k={k}]", mean / se, Z_TOL, mean / se <= Z_TOL,
+                              log_px_mean, mean=float(values.mean()), gap=-mean, se=se))
     steps = []
     for k1, k2 in zip(IWAE_KS[:-1], IWAE_KS[1:]):
         mean, se = mean_se(iw[k2] - iw[k1])
@@ -186,8 +179,24 @@ def toy_checks(toy, x: torch.Tensor, cfg: CheckConfig, estimators: dict[str, Est
     kmax = IWAE_KS[-1]
     gap, gap_se = mean_se(log_px - iw[kmax])
     results.append(result("iwae_close_to_log_px", f"iwae[k={kmax}]", gap, IWAE_GAP_TOL,
-                           -Z_TOL * gap_se <= gap <= IWAE_GAP_TOL, log_px_mean, se=gap_se))
+                          -Z_TOL * gap_se <= gap <= IWAE_GAP_TOL, log_px_mean, se=gap_se))
 
+
+def toy_checks(toy, x: torch.Tensor, cfg: CheckConfig, estimators: dict[str, Estimator] | None = None) -> dict:
+    """Every check of the module docstring on a fitted toy; ``estimators`` (name -> instance) are
+    the ELBO estimators judged (default: :func:`elbo_estimators` at ``cfg.particles``)."""
+    toy = toy.clone(dtype=torch.float64)
+    x = x.double()
+    linear = toy.config.toy == "linear_gaussian"
+    estimators = estimators or {n: build_estimator(n, cfg.particles) for n in elbo_estimators(toy)}
+    results: list[CheckResult] = []
+    log_px, kl, quad = _exact_linear(toy, x, results) if linear else _exact_by_quadrature(toy, x, cfg, results)
+    kl_min = float(kl.min())
+    results.append(result("kl_nonnegative", "-", kl_min, -EXACT_TOL, kl_min >= -EXACT_TOL, 0.0,
+                          kl_mean=float(kl.mean())))
+    log_px_mean, elbo_ref = float(log_px.mean()), float((log_px - kl).mean())
+    bounds = _elbo_bounds(toy, x, estimators, cfg, log_px_mean, elbo_ref, results)
+    _iwae_bounds(toy, x, log_px, cfg, bounds, results)
     # --- the posterior-matching encoder ----------------------------------------------------------
     if linear:
         results += _linear_gaussian_at_posterior(toy, x, log_px, cfg)
@@ -196,8 +205,7 @@ def toy_checks(toy, x: torch.Tensor, cfg: CheckConfig, estimators: dict[str, Est
                   f"tight; the fitted encoder's gap KL(q || p(z|x)) is {float(kl.mean()):.4f} nats/example")
         for name in ("tight_at_posterior", "stl_zero_variance"):
             results.append(CheckResult(name, "-", None, None, SKIP, details={"reason": reason}))
-
-    quality = _gradient_table(toy, x[: min(b, 100)], cfg)
+    quality = _gradient_table(toy, x[: min(len(x), 100)], cfg)
     return {"exact_log_px": log_px_mean, "exact_log_px_per_example": log_px.tolist(), "exact_method": quad,
             "exact_elbo": elbo_ref, "kl_to_posterior": float(kl.mean()), "bounds": bounds,
             "checks": results, "gradient_quality": quality}
