@@ -87,3 +87,18 @@ def test_every_shipped_spec_goes_through_check(name, tmp_path):
     assert code in (0, 1) and result["spec"] == name and result["checks"]
     if load_spec(name).training.kl_weight != 1:
         assert result["bounds"]["iwae_k50"] is None   # IWAE_k has no KL weight
+
+
+@pytest.mark.slow  # ~30-60 s: the agreement, IWAE and gradient-quality checks, with 2 draws each
+def test_check_and_compare_evaluate_a_checkpoint_without_training(tmp_path, capsys):
+    ck, out = tmp_path / "ck.pt", tmp_path / "check.json"
+    assert main(["train", "--epochs", "1", "--checkpoint", str(ck), *TINY]) == 0
+    code = main(["check", "--checkpoint", str(ck), "--draws", "2", "--grad-draws", "2", "--no-progress",
+                 "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert code in (0, 1) and result["trained_epochs"] == 0 and "784-16-2" in result["data"]
+    code = main(["compare", "--checkpoint", str(ck), "--draws", "2", "--grad-draws", "2", "--estimators", "trace",
+                 "--no-progress", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert code in (0, 1) and result["training"]["checkpoint"] == str(ck) and result["training"]["history"] == []
+    assert f"loaded from {ck}" in capsys.readouterr().out

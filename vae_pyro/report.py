@@ -74,7 +74,9 @@ def compare_table(result: dict) -> str:
             f"seed {result['seed']}, {result['particles']} particle(s), torch {result['torch_version']}, "
             f"pyro {result['pyro_version']}")
     trained = result["training"]
-    train_line = (f"trained {trained['epochs']} epochs with '{trained['estimator']}'"
+    how = (f"loaded from {trained['checkpoint']}" if trained.get("checkpoint")
+           else f"trained {trained['epochs']} epochs with '{trained['estimator']}'")
+    train_line = (how
                   + (f": test -ELBO {trained['test_neg_elbo']:.2f} nats/example" if trained["test_neg_elbo"] is not None else ""))
     legend = (f"pass when |z| <= {tol['z']:g} ({result['draws']} draws each), same-noise diff <= "
               f"{tol['same_noise']:g} nats/example (float64, value and gradient), grad max|z| <= "
@@ -84,7 +86,7 @@ def compare_table(result: dict) -> str:
                       if c["name"] == "device" and c["verdict"] == "skip" and r["validity"]["kind"] != "invalid"
                       and r.get("bound", "elbo") == "elbo"})
     lines = [head, train_line]
-    if trained.get("estimator_note"):
+    if trained.get("estimator_note") and not trained.get("checkpoint"):
         lines.append(trained["estimator_note"])
     lines += [f"reference: {ref['why']}", "", table(headers, rows), "", legend]
     for r in result["estimators"]:

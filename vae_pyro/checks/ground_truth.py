@@ -347,7 +347,7 @@ def run_mnist(cfg: CheckConfig, run=None) -> dict:
     vae, x_test, c = run.vae, run.x_test, cfg.spec.checks
     vae.check_data(x_test)
     reference = reference_for(vae, cfg.particles, c.reference_particles)
-    trainer, note = (None, "evaluated as loaded from the checkpoint") if trained else _train_for_check(run, cfg, reference)
+    trainer, note = (None, "evaluated as loaded, no training") if trained else _train_for_check(run, cfg, reference)
     validities = _mnist_estimators(vae, reference, cfg.particles)
     setup = AgreementSetup(vae, x_test, x_test[::4][:256], x_test[:200], cfg.particles, cfg.draws, cfg.grad_draws,
                            c.reference_particles, cfg.seed, c.z_tol, c.same_noise_tol,
