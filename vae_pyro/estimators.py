@@ -39,13 +39,13 @@ from pyro.infer import (
     Trace_ELBO,
     TraceMeanField_ELBO,
 )
-from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
 
 from dataclasses import asdict, dataclass
 
 from .analytic import analytic_neg_elbo, closed_form_kl_reason
 from .registry import Registry
+from .syncfree import SyncFreeTrace_ELBO, SyncFreeTraceMeanField_ELBO
 
 ESTIMATORS: Registry[type["Estimator"]] = Registry("estimator")
 register_estimator = ESTIMATORS.register
@@ -185,9 +185,8 @@ class DetachedJitTrace_ELBO(JitTrace_ELBO):
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
-        loss = loss.detach()
-        warn_if_nan(loss, "loss")
-        return loss + (surrogate_loss - surrogate_loss.detach())
+        # no warn_if_nan: it reads the device every step (a NaN is caught by the training loop)
+        return loss.detach() + (surrogate_loss - surrogate_loss.detach())
 
 
 class PyroEstimator(Estimator):
@@ -257,14 +256,14 @@ class PyroEstimator(Estimator):
 
 @register_estimator("trace")
 class TraceEstimator(PyroEstimator):
-    description = "pyro.infer.Trace_ELBO (Monte Carlo KL)"
-    elbo_class = Trace_ELBO
+    description = "pyro.infer.Trace_ELBO (Monte Carlo KL), value kept on the device"
+    elbo_class = SyncFreeTrace_ELBO
 
 
 @register_estimator("tmf")
 class TraceMeanFieldEstimator(PyroEstimator):
-    description = "pyro.infer.TraceMeanField_ELBO (analytic KL where registered)"
-    elbo_class = TraceMeanField_ELBO
+    description = "pyro.infer.TraceMeanField_ELBO (analytic KL where registered), value kept on the device"
+    elbo_class = SyncFreeTraceMeanField_ELBO
     mean_field = True
 
 
@@ -330,3 +329,4 @@ def estimator_names() -> list[str]:
 # Imported last: they subclass the classes above and register themselves in ESTIMATORS.
 from . import iwae as _iwae  # noqa: E402,F401  (iwae, renyi0)
 from . import stl as _stl  # noqa: E402,F401  (stl)
+from . import graph as _graph  # noqa: E402,F401  (analytic_graph, trace_graph, tmf_graph)
