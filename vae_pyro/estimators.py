@@ -85,6 +85,8 @@ class Estimator:
     same_noise_skip: str | None = None
     #: ELBO_BOUND or IWAE_BOUND (issue #3)
     bound = ELBO_BOUND
+    #: why a training step reads the device (None: it does not, and tests/test_nosync.py proves it)
+    host_sync: str | None = None
 
     def __init__(self, num_particles: int = 1):
         if num_particles < 1:
@@ -292,6 +294,7 @@ class PyroJitTraceMeanFieldEstimator(PyroEstimator):
     elbo_class = JitTraceMeanField_ELBO
     mean_field = True
     jit = True
+    host_sync = "Pyro's class as shipped: re-tracing reads loss values with torch_item every step"
 
 
 @register_estimator("jit_trace_pyro")
@@ -301,6 +304,7 @@ class PyroJitTraceEstimator(PyroEstimator):
     caveat = "but pyro 1.9.2's differentiable_loss doubles its gradient: the gradient check fails"
     elbo_class = JitTrace_ELBO
     jit = True
+    host_sync = "Pyro's class as shipped: its differentiable_loss calls warn_if_nan (bool of a tensor)"
 
 
 #: What ``vae-pyro compare`` runs by default: every estimator that computes the ELBO correctly. The
