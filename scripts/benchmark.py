@@ -17,8 +17,8 @@ KLD, Adam, and its ``loss.item()`` per step), so users see where vae-pyro stands
 know.
 
 * **CUDA** (default ``--epoch-examples 60000``): each timing is one full epoch over 60,000 examples
-  (the embedded digits tiled to full-MNIST size, resident on the GPU, a fresh permutation gathered
-  per step as training does), timed with CUDA events; peak memory is ``torch.cuda.max_memory_allocated``
+  (the embedded digits tiled to full-MNIST size, resident on the GPU; the epoch's batches gathered
+  by a fresh permutation before the timing, the same for every row), timed with CUDA events; peak memory is ``torch.cuda.max_memory_allocated``
   during that epoch, above what was allocated before it. Also timed: the other data path (a host
   batch copied every step), so the saving of resident data is a measured number.
 * **CPU** (default ``--steps 20``): ``--steps`` steps per timing (an epoch would take minutes per row
@@ -149,7 +149,7 @@ def timed_ms(step, batches: list[torch.Tensor], device: torch.device) -> float:
 
 
 def epoch_batches(x_all: torch.Tensor, batch: int, n_steps: int, seed: int) -> list[torch.Tensor]:
-    """``n_steps`` batches gathered by a fresh permutation on the data's device, as training does."""
+    """``n_steps`` batches gathered by a fresh permutation on the data's device (before any timing)."""
     order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed)).to(x_all.device)
     return [x_all[order[i * batch:(i + 1) * batch]] for i in range(n_steps)]
 

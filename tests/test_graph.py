@@ -73,6 +73,21 @@ def test_the_capture_is_replayed_and_sees_parameter_updates(small_vae, binary_te
     assert len(captured) == 2  # a new shape, a new capture
 
 
+def test_a_capture_made_under_no_grad_still_differentiates(small_vae, binary_test):
+    """Evaluation (``no_grad``) may be the first call; the capture must still carry the gradient."""
+    vae = small_vae.clone(dtype=torch.float64)
+    x = binary_test[:32].double()
+    est, twin = build_estimator("tmf_graph"), build_estimator("tmf")
+    with torch.no_grad():
+        assert not est.differentiable_loss(vae, x).requires_grad
+    params = list(vae.parameters())
+    torch.manual_seed(2)
+    ga = torch.autograd.grad(est.differentiable_loss(vae, x), params)
+    torch.manual_seed(2)
+    gb = torch.autograd.grad(twin.differentiable_loss(vae, x), params)
+    assert max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(ga, gb)) <= checks.GRAD_REL_TOL
+
+
 def test_validity_follows_the_twin():
     vae = VAE(hidden=(8,), z_dim=2, prior="mog")
     assert not build_estimator("analytic_graph").validity(vae).valid

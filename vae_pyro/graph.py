@@ -60,8 +60,10 @@ class LossModule(nn.Module):
 
 def capture(module: LossModule, x: torch.Tensor, beta: torch.Tensor):
     """The captured ``module``: CUDA graphs on a CUDA input, a TorchScript trace otherwise. Pyro's
-    validation is off while it runs once (it reads the device, which a capture forbids)."""
-    with pyro.validation_enabled(False):
+    validation is off while it runs once (it reads the device, which a capture forbids); gradients are
+    on (a first call may come from an evaluation under ``no_grad``, and the capture must include the
+    backward)."""
+    with pyro.validation_enabled(False), torch.enable_grad():
         if x.is_cuda:
             return torch.cuda.make_graphed_callables(module, (x.clone(), beta.clone()), allow_unused_input=True)
         return torch.jit.trace(module, (x, beta), check_trace=False)
