@@ -148,6 +148,37 @@ def timed_ms(step, batches: list[torch.Tensor], device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def capture_probe(name: str, batch_sizes: list[int]) -> None:
+    """In a fresh process: capture ``name`` on CUDA at each batch size and replay it a few steps."""
+    seed_all(0)
+    step = make_step(name, torch.device("cuda"))
+    for batch in batch_sizes:
+        x = torch.bernoulli(torch.full((batch, 784), 0.13, device="cuda"))
+        for _ in range(3):
+            step(x)
+    torch.cuda.synchronize()
+
+
+def capture_preflight(names: list[str], batch_sizes: list[int]) -> dict[str, str]:
+    """Which captured estimators capture on this GPU, each tried in its own process (in parallel): a
+    failed CUDA-graph capture leaves the process's CUDA generator unusable ("Offset increment outside
+    graph capture"), so one failure must not spoil the other rows. Returns {name: error}."""
+    cmd = [sys.executable, __file__, "--_capture_probe"]
+    procs = {n: subprocess.Popen(cmd + [f"{n}:{','.join(map(str, batch_sizes))}"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for n in names if n in CAPTURED}
+    failed = {}
+    for name, proc in procs.items():
+        try:
+            _, err = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            failed[name] = "capture probe timed out"
+            continue
+        if proc.returncode != 0:
+            failed[name] = (err.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    return failed
+
+
 def epoch_batches(x_all: torch.Tensor, batch: int, n_steps: int, seed: int) -> list[torch.Tensor]:
     """``n_steps`` batches gathered by a fresh permutation on the data's device (before any timing)."""
     order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed)).to(x_all.device)
@@ -285,7 +316,12 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--markdown", metavar="PATH", help="also write the tables as a Markdown page (docs/benchmark.md)")
     parser.add_argument("--_probe", help=argparse.SUPPRESS)
+    parser.add_argument("--_capture_probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args._capture_probe:
+        name, batches = args._capture_probe.split(":")
+        capture_probe(name, [int(b) for b in batches.split(",")])
+        return 0
     if args._probe:
         name, batch, steps = args._probe.split(",")
         print(memory_probe(name, int(batch), int(steps)))
@@ -313,6 +349,10 @@ def main(argv=None) -> int:
     for required in ("analytic", "analytic_graph"):  # the two bases of the ratios
         if required not in names:
             names.insert(0, required)
+    failed = capture_preflight(names, batch_sizes) if cuda else {}
+    for name, why in failed.items():
+        print(f"benchmark: {name} could not be captured on this device, left out: {why}", file=sys.stderr)
+    names = [n for n in names if n not in failed]
 
     seed_all(0)
     digits = prepare(load_mnist5k().train_x, "static")
@@ -344,12 +384,13 @@ def main(argv=None) -> int:
                     peak[name] = max(peak.get(name, 0.0), (torch.cuda.max_memory_allocated() - base_mem) / 2 ** 20)
                 bar.update(1)
             del batches
-        base, base_graph = statistics.median(times["analytic"]), statistics.median(times["analytic_graph"])
+        base = statistics.median(times["analytic"])
+        base_graph = statistics.median(times["analytic_graph"]) if "analytic_graph" in times else None
         for name in names:
             ms = statistics.median(times[name])
             row = {"batch_size": batch, "estimator": name, "ms_per_step": ms, "examples_per_s": batch / ms * 1e3,
                    "steps": n_steps, "epoch_s": ms * n_steps / 1e3 if epoch_examples else None,
-                   "ratio_to_analytic": ms / base, "ratio_to_analytic_graph": ms / base_graph,
+                   "ratio_to_analytic": ms / base, "ratio_to_analytic_graph": ms / base_graph if base_graph else None,
                    "ms_all_repeats": times[name], "peak_mib": None}
             if not args.no_memory:
                 row["peak_mib"] = peak[name] if cuda else cpu_peak_memory(name, batch, 5)
@@ -358,7 +399,8 @@ def main(argv=None) -> int:
             ms = host_copy_ms(VAE().to(device), digits[:batch], device, args.steps)
             results.append({"batch_size": batch, "estimator": "analytic (host copy per step)", "ms_per_step": ms,
                             "examples_per_s": batch / ms * 1e3, "steps": args.steps, "epoch_s": None,
-                            "ratio_to_analytic": ms / base, "ratio_to_analytic_graph": ms / base_graph,
+                            "ratio_to_analytic": ms / base,
+                            "ratio_to_analytic_graph": ms / base_graph if base_graph else None,
                             "ms_all_repeats": [ms], "peak_mib": None})
         del steps
     bar.close()
@@ -371,7 +413,7 @@ def main(argv=None) -> int:
         "memory": None if args.no_memory else ("torch.cuda.max_memory_allocated during the epoch, above what was "
                                                "allocated before it" if cuda
                                                else "peak RSS of a fresh process doing the steps (absolute)"),
-        "results": results,
+        "results": results, "failed": failed,
     }
     if args.profile:
         out["profile"] = profile_overhead(device)
@@ -394,7 +436,7 @@ def main(argv=None) -> int:
     if args.markdown:
         atomic_write_text(args.markdown, markdown(out, " ".join(["python scripts/benchmark.py", *(argv or sys.argv[1:])])))
         print(f"wrote {args.markdown}")
-    return 0
+    return 1 if failed else 0
 
 
 def markdown(out: dict, command: str) -> str:
@@ -410,6 +452,8 @@ def markdown(out: dict, command: str) -> str:
         "| batch | estimator | ms/step | examples/s | epoch s | × analytic | × analytic_graph | peak MiB |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
+    for name, why in (out.get("failed") or {}).items():
+        lines.append(f"| - | {name} | could not be captured here: {why} | | | | | |")
     for r in out["results"]:
         lines.append(f"| {r['batch_size']} | {r['estimator']} | {r['ms_per_step']:.3f} | {r['examples_per_s']:.0f} | "
                      f"{fmt(r.get('epoch_s'), '.3f')} | {r['ratio_to_analytic']:.2f} | "

@@ -77,3 +77,21 @@ def test_benchmark_rejects_unknown_estimators():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--epoch-examples", "10", "--batch-sizes", "128"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--epoch-examples must be 0 (off) or >= the largest batch (128), got 10" in proc.stderr
+
+
+def test_a_capture_that_fails_is_isolated_and_reported():
+    """Each captured estimator is first tried in its own process (a failed CUDA capture spoils the
+    process's CUDA generator). Here, without CUDA, the probe fails, and the failure comes back as a
+    named error instead of an exception in the benchmark's own process."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine can capture; the failure path needs one that cannot")
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import benchmark
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    failed = benchmark.capture_preflight(["analytic", "analytic_graph"], [8])
+    assert list(failed) == ["analytic_graph"]  # only the captured estimators are probed
+    assert "CUDA" in failed["analytic_graph"] or "cuda" in failed["analytic_graph"]

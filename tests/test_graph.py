@@ -128,3 +128,21 @@ def test_cuda_graphs_equal_the_eager_twin_and_draw_fresh_noise(name, small_vae, 
     assert float(a) != float(b)  # each replay draws new noise (Philox offset advances)
     graphed = est._captured[vae]
     assert len(graphed) == 1 and not isinstance(next(iter(graphed.values())), torch.jit.ScriptModule)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["trace", "tmf", "jit_trace", "jit_tmf", *sorted(CAPTURED)])
+def test_consecutive_calls_on_cuda_draw_fresh_noise(name, small_vae, binary_test):
+    """A compiled or captured graph must not freeze its random draws: three consecutive values differ
+    (and so do three gradients of the encoder's first layer), for the eager ones too."""
+    vae = small_vae.clone(device="cuda")
+    x = binary_test[:128].cuda()
+    est = build_estimator(name)
+    est.differentiable_loss(vae, x)  # compile / capture
+    values, grads = [], []
+    for _ in range(3):
+        loss = est.differentiable_loss(vae, x)
+        values.append(float(loss))
+        grads.append(torch.autograd.grad(loss, [next(vae.parameters())])[0].clone())
+    assert len(set(values)) == 3, values
+    assert not torch.equal(grads[0], grads[1]) and not torch.equal(grads[1], grads[2])
