@@ -143,3 +143,21 @@ def test_train_reads_the_device_a_fixed_number_of_times_per_epoch_not_per_step(n
                   optimizer=torch.optim.SGD(vae.parameters(), lr=1e-3))  # Adam: see the module docstring
         counts.append(mode.count)
     assert counts[0] == counts[1] > 0
+
+
+@pytest.mark.parametrize("name", ["analytic", "trace", "jit_tmf", "trace_graph"])
+def test_evaluation_reads_the_device_once_however_many_batches(name):
+    from vae_pyro.train import evaluate
+
+    torch.manual_seed(0)
+    vae = VAE(hidden=(16,), z_dim=3)
+    est = build_estimator(name)
+    for _ in range(WARMUP_STEPS):  # compile / capture and TorchScript's optimisation, outside the mode
+        est.differentiable_loss(vae, torch.zeros(10, 784))
+    counts = []
+    for n in (20, 40):  # 2 and 4 batches of 10
+        with CountHostReads() as mode:
+            value = evaluate(vae, est, torch.bernoulli(torch.full((n, 784), 0.2)), batch_size=10)
+        counts.append(mode.count)
+        assert value == value  # a number (not NaN)
+    assert counts == [1, 1]
