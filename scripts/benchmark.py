@@ -284,12 +284,8 @@ def profile_overhead(device, batch: int = 32, steps: int = 100) -> dict:
             key = "other Python"
         groups[key] = groups.get(key, 0.0) + tottime
     shares = {k: v / total for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
-    with_validation = time_steps(vae, est, x, steps=steps)
-    pyro.enable_validation(False)
-    try:
-        without_validation = time_steps(vae, est, x, steps=steps)
-    finally:
-        pyro.enable_validation(True)
+    with_validation = time_steps(vae, est, x, steps=steps, validate_every_step=True)
+    without_validation = time_steps(vae, est, x, steps=steps)  # validation on the first step only
     analytic = time_steps(vae, build_estimator("analytic"), x, steps=steps)
     jit = time_steps(vae, build_estimator("jit_trace"), x, steps=steps)
     return {"batch": batch, "self_time_share": shares, "trace_ms": with_validation,

@@ -181,7 +181,8 @@ def _read_losses(losses: torch.Tensor, step: int, epoch: int, estimator: Estimat
     bar.set_postfix(epoch=epoch, neg_elbo=f"{float(seen[-1]):.2f}")
 
 
-def time_steps(vae, estimator: Estimator, x: torch.Tensor, steps: int = 20, warmup: int = 3) -> float:
+def time_steps(vae, estimator: Estimator, x: torch.Tensor, steps: int = 20, warmup: int = 3,
+               validate_every_step: bool = False) -> float:
     """Milliseconds per training step (loss, backward, Adam) at this batch, after ``warmup`` steps
     that absorb JIT compilation. Runs on a copy so the caller's model is not changed."""
     vae = vae.clone()
@@ -191,7 +192,7 @@ def time_steps(vae, estimator: Estimator, x: torch.Tensor, steps: int = 20, warm
         if i == warmup:
             sync()
             start = time.perf_counter()
-        with step_without_validation(i == 0):
+        with step_without_validation(i == 0 or validate_every_step):  # as train() does, by default
             train_step(vae, estimator, optimizer, x)
     sync()
     return (time.perf_counter() - start) / steps * 1e3
