@@ -55,3 +55,16 @@ def test_dry_run_installs_the_wheels_and_prints_the_plan(tmp_path):
                  "scripts/benchmark.py --device cuda", f"--json {out}/bench-cuda.json", f"--markdown {out}/bench-cuda.md"):
         assert part in plan
     assert not (out / "cuda-tests.log").exists()  # planned, not run
+
+
+@pytest.mark.skipif(not WHEELS, reason="no wheels in .whl: run `make gpu-wheels` (needs the package index)")
+def test_without_pip_the_wheels_are_unpacked(tmp_path):
+    """A Python without pip (a bare GPU image) still gets the wheels: they are zip files."""
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/bash\nif [ "$1" = "-m" ] && [ "$2" = "pip" ]; then exit 1; fi\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    site, out = tmp_path / "site", tmp_path / "out"
+    proc = _run("--dry-run", str(out), env={"GPU_CHECK_SITE": str(site), "PYTHON": str(wrapper)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "pip is not available: unpacking the wheels" in (out / "install.log").read_text()
+    assert f"from {site}/pyro/__init__.py" in (out / "environment.log").read_text()
