@@ -11,11 +11,12 @@ therefore proves the *code path* has no read: on a GPU the very same calls would
 first steps are excluded: Pyro's validation runs on the first (by design, see ``vae_pyro.train``) and
 TorchScript optimises its graph during the first calls (its constant pooling compares tensors).
 
-**The optimiser.** ``Adam`` keeps its step counter on the host when ``capturable=False`` (PyTorch's
-choice, so that reading it is *not* a device sync), and reads it with ``.item()``; on the CPU that read
-cannot be told apart from a device read, so the CPU test steps with SGD and the ``cuda`` test, under
-``torch.cuda.set_sync_debug_mode("error")`` (which fails on a real synchronising CUDA call), runs the
-real Adam step.
+**The optimiser.** The steps use fused Adam, the optimiser ``vae_pyro.train`` uses on CUDA
+(``make_optimizer``); it makes no read on any device. (The default, unfused Adam keeps its step
+counter on the host, PyTorch's choice so that reading it is *not* a device sync, and reads it with
+``.item()``: on the CPU that read could not be told apart from a device read.) The ``cuda`` test runs
+the step with ``make_optimizer``'s Adam under ``torch.cuda.set_sync_debug_mode("error")``, which fails
+on any synchronising CUDA call.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from vae_pyro.estimators import ESTIMATORS, build_estimator, estimator_names
 from vae_pyro.model import VAE
 from vae_pyro.syncfree import step_without_validation
-from vae_pyro.train import train_step
+from vae_pyro.train import make_optimizer, train_step
 
 aten = torch.ops.aten
 HOST_READ_OPS = {aten._local_scalar_dense, aten.item, aten.is_nonzero, aten.nonzero, aten.equal}
@@ -73,7 +74,7 @@ def test_a_training_step_makes_no_host_read(name):
     vae = VAE(hidden=(16,), z_dim=3)
     x = torch.bernoulli(torch.full((16, 784), 0.2))
     est = build_estimator(name, _particles(name))
-    opt = torch.optim.SGD(vae.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True)
     _steps(vae, est, opt, x, WARMUP_STEPS)
     before = [p.detach().clone() for p in vae.parameters()]
     with HostReads():
@@ -88,7 +89,7 @@ def test_the_exempt_estimators_are_pyros_classes_as_shipped_and_do_read():
     vae, x = VAE(hidden=(16,), z_dim=3), torch.bernoulli(torch.full((8, 784), 0.2))
     for name in exempt:
         est = build_estimator(name)
-        opt = torch.optim.SGD(vae.parameters(), lr=1e-3)
+        opt = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True)
         _steps(vae, est, opt, x, WARMUP_STEPS)
         with pytest.raises(AssertionError, match="host read"), HostReads():
             _steps(vae, est, opt, x, 1, first=WARMUP_STEPS)
@@ -101,7 +102,7 @@ def test_a_cuda_training_step_makes_no_synchronising_call(name):
     vae = VAE(hidden=(64,), z_dim=8).cuda()
     x = torch.bernoulli(torch.full((128, 784), 0.2, device="cuda"))
     est = build_estimator(name, _particles(name))
-    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    opt = make_optimizer(vae)
     _steps(vae, est, opt, x, WARMUP_STEPS)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -140,7 +141,7 @@ def test_train_reads_the_device_a_fixed_number_of_times_per_epoch_not_per_step(n
         with CountHostReads() as mode:       # and a dispatch mode do not nest)
             train(vae, est, x, epochs=1, batch_size=8, progress=False,
                   generator=torch.Generator().manual_seed(0),
-                  optimizer=torch.optim.SGD(vae.parameters(), lr=1e-3))  # Adam: see the module docstring
+                  optimizer=torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True))  # see the module docstring
         counts.append(mode.count)
     assert counts[0] == counts[1] > 0
 
@@ -161,3 +162,37 @@ def test_evaluation_reads_the_device_once_however_many_batches(name):
         counts.append(mode.count)
         assert value == value  # a number (not NaN)
     assert counts == [1, 1]
+
+
+class NaNLoss:
+    """Any estimator's loss times NaN: a step that blew up."""
+
+    name = "nan"
+
+    def __init__(self, est):
+        self.est = est
+
+    def differentiable_loss(self, vae, x):
+        return self.est.differentiable_loss(vae, x) * float("nan")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_nan_step_is_neutralised_on_the_device(fused):
+    """Fused Adam (``make_optimizer`` on CUDA) skips the step entirely: parameters and Adam's state
+    are exactly as before. Unfused Adam gets a zero gradient: parameters stay finite."""
+    torch.manual_seed(0)
+    vae = VAE(hidden=(16,), z_dim=3)
+    x = torch.bernoulli(torch.full((16, 784), 0.2))
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-2, fused=fused)
+    est = build_estimator("trace")
+    _steps(vae, est, opt, x, 2)
+    before = [p.detach().clone() for p in vae.parameters()]
+    loss = train_step(vae, NaNLoss(est), opt, x)
+    assert torch.isnan(loss)
+    after = list(vae.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    if fused:
+        assert all(torch.equal(a, p) for a, p in zip(before, after))
+        assert all(float(s["step"]) == 2 for s in opt.state.values())
+    train_step(vae, est, opt, x)  # and training goes on
+    assert all(torch.isfinite(p).all() for p in vae.parameters())

@@ -19,7 +19,7 @@ log-densities, the same KL rule), only not re-interpreted every step.
   CUDA graphs with static input buffers (one pair per batch shape) and returns an autograd function
   that copies the inputs in and replays them; random draws inside a graph come from the Philox
   generator, whose offset advances at every replay, so each replay draws fresh noise. **Adam runs
-  beside the graph** (an ordinary eager ``optimizer.step()``, a handful of fused ``_foreach`` kernels):
+  beside the graph** (an ordinary eager ``optimizer.step()``; fused Adam on CUDA, one kernel):
   every estimator then shares the same optimiser code, checkpointing and KL annealing work unchanged,
   and the loss's value and gradient are available to the checks; a whole-step graph with
   ``Adam(capturable=True)`` would save those few launches but tie the optimiser into the estimator.
