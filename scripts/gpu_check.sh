@@ -70,6 +70,7 @@ install_wheels() {
 }
 run_step install 60 install_wheels "${WHEELS[@]}"
 export PYTHONPATH="$SITE:$REPO"
+[ $DRY_RUN -eq 0 ] && { nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true; }
 # Fails where CUDA is missing (except in a dry run): CUDA tests that all skip would prove nothing.
 run_step environment 60 env REQUIRE_CUDA=$((1 - DRY_RUN)) "$PY" -c '
 import os, sys, torch, pyro, pyroapi, vae_pyro
@@ -130,8 +131,11 @@ else
   run_step noise 40 "${NOISE[@]}"
   cat "$OUT/noise.log"
   run_step cuda-tests "${GPU_CHECK_TIMEOUT_TESTS:-70}" "${TESTS[@]}"
+  grep -E "^(FAILED|ERROR)" "$OUT/cuda-tests.log" | head -n 30
   run_step compare "${GPU_CHECK_TIMEOUT_COMPARE:-70}" "${COMPARE[@]}"
+  grep -v "Warning\|warn" "$OUT/compare.log" | tail -n 20
   run_step benchmark "${GPU_CHECK_TIMEOUT_BENCH:-110}" "${BENCH[@]}"
+  [ -f "$OUT/bench-cuda.md" ] && cat "$OUT/bench-cuda.md"
 fi
 
 [ -z "${GPU_CHECK_SITE:-}" ] && rm -rf "$SITE"
