@@ -40,9 +40,10 @@ import pyro
 import torch
 from torch import nn
 
-from .analytic import neg_elbo_terms
-from .estimators import ESTIMATORS, Estimator, register_estimator
-from .syncfree import SyncFreeTrace_ELBO, SyncFreeTraceMeanField_ELBO
+# Absolute imports, so the module can move into an ``estimators`` package unchanged.
+from vae_pyro.analytic import neg_elbo_terms
+from vae_pyro.estimators import Estimator, build_estimator, register_estimator
+from vae_pyro.syncfree import SyncFreeTrace_ELBO, SyncFreeTraceMeanField_ELBO
 
 
 class LossModule(nn.Module):
@@ -96,7 +97,7 @@ class GraphEstimator(Estimator):
         return self.captured_for(vae, x, beta)(x, beta).clone()
 
     def _twin(self) -> Estimator:
-        return ESTIMATORS[self.twin](num_particles=self.num_particles)
+        return build_estimator(self.twin, self.num_particles)
 
     def kl_kind(self, vae):
         return self._twin().kl_kind(vae)
