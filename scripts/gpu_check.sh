@@ -111,7 +111,7 @@ for name in sys.argv[1].split(","):
         est.differentiable_loss(vae, x)
         v = [float(est.differentiable_loss(vae, x)) / len(x) for _ in range(3)]
     except Exception as err:  # report and go on (after a failed capture later ones may fail too)
-        print(f"{name:15s} ERROR {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        print(f"{name:15s} ERROR {type(err).__name__}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
         frozen.append(name)
         continue
     print(f"{name:15s}", " ".join(f"{a:.6f}" for a in v), "fresh" if len(set(v)) == 3 else "REPEATED")

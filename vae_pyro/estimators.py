@@ -87,6 +87,8 @@ class Estimator:
     bound = ELBO_BOUND
     #: why a training step reads the device (None: it does not, and tests/test_nosync.py proves it)
     host_sync: str | None = None
+    #: why a training step reads the device on CUDA only (None: it does not; a cuda test proves it)
+    cuda_host_sync: str | None = None
 
     def __init__(self, num_particles: int = 1):
         if num_particles < 1:
@@ -275,6 +277,11 @@ class JitTraceEstimator(PyroEstimator):
     description = "JitTrace_ELBO with its gradient fixed (vae_pyro's fix of pyro 1.9.2)"
     elbo_class = DetachedJitTrace_ELBO
     jit = True
+    # Seen on an H100 (torch 2.11): under tracing, torch.distributions' _standard_normal draws eps as
+    # torch.normal(zeros, ones) (its "JIT workaround"), and the CUDA kernel of normal(Tensor, Tensor)
+    # checks std >= 0 with a host read. The *_graph estimators replay without it.
+    cuda_host_sync = ("TorchScript records torch.normal(zeros, ones) for the guide's noise, whose CUDA kernel "
+                      "checks std >= 0 on the host; trace_graph / tmf_graph are the sync-free compiled route")
 
 
 @register_estimator("jit_tmf")
@@ -284,6 +291,11 @@ class JitTraceMeanFieldEstimator(PyroEstimator):
     elbo_class = CachedJitTraceMeanField_ELBO
     mean_field = True
     jit = True
+    # Seen on an H100 (torch 2.11): under tracing, torch.distributions' _standard_normal draws eps as
+    # torch.normal(zeros, ones) (its "JIT workaround"), and the CUDA kernel of normal(Tensor, Tensor)
+    # checks std >= 0 with a host read. The *_graph estimators replay without it.
+    cuda_host_sync = ("TorchScript records torch.normal(zeros, ones) for the guide's noise, whose CUDA kernel "
+                      "checks std >= 0 on the host; trace_graph / tmf_graph are the sync-free compiled route")
 
 
 @register_estimator("jit_tmf_pyro")
