@@ -2,19 +2,31 @@
 """Speed of every ELBO estimator, side by side in one process, as a ratio to the hand-written loss.
 
     python scripts/benchmark.py                         # CPU (or CUDA when present), table on stdout
-    python scripts/benchmark.py --device cuda --json runs/bench-cuda.json
+    python scripts/benchmark.py --device cuda --json runs/bench-cuda.json --markdown runs/bench-cuda.md
     python scripts/benchmark.py --profile               # where Pyro's per-step overhead goes
 
-For each batch size and estimator: ms per training step (loss, backward, Adam), examples/s, the ratio
-to ``analytic`` measured in the same run (repeats are interleaved across estimators, and the median
-kept, so drifts in machine load hit every estimator alike), and peak memory: on CUDA
-``torch.cuda.max_memory_allocated`` during the steps; on the CPU the growth of the process's peak
-resident set of a fresh subprocess per (estimator, batch) that does only those steps (absolute, so
-about 300 MiB of it is Python, torch and Pyro; compare rows).
+For each batch size and estimator: ms per training step (loss, backward, Adam: ``vae_pyro.train.
+train_step``, with the optimiser ``train`` uses: Adam, fused on CUDA), examples/s, the ratio to ``analytic`` (the hand-written loss, eager) and to
+``analytic_graph`` (the same, captured) measured in the same run (repeats are interleaved across
+estimators, and the median kept, so drifts in machine load hit every estimator alike), and peak memory.
 
-The training data live on the device for the whole run (``vae_pyro.data.Batches`` indexes a resident
-tensor). On CUDA the benchmark also times the other data path (a host batch copied every step) so the
-saving is a measured number.
+Rows: every estimator asked for (by default the eager Pyro ELBOs, their ``jit_*`` compilations and the
+captured ``*_graph`` estimators), plus ``pytorch_example``: a step written exactly as PyTorch's
+``examples/vae/main.py`` writes it (its own 784-400-20 model, sigmoid + ``binary_cross_entropy`` +
+KLD, Adam, and its ``loss.item()`` per step), so users see where vae-pyro stands against the code they
+know.
+
+* **CUDA** (default ``--epoch-examples 60000``): each timing is one full epoch over 60,000 examples
+  (the embedded digits tiled to full-MNIST size, resident on the GPU; the epoch's batches gathered
+  by a fresh permutation before the timing, the same for every row), timed with CUDA events; peak memory is ``torch.cuda.max_memory_allocated``
+  during that epoch, above what was allocated before it. Also timed: the other data path (a host
+  batch copied every step), so the saving of resident data is a measured number.
+* **CPU** (default ``--steps 20``): ``--steps`` steps per timing (an epoch would take minutes per row
+  on a small CPU); memory is the peak resident set of a fresh subprocess per (estimator, batch) that
+  does only those steps (absolute, so about 300 MiB of it is Python, torch and Pyro; compare rows).
+
+Warm-up steps (not timed) absorb JIT compilation and graph capture; the first one runs with Pyro's
+validation on, the rest without, as ``vae_pyro.train.train`` does.
 """
 
 from __future__ import annotations
@@ -33,11 +45,144 @@ import time
 import pyro
 import torch
 
+import torch.nn.functional as F
+from torch import nn
+
 from vae_pyro.data import load_mnist5k, prepare
 from vae_pyro.estimators import DEFAULT_ESTIMATORS, build_estimator
 from vae_pyro.model import VAE
 from vae_pyro.report import atomic_write_text, fmt, table, write_json
-from vae_pyro.train import resolve_device, seed_all, time_steps
+from vae_pyro.estimators.syncfree import step_without_validation
+from vae_pyro.train import make_optimizer, resolve_device, seed_all, time_steps, train_step
+
+REFERENCE = "pytorch_example"
+CAPTURED = ("analytic_graph", "trace_graph", "tmf_graph")
+DEFAULT_CPU = ("analytic", *CAPTURED[:1], *DEFAULT_ESTIMATORS[1:], *CAPTURED[1:], REFERENCE)
+#: on CUDA without jit_tmf_pyro: it re-traces every step (tens of ms), a full epoch of it adds minutes
+DEFAULT_CUDA = ("analytic", "analytic_graph", "trace", "tmf", "jit_trace", "jit_tmf", "trace_graph", "tmf_graph",
+                REFERENCE)
+WARMUP = 4
+
+
+class ExampleVAE(nn.Module):
+    """PyTorch's ``examples/vae/main.py`` model, as written there."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(784, 400)
+        self.fc21 = nn.Linear(400, 20)
+        self.fc22 = nn.Linear(400, 20)
+        self.fc3 = nn.Linear(20, 400)
+        self.fc4 = nn.Linear(400, 784)
+
+    def encode(self, x):
+        h1 = F.relu(self.fc1(x))
+        return self.fc21(h1), self.fc22(h1)
+
+    def reparameterize(self, mu, logvar):
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn_like(std)
+        return mu + eps * std
+
+    def decode(self, z):
+        h3 = F.relu(self.fc3(z))
+        return torch.sigmoid(self.fc4(h3))
+
+    def forward(self, x):
+        mu, logvar = self.encode(x.view(-1, 784))
+        z = self.reparameterize(mu, logvar)
+        return self.decode(z), mu, logvar
+
+
+def example_loss_function(recon_x, x, mu, logvar):
+    """``loss_function`` of ``examples/vae/main.py``: reconstruction + KL summed over the batch."""
+    BCE = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction='sum')
+    # see Appendix B from VAE paper: Kingma and Welling. Auto-Encoding Variational Bayes. ICLR, 2014
+    # 0.5 * sum(1 + log(sigma^2) - mu^2 - sigma^2)
+    KLD = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return BCE + KLD
+
+
+def make_step(name: str, device: torch.device):
+    """``step(x)``: one training step of estimator ``name`` (or of the PyTorch example) on a fresh model
+    and Adam; validation on for the first call only (see ``vae_pyro.train.train``)."""
+    if name == REFERENCE:
+        model = ExampleVAE().to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step(data):  # the body of main.py's train loop, line for line
+            optimizer.zero_grad()
+            recon_batch, mu, logvar = model(data)
+            loss = example_loss_function(recon_batch, data, mu, logvar)
+            loss.backward()
+            train_loss = loss.item()  # noqa: F841  (main.py accumulates it: a host read per step)
+            optimizer.step()
+        return step
+    vae = VAE().to(device)
+    est = build_estimator(name)
+    optimizer = make_optimizer(vae)  # as vae_pyro.train.train: fused Adam on CUDA
+    calls = [0]
+
+    def step(x):
+        with step_without_validation(calls[0] == 0):
+            train_step(vae, est, optimizer, x)
+        calls[0] += 1
+    return step
+
+
+def timed_ms(step, batches: list[torch.Tensor], device: torch.device) -> float:
+    """Wall time of running ``step`` over ``batches`` in ms: CUDA events on a GPU (queued with the
+    kernels, so no host-side stall is counted as work), ``perf_counter`` on the CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for x in batches:
+            step(x)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    for x in batches:
+        step(x)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def capture_probe(name: str, batch_sizes: list[int]) -> None:
+    """In a fresh process: capture ``name`` on CUDA at each batch size and replay it a few steps."""
+    seed_all(0)
+    step = make_step(name, torch.device("cuda"))
+    for batch in batch_sizes:
+        x = torch.bernoulli(torch.full((batch, 784), 0.13, device="cuda"))
+        for _ in range(3):
+            step(x)
+    torch.cuda.synchronize()
+
+
+def capture_preflight(names: list[str], batch_sizes: list[int]) -> dict[str, str]:
+    """Which captured estimators capture on this GPU, each tried in its own process (in parallel): a
+    failed CUDA-graph capture leaves the process's CUDA generator unusable ("Offset increment outside
+    graph capture"), so one failure must not spoil the other rows. Returns {name: error}."""
+    cmd = [sys.executable, __file__, "--_capture_probe"]
+    procs = {n: subprocess.Popen(cmd + [f"{n}:{','.join(map(str, batch_sizes))}"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for n in names if n in CAPTURED}
+    failed = {}
+    for name, proc in procs.items():
+        try:
+            _, err = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            failed[name] = "capture probe timed out"
+            continue
+        if proc.returncode != 0:
+            failed[name] = (err.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    return failed
+
+
+def epoch_batches(x_all: torch.Tensor, batch: int, n_steps: int, seed: int) -> list[torch.Tensor]:
+    """``n_steps`` batches gathered by a fresh permutation on the data's device (before any timing)."""
+    order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed)).to(x_all.device)
+    return [x_all[order[i * batch:(i + 1) * batch]] for i in range(n_steps)]
 
 
 def device_name(device: torch.device) -> str:
@@ -73,9 +218,9 @@ def memory_probe(estimator: str, batch: int, steps: int) -> float:
     # Synthetic binary digits: a step's memory does not depend on pixel values, and parsing the CSV
     # would set a high-water mark (the int64 table) above the step's own peak.
     x = torch.bernoulli(torch.full((batch, 784), 0.13))
-    vae = VAE()
-    est = build_estimator(estimator)
-    time_steps(vae, est, x, steps=steps, warmup=1)
+    step = make_step(estimator, torch.device("cpu"))
+    for _ in range(steps + 1):
+        step(x)
     return peak_rss_mib()
 
 
@@ -88,19 +233,11 @@ def cpu_peak_memory(estimator: str, batch: int, steps: int) -> float | None:
         return None
 
 
-def cuda_step_memory(vae, est, x, steps: int) -> float:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    time_steps(vae, est, x, steps=steps, warmup=1)
-    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-
-
 def host_copy_ms(vae, x_host: torch.Tensor, device, steps: int) -> float:
     """The other data path: each step copies its batch from (pinned) host memory."""
     vae = vae.clone()
     est = build_estimator("analytic")
-    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    opt = make_optimizer(vae)
     x_host = x_host.pin_memory()
     for i in range(steps + 3):
         if i == 3:
@@ -147,12 +284,8 @@ def profile_overhead(device, batch: int = 32, steps: int = 100) -> dict:
             key = "other Python"
         groups[key] = groups.get(key, 0.0) + tottime
     shares = {k: v / total for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
-    with_validation = time_steps(vae, est, x, steps=steps)
-    pyro.enable_validation(False)
-    try:
-        without_validation = time_steps(vae, est, x, steps=steps)
-    finally:
-        pyro.enable_validation(True)
+    with_validation = time_steps(vae, est, x, steps=steps, validate_every_step=True)
+    without_validation = time_steps(vae, est, x, steps=steps)  # validation on the first step only
     analytic = time_steps(vae, build_estimator("analytic"), x, steps=steps)
     jit = time_steps(vae, build_estimator("jit_trace"), x, steps=steps)
     return {"batch": batch, "self_time_share": shares, "trace_ms": with_validation,
@@ -162,16 +295,29 @@ def profile_overhead(device, batch: int = 32, steps: int = 100) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--batch-sizes", default="32,128,512", help="comma-separated (default: 32,128,512)")
-    parser.add_argument("--estimators", default=",".join(DEFAULT_ESTIMATORS))
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat (default: 20)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is kept (default: 3)")
+    parser.add_argument("--batch-sizes", default=None, help="comma-separated (default: 32,128,512 on the CPU, "
+                                                                 "128,1024 on CUDA)")
+    parser.add_argument("--estimators", default=None,
+                        help=f"comma-separated, {REFERENCE} for PyTorch's example (default CPU: {','.join(DEFAULT_CPU)}; "
+                             f"CUDA: {','.join(DEFAULT_CUDA)})")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat without --epoch-examples "
+                                                               "(default: 20)")
+    parser.add_argument("--epoch-examples", type=int, default=None,
+                        help="time full epochs over this many examples (the digits tiled) instead of --steps "
+                             "(default: 60000 on CUDA, off on the CPU)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved repeats; the median is kept (default: 3 on the CPU, 2 on CUDA)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--profile", action="store_true", help="also profile Pyro's per-step overhead")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--markdown", metavar="PATH", help="also write the tables as a Markdown page (docs/benchmark.md)")
     parser.add_argument("--_probe", help=argparse.SUPPRESS)
+    parser.add_argument("--_capture_probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args._capture_probe:
+        name, batches = args._capture_probe.split(":")
+        capture_probe(name, [int(b) for b in batches.split(",")])
+        return 0
     if args._probe:
         name, batch, steps = args._probe.split(",")
         print(memory_probe(name, int(batch), int(steps)))
@@ -179,62 +325,101 @@ def main(argv=None) -> int:
 
     try:
         device = resolve_device(args.device)
-        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-        names = [n for n in args.estimators.split(",") if n]
+        cuda = device.type == "cuda"
+        batch_sizes = [int(b) for b in (args.batch_sizes or ("128,1024" if cuda else "32,128,512")).split(",")]
+        names = [n for n in (args.estimators or ",".join(DEFAULT_CUDA if cuda else DEFAULT_CPU)).split(",") if n]
         for n in names:
-            build_estimator(n)
+            if n != REFERENCE:
+                build_estimator(n)
+        epoch_examples = args.epoch_examples if args.epoch_examples is not None else (60000 if cuda else 0)
+        repeats = args.repeats if args.repeats is not None else (2 if cuda else 3)
+        for value, what in ((args.steps, "--steps"), (repeats, "--repeats"), *((b, "--batch-sizes") for b in batch_sizes)):
+            if value < 1:
+                raise ValueError(f"{what} must be >= 1, got {value}")
+        if epoch_examples < 0 or (epoch_examples and epoch_examples < max(batch_sizes)):
+            raise ValueError(f"--epoch-examples must be 0 (off) or >= the largest batch ({max(batch_sizes)}), "
+                             f"got {epoch_examples}")
     except (ValueError, KeyError) as err:
         print(f"benchmark: error: {err}", file=sys.stderr)
         return 2
-    if "analytic" not in names:
-        names.insert(0, "analytic")
+    for required in ("analytic", "analytic_graph"):  # the two bases of the ratios
+        if required not in names:
+            names.insert(0, required)
+    failed = capture_preflight(names, batch_sizes) if cuda else {}
+    for name, why in failed.items():
+        print(f"benchmark: {name} could not be captured on this device, left out: {why}", file=sys.stderr)
+    names = [n for n in names if n not in failed]
 
     seed_all(0)
-    x_all = prepare(load_mnist5k().train_x, "static")
+    digits = prepare(load_mnist5k().train_x, "static")
+    n_data = max(epoch_examples, args.steps * max(batch_sizes), len(digits))
+    x_all = digits.repeat(-(-n_data // len(digits)), 1)[:n_data].to(device)  # tiled, resident on the device
     results = []
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(batch_sizes) * len(names) * args.repeats, desc="benchmark", unit="run")
+    bar = tqdm(total=len(batch_sizes) * len(names) * repeats, desc="benchmark", unit="run")
     for batch in batch_sizes:
-        x = x_all[:batch].to(device)
-        vae = VAE().to(device)
+        n_steps = epoch_examples // batch if epoch_examples else args.steps
+        steps = {}
+        for name in names:  # built and warmed up once: compilation and capture are not timed
+            seed_all(0)
+            steps[name] = make_step(name, device)
+            for x in epoch_batches(x_all, batch, WARMUP, seed=-1):
+                steps[name](x)
         times: dict[str, list[float]] = {n: [] for n in names}
-        for _ in range(args.repeats):
+        peak: dict[str, float] = {}
+        for r in range(repeats):
+            batches = epoch_batches(x_all, batch, n_steps, seed=r)
             for name in names:  # interleaved, so load drifts hit every estimator alike
-                times[name].append(time_steps(vae, build_estimator(name), x, steps=args.steps))
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    base_mem = torch.cuda.memory_allocated()
+                times[name].append(timed_ms(steps[name], batches, device) / n_steps)
+                if cuda:
+                    peak[name] = max(peak.get(name, 0.0), (torch.cuda.max_memory_allocated() - base_mem) / 2 ** 20)
                 bar.update(1)
+            del batches
         base = statistics.median(times["analytic"])
+        base_graph = statistics.median(times["analytic_graph"]) if "analytic_graph" in times else None
         for name in names:
             ms = statistics.median(times[name])
             row = {"batch_size": batch, "estimator": name, "ms_per_step": ms, "examples_per_s": batch / ms * 1e3,
-                   "ratio_to_analytic": ms / base, "ms_all_repeats": times[name], "peak_mib": None}
+                   "steps": n_steps, "epoch_s": ms * n_steps / 1e3 if epoch_examples else None,
+                   "ratio_to_analytic": ms / base, "ratio_to_analytic_graph": ms / base_graph if base_graph else None,
+                   "ms_all_repeats": times[name], "peak_mib": None}
             if not args.no_memory:
-                if device.type == "cuda":
-                    row["peak_mib"] = cuda_step_memory(vae, build_estimator(name), x, args.steps)
-                else:
-                    row["peak_mib"] = cpu_peak_memory(name, batch, 5)
+                row["peak_mib"] = peak[name] if cuda else cpu_peak_memory(name, batch, 5)
             results.append(row)
-        if device.type == "cuda":
-            results.append({"batch_size": batch, "estimator": "analytic (host copy per step)",
-                            "ms_per_step": (ms := host_copy_ms(vae, x_all[:batch], device, args.steps)),
-                            "examples_per_s": batch / ms * 1e3, "ratio_to_analytic": ms / base,
+        if cuda:
+            ms = host_copy_ms(VAE().to(device), digits[:batch], device, args.steps)
+            results.append({"batch_size": batch, "estimator": "analytic (host copy per step)", "ms_per_step": ms,
+                            "examples_per_s": batch / ms * 1e3, "steps": args.steps, "epoch_s": None,
+                            "ratio_to_analytic": ms / base,
+                            "ratio_to_analytic_graph": ms / base_graph if base_graph else None,
                             "ms_all_repeats": [ms], "peak_mib": None})
+        del steps
     bar.close()
 
     out = {
         "device": str(device), "device_name": device_name(device), "torch_version": torch.__version__,
-        "pyro_version": pyro.__version__, "steps": args.steps, "repeats": args.repeats,
-        "memory": None if args.no_memory else ("cuda max_memory_allocated growth" if device.type == "cuda"
+        "pyro_version": pyro.__version__, "steps": args.steps, "repeats": repeats, "epoch_examples": epoch_examples,
+        "timing": ("CUDA events around each full epoch" if cuda else "perf_counter") if epoch_examples or cuda
+                  else "perf_counter",
+        "memory": None if args.no_memory else ("torch.cuda.max_memory_allocated during the epoch, above what was "
+                                               "allocated before it" if cuda
                                                else "peak RSS of a fresh process doing the steps (absolute)"),
-        "results": results,
+        "results": results, "failed": failed,
     }
     if args.profile:
         out["profile"] = profile_overhead(device)
 
     print(f"device: {out['device']} ({out['device_name']}), torch {out['torch_version']}, pyro {out['pyro_version']}")
-    rows = [[r["batch_size"], r["estimator"], fmt(r["ms_per_step"], ".2f"), fmt(r["examples_per_s"], ".0f"),
-             fmt(r["ratio_to_analytic"], ".2f"), fmt(r["peak_mib"], ".1f")] for r in results]
-    print(table(["batch", "estimator", "ms/step", "examples/s", "x analytic", "peak MiB"], rows))
+    rows = [[r["batch_size"], r["estimator"], fmt(r["ms_per_step"], ".3f"), fmt(r["examples_per_s"], ".0f"),
+             fmt(r["epoch_s"], ".3f"), fmt(r["ratio_to_analytic"], ".2f"), fmt(r["ratio_to_analytic_graph"], ".2f"),
+             fmt(r["peak_mib"], ".1f")] for r in results]
+    print(table(["batch", "estimator", "ms/step", "examples/s", "epoch s", "x analytic", "x analytic_graph",
+                 "peak MiB"], rows))
     if args.profile:
         p = out["profile"]
         print(f"\nTrace_ELBO step at batch {p['batch']}: {p['trace_ms']:.2f} ms "
@@ -247,22 +432,28 @@ def main(argv=None) -> int:
     if args.markdown:
         atomic_write_text(args.markdown, markdown(out, " ".join(["python scripts/benchmark.py", *(argv or sys.argv[1:])])))
         print(f"wrote {args.markdown}")
-    return 0
+    return 1 if failed else 0
 
 
 def markdown(out: dict, command: str) -> str:
+    per = (f"one epoch of {out['epoch_examples']:,} examples per repeat" if out.get("epoch_examples")
+           else f"{out['steps']} steps per repeat")
     lines = [
         f"### {out['device_name']} ({out['device']})",
         "",
         f"`{command}` — torch {out['torch_version']}, pyro {out['pyro_version']}, median of {out['repeats']} "
-        f"interleaved repeats of {out['steps']} steps. Memory: {out['memory'] or 'not measured'}.",
+        f"interleaved repeats, {per}; timing: {out.get('timing', 'perf_counter')}. "
+        f"Memory: {out['memory'] or 'not measured'}.",
         "",
-        "| batch | estimator | ms/step | examples/s | × analytic | peak MiB |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| batch | estimator | ms/step | examples/s | epoch s | × analytic | × analytic_graph | peak MiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
+    for name, why in (out.get("failed") or {}).items():
+        lines.append(f"| - | {name} | could not be captured here: {why} | | | | | |")
     for r in out["results"]:
-        lines.append(f"| {r['batch_size']} | {r['estimator']} | {r['ms_per_step']:.2f} | {r['examples_per_s']:.0f} | "
-                     f"{r['ratio_to_analytic']:.2f} | {fmt(r['peak_mib'], '.0f')} |")
+        lines.append(f"| {r['batch_size']} | {r['estimator']} | {r['ms_per_step']:.3f} | {r['examples_per_s']:.0f} | "
+                     f"{fmt(r.get('epoch_s'), '.3f')} | {r['ratio_to_analytic']:.2f} | "
+                     f"{fmt(r.get('ratio_to_analytic_graph'), '.2f')} | {fmt(r['peak_mib'], '.0f')} |")
     if "profile" in out:
         p = out["profile"]
         lines += [

@@ -122,8 +122,9 @@ class VAE(nn.Module):
 
     def kl_weight_arg(self, x: torch.Tensor) -> torch.Tensor:
         """The current beta as a 0-d tensor on ``x``'s device, to pass to a compiled (JIT) model:
-        a tensor argument is an input of the compiled graph, so annealing reaches it."""
-        return torch.tensor(self.kl_weight, dtype=x.dtype, device=x.device)
+        a tensor argument is an input of the compiled graph, so annealing reaches it. Made by a fill
+        kernel: ``torch.tensor(value, device="cuda")`` would be a host-to-device copy that synchronises."""
+        return torch.full((), self.kl_weight, dtype=x.dtype, device=x.device)
 
     # --- helpers -------------------------------------------------------------------------------
 

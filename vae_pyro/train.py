@@ -6,7 +6,6 @@ trains them all: the only thing that changes between runs is the estimator.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -19,8 +18,11 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .data import Batches
 from .estimators import Estimator
+from .estimators.syncfree import step_without_validation
 
 DEVICES = ("auto", "cpu", "cuda")
+#: training steps between two reads of the loss from the device (progress bar and NaN check)
+READ_EVERY = 50
 
 
 class TrainingError(RuntimeError):
@@ -68,10 +70,11 @@ def kl_weight_at(step: int, target: float, warmup_steps: int) -> float:
 
 def evaluate(vae, estimator: Estimator, x: torch.Tensor, batch_size: int = 1000) -> float:
     """-ELBO in nats/example over all of ``x`` (one draw of the estimator per batch)."""
-    total = 0.0
-    for i in range(0, len(x), batch_size):
-        total += estimator.loss(vae, x[i:i + batch_size])
-    return total / len(x)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    with torch.no_grad(), step_without_validation(False):
+        for i in range(0, len(x), batch_size):  # summed on the device: one read at the end
+            total += estimator.differentiable_loss(vae, x[i:i + batch_size]).detach()
+    return float(total) / len(x)
 
 
 def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10, batch_size: int = 128,
@@ -80,8 +83,16 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
           progress: bool = True, optimizer: torch.optim.Optimizer | None = None,
           kl_anneal_epochs: int = 0, checkpoint: str | None = None, resume: bool = False) -> list[EpochLog]:
     """Adam on ``estimator.differentiable_loss / batch``. ``dynamic=True``: ``x_train`` holds grey
-    levels and every batch is a fresh Bernoulli draw. Raises :class:`TrainingError` on a NaN loss,
-    before the optimiser applies the bad step.
+    levels and every batch is a fresh Bernoulli draw. Raises :class:`TrainingError` on a NaN loss.
+
+    **No host synchronisation per step** (:func:`train_step`): each step's loss stays on the device in
+    an epoch buffer, read every ``READ_EVERY`` steps and at the epoch's end (progress bar, NaN check).
+    A NaN is therefore found up to ``READ_EVERY - 1`` steps after it happened; meanwhile each
+    non-finite step was neutralised on the device: with fused Adam (the default on CUDA) the update
+    is skipped, so the parameters are exactly the last finite step's; otherwise its gradient is
+    zeroed, so they stay finite (Adam's momentum still moved them). The error names the first bad step. The checkpoint is written only after the epoch's losses were read and
+    found finite, so a NaN never overwrites the last good epoch's checkpoint. Pyro's argument
+    validation (which reads the device) runs on the first step only.
 
     ``checkpoint``: a path written (atomically) after every epoch; a NaN therefore leaves the last good
     epoch's checkpoint intact. ``resume=True`` continues from it up to ``epochs`` (the returned history
@@ -92,7 +103,7 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
     estimator reads it there (the JIT ones as a graph input), so all of them optimise the same
     annealed objective. Afterwards ``vae.kl_weight`` is the target again, so evaluation and the
     checks see the objective the spec names."""
-    optimizer = optimizer or torch.optim.Adam(vae.parameters(), lr=lr)
+    optimizer = optimizer or make_optimizer(vae, lr)
     target = float(vae.config.kl_weight)
     batches = Batches(x_train, batch_size, dynamic=dynamic, generator=generator)
     if not dynamic:
@@ -115,30 +126,23 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
     warmup_steps, global_step = kl_anneal_epochs * len(batches), (first_epoch - 1) * len(batches)
     try:
         for epoch in range(first_epoch, epochs + 1):
-            start, running = time.perf_counter(), 0.0
+            start = time.perf_counter()
+            losses = torch.zeros(len(batches), dtype=torch.float64, device=vae.device)
             for step, x in enumerate(batches, 1):
                 global_step += 1
                 vae.kl_weight = kl_weight_at(global_step, target, warmup_steps)
-                optimizer.zero_grad()
-                loss = estimator.differentiable_loss(vae, x) / x.shape[0]
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise TrainingError(
-                        f"loss became {value} at epoch {epoch}, step {step} with estimator "
-                        f"{estimator.name!r}; parameters are left at the last finite step; "
-                        "try a smaller --lr"
-                    )
-                loss.backward()
-                optimizer.step()
-                running += value
+                with step_without_validation(global_step == 1):
+                    losses[step - 1] = train_step(vae, estimator, optimizer, x)
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, neg_elbo=f"{value:.2f}")
+                if step % READ_EVERY == 0 or step == len(batches):
+                    _read_losses(losses, step, epoch, estimator, bar)
             seconds = time.perf_counter() - start
+            running = float(losses.sum())
             beta, vae.kl_weight = vae.kl_weight, target  # the test -ELBO is always of the target objective
             test = None
             if x_test is not None:
                 test = evaluate(vae, eval_estimator or estimator, x_test)
-            history.append(EpochLog(epoch, running / len(batches), test, seconds, beta))
+            history.append(EpochLog(epoch, running / max(len(batches), 1), test, seconds, beta))
             if checkpoint is not None:
                 save_checkpoint(checkpoint, vae=vae, optimizer=optimizer, epoch=epoch, estimator=estimator.name,
                                 history=[asdict(h) for h in history],
@@ -149,18 +153,55 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
     return history
 
 
-def time_steps(vae, estimator: Estimator, x: torch.Tensor, steps: int = 20, warmup: int = 3) -> float:
+def train_step(vae, estimator: Estimator, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> torch.Tensor:
+    """One step of Adam on -ELBO/example; returns the loss as a detached device tensor, never read
+    here (a read would wait for the GPU to finish the step)."""
+    optimizer.zero_grad()
+    loss = estimator.differentiable_loss(vae, x) / x.shape[0]
+    loss.backward()
+    bad = ~torch.isfinite(loss.detach())  # a non-finite step is neutralised on the device, not read:
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = bad.float()  # fused Adam skips the whole update (GradScaler's protocol)
+    else:
+        for p in vae.parameters():  # elsewhere its gradient is zeroed (Adam's momentum still moves)
+            if p.grad is not None:
+                p.grad.masked_fill_(bad, 0.0)
+    optimizer.step()
+    return loss.detach()
+
+
+def make_optimizer(vae, lr: float = 1e-3) -> torch.optim.Optimizer:
+    """Adam over the VAE's parameters; fused on CUDA (one kernel for all parameters instead of a
+    dozen multi-tensor launches, and a NaN step is skipped on the device: :func:`train_step`)."""
+    return torch.optim.Adam(vae.parameters(), lr=lr, fused=vae.device.type == "cuda")
+
+
+def _read_losses(losses: torch.Tensor, step: int, epoch: int, estimator: Estimator, bar) -> None:
+    """The periodic read: raise on a non-finite loss (naming the first bad step), else show the last."""
+    seen = losses[:step]
+    bad = (~torch.isfinite(seen)).nonzero()
+    if len(bad):
+        first = int(bad[0])
+        raise TrainingError(
+            f"loss became {float(seen[first])} at epoch {epoch}, step {first + 1} with estimator "
+            f"{estimator.name!r} (found at step {step}: the loss is read every {READ_EVERY} steps; the bad steps' "
+            "gradients were zeroed, and the last checkpoint is intact); try a smaller --lr"
+        )
+    bar.set_postfix(epoch=epoch, neg_elbo=f"{float(seen[-1]):.2f}")
+
+
+def time_steps(vae, estimator: Estimator, x: torch.Tensor, steps: int = 20, warmup: int = 3,
+               validate_every_step: bool = False) -> float:
     """Milliseconds per training step (loss, backward, Adam) at this batch, after ``warmup`` steps
     that absorb JIT compilation. Runs on a copy so the caller's model is not changed."""
     vae = vae.clone()
-    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    optimizer = make_optimizer(vae)
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     for i in range(warmup + steps):
         if i == warmup:
             sync()
             start = time.perf_counter()
-        optimizer.zero_grad()
-        (estimator.differentiable_loss(vae, x) / x.shape[0]).backward()
-        optimizer.step()
+        with step_without_validation(i == 0 or validate_every_step):  # as train() does, by default
+            train_step(vae, estimator, optimizer, x)
     sync()
     return (time.perf_counter() - start) / steps * 1e3

@@ -15,6 +15,8 @@ name               what                                       KL term
                    ``differentiable_loss`` gradient is 2x
 ``iwae``/``renyi0`` IWAE_k, ours and ``RenyiELBO(alpha=0)``    Monte Carlo (a different bound)
 ``stl``            path-derivative ELBO (Roeder et al. 2017)  Monte Carlo
+``*_graph``        ``analytic``, ``trace``, ``tmf`` captured:     as the twin
+                   CUDA graphs (TorchScript on the CPU)
 =================  =========================================  ==============================
 
 Laid out like ``pyro/infer``: :mod:`.base` (the interface, :class:`Validity`, the registry; imports
@@ -44,10 +46,11 @@ from .analytic import AnalyticEstimator, NoClosedFormError  # noqa: E402  (regis
 from .pyro_elbos import PyroEstimator, mean_field_kl_kind  # noqa: E402  (trace, tmf, jit_*)
 from .iwae import IWAEEstimator, RenyiEstimator  # noqa: E402  (iwae, renyi0)
 from .stl import STLEstimator  # noqa: E402  (stl)
+from .graph import GraphEstimator  # noqa: E402  (analytic_graph, trace_graph, tmf_graph)
 
 __all__ = [
     "DEFAULT_ESTIMATORS", "ELBO_BOUND", "ESTIMATORS", "EXACT_KL", "INVALID", "IWAE_BOUND", "MONTE_CARLO_KL",
     "Estimator", "PyroEstimator", "Validity", "AnalyticEstimator", "IWAEEstimator", "RenyiEstimator",
-    "STLEstimator", "NoClosedFormError", "build_estimator", "estimator_names", "mean_field_kl_kind",
+    "STLEstimator", "GraphEstimator", "NoClosedFormError", "build_estimator", "estimator_names", "mean_field_kl_kind",
     "register_estimator", "checked_estimator_names", "validity", "validity_table",
 ]

@@ -61,6 +61,10 @@ class Estimator:
     #: False for Pyro's classes as shipped (kept to show what our fixes change): ``vae-pyro check``
     #: leaves them out of the estimators it derives from the registry
     checked = True
+    #: why a training step reads the device (None: it does not, and tests/test_nosync.py proves it)
+    host_sync: str | None = None
+    #: why a training step reads the device on CUDA only (None: it does not; a cuda test proves it)
+    cuda_host_sync: str | None = None
 
     def __init__(self, num_particles: int = 1):
         if num_particles < 1:

@@ -19,10 +19,10 @@ from pyro.infer import (
     Trace_ELBO,
     TraceMeanField_ELBO,
 )
-from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
 
 from .base import EXACT_KL, MONTE_CARLO_KL, Estimator, Validity, register_estimator
+from .syncfree import SyncFreeTrace_ELBO, SyncFreeTraceMeanField_ELBO
 
 
 def mean_field_kl_kind(vae) -> str:
@@ -80,9 +80,8 @@ class DetachedJitTrace_ELBO(JitTrace_ELBO):
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
-        loss = loss.detach()
-        warn_if_nan(loss, "loss")
-        return loss + (surrogate_loss - surrogate_loss.detach())
+        # no warn_if_nan: it reads the device every step (a NaN is caught by the training loop)
+        return loss.detach() + (surrogate_loss - surrogate_loss.detach())
 
 
 class PyroEstimator(Estimator):
@@ -157,14 +156,14 @@ class PyroEstimator(Estimator):
 
 @register_estimator("trace")
 class TraceEstimator(PyroEstimator):
-    description = "pyro.infer.Trace_ELBO (Monte Carlo KL)"
-    elbo_class = Trace_ELBO
+    description = "pyro.infer.Trace_ELBO (Monte Carlo KL), value kept on the device"
+    elbo_class = SyncFreeTrace_ELBO
 
 
 @register_estimator("tmf")
 class TraceMeanFieldEstimator(PyroEstimator):
-    description = "pyro.infer.TraceMeanField_ELBO (analytic KL where registered)"
-    elbo_class = TraceMeanField_ELBO
+    description = "pyro.infer.TraceMeanField_ELBO (analytic KL where registered), value kept on the device"
+    elbo_class = SyncFreeTraceMeanField_ELBO
     mean_field = True
 
 
@@ -174,6 +173,11 @@ class JitTraceEstimator(PyroEstimator):
     description = "JitTrace_ELBO with its gradient fixed (vae_pyro's fix of pyro 1.9.2)"
     elbo_class = DetachedJitTrace_ELBO
     jit = True
+    # Seen on an H100 (torch 2.11): under tracing, torch.distributions' _standard_normal draws eps as
+    # torch.normal(zeros, ones) (its "JIT workaround"), and the CUDA kernel of normal(Tensor, Tensor)
+    # checks std >= 0 with a host read. The *_graph estimators replay without it.
+    cuda_host_sync = ("TorchScript records torch.normal(zeros, ones) for the guide's noise, whose CUDA kernel "
+                      "checks std >= 0 on the host; trace_graph / tmf_graph are the sync-free compiled route")
 
 
 @register_estimator("jit_tmf")
@@ -183,6 +187,11 @@ class JitTraceMeanFieldEstimator(PyroEstimator):
     elbo_class = CachedJitTraceMeanField_ELBO
     mean_field = True
     jit = True
+    # Seen on an H100 (torch 2.11): under tracing, torch.distributions' _standard_normal draws eps as
+    # torch.normal(zeros, ones) (its "JIT workaround"), and the CUDA kernel of normal(Tensor, Tensor)
+    # checks std >= 0 with a host read. The *_graph estimators replay without it.
+    cuda_host_sync = ("TorchScript records torch.normal(zeros, ones) for the guide's noise, whose CUDA kernel "
+                      "checks std >= 0 on the host; trace_graph / tmf_graph are the sync-free compiled route")
 
 
 @register_estimator("jit_tmf_pyro")
@@ -194,6 +203,7 @@ class PyroJitTraceMeanFieldEstimator(PyroEstimator):
     elbo_class = JitTraceMeanField_ELBO
     mean_field = True
     jit = True
+    host_sync = "Pyro's class as shipped: re-tracing reads loss values with torch_item every step"
 
 
 @register_estimator("jit_trace_pyro")
@@ -204,3 +214,4 @@ class PyroJitTraceEstimator(PyroEstimator):
     caveat = "but pyro 1.9.2's differentiable_loss doubles its gradient: the gradient check fails"
     elbo_class = JitTrace_ELBO
     jit = True
+    host_sync = "Pyro's class as shipped: its differentiable_loss calls warn_if_nan (bool of a tensor)"
