@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
+
 FORMAT = "vae-pyro-checkpoint"
 VERSION = 1
 
@@ -28,6 +30,8 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | os.PathLike, *, vae, optimizer=None, epoch: int, estimator: str,
                     history: list[dict] | None = None, extra: dict | None = None) -> None:
+    if not distributed.is_main():  # several processes: only process 0 writes
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {

@@ -12,12 +12,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from . import distributed  # noqa: E402
+
 
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if distributed.is_main():  # several processes: only process 0 writes
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
@@ -68,7 +71,8 @@ def latent_scatter(latents: Mapping[str, torch.Tensor], labels: torch.Tensor, pa
         points = ax.scatter(z[:, 0], z[:, 1], c=labels.cpu(), cmap="tab10", s=5, vmin=-0.5, vmax=9.5)
         ax.set(title=name, xlabel="z1", ylabel="z2")
     fig.colorbar(points, ax=axes[0].tolist(), ticks=range(10), label="digit")
-    fig.savefig(Path(path), dpi=110)
+    if distributed.is_main():  # several processes: only process 0 writes
+        fig.savefig(Path(path), dpi=110)
     plt.close(fig)
     return Path(path)
 

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import distributed
+
 
 def fmt(value: Any, spec: str = ".3g") -> str:
     if value is None:
@@ -104,6 +106,8 @@ def compare_table(result: dict) -> str:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write to a temporary file beside ``path`` and rename it into place."""
+    if not distributed.is_main():  # several processes: only process 0 writes
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 
+from . import distributed
 from .data import load_dataset, prepare
 from .estimators import build_estimator
 from .checkpoint import CheckpointError, load_checkpoint, restore
@@ -121,7 +122,8 @@ def result_header(command: str, spec_source: str, device, seed: int) -> dict:
     """The fields every JSON result starts with."""
     return {"schema_version": SCHEMA_VERSION, "command": command, "spec": spec_source, "device": str(device),
             "device_name": device_name(torch.device(device)), "seed": seed,
-            "torch_version": torch.__version__, "pyro_version": pyro.__version__}
+            "torch_version": torch.__version__, "pyro_version": pyro.__version__,
+            "processes": distributed.world_size()}
 
 
 def spec_for_checkpoint(spec, path: str, prior: str | None = None, z_dim: int | None = None):

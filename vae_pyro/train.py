@@ -15,6 +15,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .data import Batches
 from .estimators import Estimator
@@ -124,9 +125,11 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
     bar = tqdm(total=remaining * len(batches), desc=f"train[{estimator.name}]", disable=not progress,
                unit="step", leave=False)
     warmup_steps, global_step = kl_anneal_epochs * len(batches), (first_epoch - 1) * len(batches)
+    shared_rng = distributed.shared_rng_state()  # several processes: each draws its own noise, then back
     try:
         for epoch in range(first_epoch, epochs + 1):
             start = time.perf_counter()
+            distributed.seed_epoch(generator, epoch)
             losses = torch.zeros(len(batches), dtype=torch.float64, device=vae.device)
             for step, x in enumerate(batches, 1):
                 global_step += 1
@@ -143,23 +146,28 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
             if x_test is not None:
                 test = evaluate(vae, eval_estimator or estimator, x_test)
             history.append(EpochLog(epoch, running / max(len(batches), 1), test, seconds, beta))
-            if checkpoint is not None:
+            if checkpoint is not None and distributed.is_main():
                 save_checkpoint(checkpoint, vae=vae, optimizer=optimizer, epoch=epoch, estimator=estimator.name,
                                 history=[asdict(h) for h in history],
                                 extra={"generator": generator.get_state()} if generator is not None else None)
     finally:
         vae.kl_weight = target
+        distributed.restore_rng_state(shared_rng)
         bar.close()
     return history
 
 
 def train_step(vae, estimator: Estimator, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> torch.Tensor:
     """One step of Adam on -ELBO/example; returns the loss as a detached device tensor, never read
-    here (a read would wait for the GPU to finish the step)."""
+    here (a read would wait for the GPU to finish the step). Several processes: each computes its
+    shard of the global batch, divided by the global batch size, and the gradients and losses are
+    summed across them (:mod:`vae_pyro.distributed`), so the step is the one-process step."""
     optimizer.zero_grad()
-    loss = estimator.differentiable_loss(vae, x) / x.shape[0]
+    x, total = distributed.shard_batch(x)
+    loss = estimator.differentiable_loss(vae, x) / total
     loss.backward()
-    bad = ~torch.isfinite(loss.detach())  # a non-finite step is neutralised on the device, not read:
+    loss = distributed.reduce_gradients(vae.parameters(), loss.detach())
+    bad = ~torch.isfinite(loss)  # a non-finite step is neutralised on the device, not read:
     if optimizer.defaults.get("fused"):
         optimizer.found_inf = bad.float()  # fused Adam skips the whole update (GradScaler's protocol)
     else:
@@ -167,7 +175,7 @@ def train_step(vae, estimator: Estimator, optimizer: torch.optim.Optimizer, x: t
             if p.grad is not None:
                 p.grad.masked_fill_(bad, 0.0)
     optimizer.step()
-    return loss.detach()
+    return loss
 
 
 def make_optimizer(vae, lr: float = 1e-3) -> torch.optim.Optimizer:

@@ -48,6 +48,7 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..estimators import ELBO_BOUND, build_estimator
 from ..estimators.analytic import closed_form_kl_reason, neg_elbo, neg_elbo_from_terms, neg_elbo_terms
 from .result import GRAD_DETERMINISTIC_REL, GRAD_REL_TOL, SAME_NOISE_TOL, SKIP, Z_TOL, CheckResult, skipped, verdict_of
@@ -293,6 +294,7 @@ def _context(setup: AgreementSetup, bar) -> dict:
     ref_est = build_estimator(ref.estimator, ref.particles)
     ref_mc = MCStats.of(ref.estimator, loss_draws(ref_est, setup.vae, setup.x, setup.draws, bar), ref.particles)
     directions = gradient_directions(setup.vae, setup.x_grad, seed=setup.seed, reference=ref.estimator)
+    directions = distributed.broadcast_tensors(directions)  # every process projects on the same ones
     ref_grad = gradient_draws(ref_est, setup.vae, setup.x_grad, setup.grad_draws, directions, bar)
     return {"setup": setup, "reference": ref, "ref_mc": ref_mc, "directions": directions, "ref_grad": ref_grad,
             "bar": bar}

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from .. import distributed
 from ..estimators import build_estimator
 
 
@@ -21,13 +22,15 @@ def mean_se(values) -> tuple[float, float]:
 
 
 def loss_draws(est, vae, x: torch.Tensor, draws: int, progress=None) -> list[float]:
-    """``draws`` independent values of the estimate, in nats/example."""
+    """``draws`` independent values of the estimate, in nats/example. Draw r is seeded by its index
+    (:func:`~vae_pyro.distributed.seeded_draws`), so the draws can be split across processes and
+    gathered into the same list one process makes."""
     out = []
-    for _ in range(draws):
+    for _ in distributed.seeded_draws(draws, warmup=lambda: est.loss(vae, x)):
         out.append(est.loss(vae, x) / x.shape[0])
         if progress is not None:
             progress.update(1)
-    return out
+    return distributed.gather_draws(out, draws)
 
 
 @dataclass
@@ -72,11 +75,13 @@ def trainable(vae) -> tuple[list[str], list[torch.Tensor]]:
 def grad_moments(label: str, loss_fn: Callable[[], torch.Tensor], names: list[str], params: list[torch.Tensor],
                  draws: int, directions: list[torch.Tensor], progress=None) -> GradStats:
     """``draws`` gradients of ``loss_fn()``: float64 running sums for mean and variance (memory stays at
-    two copies of the parameters however many draws) and their projections onto ``directions``."""
+    two copies of the parameters however many draws) and their projections onto ``directions``. Draw r
+    is seeded by its index; across processes each runs its share and the sums and the projections'
+    rows are all-reduced (:mod:`vae_pyro.distributed`)."""
     s1 = [torch.zeros_like(p, dtype=torch.float64) for p in params]
     s2 = [torch.zeros_like(p, dtype=torch.float64) for p in params]
     proj = torch.zeros(draws, len(params), directions[0].shape[0] if directions else 1, dtype=torch.float64)
-    for r in range(draws):
+    for r in distributed.seeded_draws(draws, warmup=loss_fn):
         if params:
             grads = torch.autograd.grad(loss_fn(), params, allow_unused=True)
             for i, g in enumerate(grads):
@@ -87,6 +92,8 @@ def grad_moments(label: str, loss_fn: Callable[[], torch.Tensor], names: list[st
                 proj[r, i] = (directions[i] @ g.flatten()).cpu()
         if progress is not None:
             progress.update(1)
+    *s1, proj = distributed.sum_across(*s1, proj)  # projections: disjoint rows, so the sum is exact
+    s2 = list(distributed.sum_across(*s2))
     mean = [a / draws for a in s1]
     var = [((b - draws * m * m) / (draws - 1)).clamp_min(0) for b, m in zip(s2, mean)]
     return GradStats(label, names, mean, var, proj, draws)

@@ -48,6 +48,7 @@ from pyro.infer import RenyiELBO
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from tqdm.auto import tqdm
 
+from .. import distributed
 from .analytic import log_normal_diag, reparameterize
 from .base import INVALID, IWAE_BOUND, MONTE_CARLO_KL, Estimator, Validity, register_estimator
 from .pyro_elbos import PyroEstimator
@@ -198,18 +199,21 @@ def iwae_log_likelihood(vae, x: torch.Tensor, k: int = 5000, chunk: int = 500, b
     floats = 157 MB for MNIST); the k log-weights of a batch are kept (k * batch_size floats) and
     reduced with one logsumexp, so the result does not depend on the chunking. Returns a tensor of
     shape (N,); -mean is the test negative log-likelihood estimate (an upper bound on the true NLL
-    in expectation, since IWAE_k <= log p(x))."""
+    in expectation, since IWAE_k <= log p(x)). Each batch of examples is seeded by its index (see
+    below), so the estimates do not depend on how many processes computed them."""
     if k < 1 or chunk < 1 or batch_size < 1:
         raise ValueError(f"k, chunk and batch_size must be >= 1, got {k}, {chunk}, {batch_size}")
-    out = []
-    steps = -(-len(x) // batch_size) * -(-k // chunk)
-    bar = tqdm(total=steps, desc=desc, unit="chunk", disable=not progress, leave=False)
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
+    batches = -(-len(x) // batch_size)
+    out = torch.zeros(len(x), dtype=torch.float64, device=x.device)  # float32 values fit exactly
+    bar = tqdm(total=batches * -(-k // chunk), desc=desc, unit="chunk", disable=not progress, leave=False)
+    # Batch b is seeded by its index, so several processes can each take a share of the batches and
+    # sum the rows they filled into the same result one process computes (vae_pyro.distributed).
+    for b in distributed.seeded_draws(batches):
+        xb = x[b * batch_size:(b + 1) * batch_size]
         parts = []
         for j in range(0, k, chunk):
             parts.append(log_weights(vae, xb, min(chunk, k - j)))
             bar.update(1)
-        out.append(log_mean_exp(torch.cat(parts), dim=0))
+        out[b * batch_size:(b + 1) * batch_size] = log_mean_exp(torch.cat(parts), dim=0).detach()
     bar.close()
-    return torch.cat(out)
+    return distributed.sum_across(out)[0]
