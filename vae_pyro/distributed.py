@@ -263,4 +263,9 @@ def seed_epoch(generator: torch.Generator | None, epoch: int) -> None:
     if not active():
         return
     seed = generator.initial_seed() if generator is not None else torch.initial_seed()
-    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank()]).generate_state(1)[0]))
+    torch.manual_seed(epoch_seed(seed, epoch, rank()))
+
+
+def epoch_seed(seed: int, epoch: int, process: int) -> int:
+    """The torch seed of ``process`` in ``epoch`` of a distributed training run seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, epoch, process]).generate_state(1)[0])
