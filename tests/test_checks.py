@@ -138,15 +138,20 @@ def test_gradient_check_fails_for_wrong_gradients(wrong, small_vae, grad_setup):
 
 
 def test_gradient_draws_mean_is_the_mean_of_the_draws(small_vae, binary_test):
-    """The running sums give the same mean as averaging stored gradients (a plain identity)."""
+    """The running sums give the same mean as averaging stored gradients (a plain identity), draw r
+    made at its own seed (vae_pyro.distributed.seeded_draws)."""
     x = binary_test[:32]
     est = build_estimator("trace")
     params = list(small_vae.parameters())
     directions = checks.gradient_directions(small_vae, x, num_random=1)
     torch.manual_seed(3)
     stats = checks.gradient_draws(est, small_vae, x, 4, directions)
-    torch.manual_seed(3)
-    stored = [torch.autograd.grad(est.differentiable_loss(small_vae, x) / 32, params) for _ in range(4)]
+    torch.manual_seed(3)  # draw r is seeded by base + r, base drawn from torch's generator
+    base = int(torch.randint(0, 2 ** 62, (1,), dtype=torch.int64))
+    stored = []
+    for r in range(4):
+        torch.manual_seed(base + r)
+        stored.append(torch.autograd.grad(est.differentiable_loss(small_vae, x) / 32, params))
     for i, _ in enumerate(params):
         expected = torch.stack([g[i] for g in stored]).double().mean(0)
         torch.testing.assert_close(stats.mean[i], expected, rtol=1e-6, atol=1e-9)
