@@ -1,10 +1,10 @@
 """``python -m vae_pyro`` and ``torchrun --nproc_per_node N -m vae_pyro``: the command line, in one
-process or in each of torchrun's (:func:`vae_pyro.distributed.launch`)."""
+process or in each of torchrun's (:func:`vae_pyro.cli.main` starts the process group, see
+:mod:`vae_pyro.distributed`)."""
 
 import sys
 
 from .cli import main
-from .distributed import launch
 
 if __name__ == "__main__":
-    sys.exit(launch(main))
+    sys.exit(main())

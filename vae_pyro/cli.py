@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from . import api, report
+from . import api, distributed, report
 from .checkpoint import CheckpointError
 from .data import DataError
 from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, NoClosedFormError, estimator_names
@@ -167,6 +167,8 @@ ERRORS = (DataError, UnknownNameError, TrainingError, SpecError, NoClosedFormErr
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if distributed.launched() and not distributed.active():  # under torchrun: start the process group first
+        return distributed.launch(main, argv)
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
