@@ -1,6 +1,8 @@
 """More than one process: ``torchrun --nproc_per_node N -m vae_pyro COMMAND ...`` (PyTorch's own
-``torch.distributed``: NCCL on GPUs, Gloo on CPUs). Every function here is a no-op in one process, so a
-run that was not launched by torchrun computes exactly what it computed before.
+``torch.distributed``: NCCL on GPUs, Gloo on CPUs). In one process the collectives are no-ops:
+training computes exactly what it computed before; the checks' draws and the IWAE NLL are seeded per
+draw (below), which changed their numbers once, when this module came, but makes them independent of
+the number of processes.
 
 **Launch** (:func:`launch`): torchrun sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; the process
 group is started with a timeout (``VAE_PYRO_DIST_TIMEOUT`` seconds, default 300), so a collective
@@ -109,8 +111,8 @@ def _device_arg(argv) -> str:
 
 def launch(main, argv=None) -> int:
     """Run the command-line ``main(argv)`` in one process, or in each of torchrun's processes:
-    process 0 prints, the others are quiet; an error anywhere ends the run with one line naming the
-    process (see the module docstring)."""
+    process 0 prints, the others only their error lines; an error anywhere ends the run with one line
+    naming the process (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not launched():
         return main(argv)
@@ -118,7 +120,7 @@ def launch(main, argv=None) -> int:
     try:
         n = init(_device_arg(argv))
         if not is_main():
-            sys.stdout = sys.stderr = open(os.devnull, "w")
+            sys.stdout, sys.stderr = open(os.devnull, "w"), _ErrorLinesOnly(real_stderr, rank())
         code = main(argv)
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 2
@@ -128,14 +130,37 @@ def launch(main, argv=None) -> int:
                                                  "failed first; see its message)" if _is_collective(err) else ""),
               file=real_stderr, flush=True)
         os._exit(1)  # not a clean shutdown: the other processes may be blocked in a collective
-    if code:
-        print(f"vae-pyro: process {rank_from_env()} of {n} exited with status {code}", file=real_stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(code)
-    if is_main():
+    if is_main() and code != 2:
         print(f"{n} processes ran (torch.distributed, {backend()} backend)")
+    if code:
+        sys.stdout.flush()
+        real_stderr.flush()
+        os._exit(code)  # as above: a process that stops early may leave others in a collective
     dist.destroy_process_group()
     return 0
+
+
+class _ErrorLinesOnly:
+    """stderr of a process other than 0: only the lines the tool writes as errors (``vae-pyro: ...``,
+    prefixed with the process), not progress bars or warnings, which process 0 shows."""
+
+    def __init__(self, real, process: int):
+        self.real, self.process, self.passing = real, process, False
+
+    def write(self, text: str) -> int:
+        if text.startswith("vae-pyro:"):
+            self.passing = True
+            text = f"[process {self.process}] {text}"
+        if self.passing:
+            self.real.write(text)
+            self.passing = not text.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def isatty(self) -> bool:
+        return False
 
 
 def rank_from_env() -> str:
