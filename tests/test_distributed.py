@@ -169,3 +169,25 @@ def test_a_failing_process_ends_the_run_with_its_message(capfd):
         mp.spawn(_failing_worker, args=(_free_port(),), nprocs=WORLD, join=True)
     err = capfd.readouterr().err
     assert "vae-pyro: error on process 1 of 2: ValueError: injected failure" in err
+
+
+@pytest.mark.slow
+def test_torchrun_compare_passes_and_says_two_processes_ran(tmp_path):
+    """The command line under torchrun (2 Gloo processes): the verdict, the processes line, the JSON."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "compare.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vae_pyro",
+           "compare", "--device", "cpu", "--epochs", "1", "--hidden", "16", "--z-dim", "2", "--draws", "6",
+           "--grad-draws", "4", "--estimators", "analytic,tmf", "--no-progress", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 processes ran (torch.distributed, gloo backend)" in done.stdout
+    assert done.stdout.count("overall: PASS") == 1  # process 1 printed nothing
+    result = json.loads(out.read_text())
+    assert result["processes"] == 2 and result["verdict"] == "pass" and result["draws"] == 6
