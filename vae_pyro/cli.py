@@ -239,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                       help="override one field (repeatable)")
     _add_issue3_commands(sub)
+    from . import reproduce
+
+    reproduce.add_arguments(sub.add_parser(
+        "reproduce", help="train and evaluate a published comparison (burda2015) or the best-nll recipe",
+        description="Train every row of a target (burda2015: VAE vs IWAE k=1,5,50, dynamic vs static; best-nll: "
+                    "the shipped recipe) with checkpoint selection on validation digits; test NLL by IWAE "
+                    "k=5,000, active units, curves; writes a run folder."))
     return parser
 
 
@@ -512,8 +519,15 @@ def cmd_spec(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from .reproduce import main as reproduce_main
+
+    return reproduce_main(args)
+
+
 COMMANDS = {"compare": cmd_compare, "train": cmd_train, "experiment": cmd_experiment,
-            "estimators": cmd_estimators, "spec": cmd_spec, "check": cmd_check, "nll": cmd_nll}
+            "estimators": cmd_estimators, "spec": cmd_spec, "check": cmd_check, "nll": cmd_nll,
+            "reproduce": cmd_reproduce}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
