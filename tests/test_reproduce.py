@@ -198,3 +198,16 @@ def test_fast_run_writes_the_folder_and_table(tmp_path, capsys):
     assert "NOT full MNIST" in report and "| vae | analytic k=1 | dynamic |" in report and "86.76" in report
     # a second run into the same folder needs --force
     assert main(["reproduce", "burda2015", "--out", str(out), "--fast", "--no-progress"]) == 2
+
+
+def test_checkpoint_saved_before_the_activation_option_still_loads(tmp_path):
+    from vae_pyro.checkpoint import CheckpointError, load_checkpoint, restore, save_checkpoint
+
+    vae = VAE(hidden=(16,), z_dim=3)
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, vae=vae, epoch=1, estimator="analytic")
+    payload = load_checkpoint(path)
+    del payload["model_config"]["activation"]  # as written before the option existed: ReLU
+    restore(payload, VAE(hidden=(16,), z_dim=3))
+    with pytest.raises(CheckpointError, match="activation: checkpoint 'relu' vs this run 'tanh'"):
+        restore(payload, VAE(hidden=(16,), z_dim=3, activation="tanh"))
