@@ -28,7 +28,7 @@ import argparse
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyro
@@ -107,7 +107,6 @@ class ReproduceConfig:
     fast: bool = False
     force: bool = False
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def apply_fast(self) -> None:
         """``--fast``: 2 epochs, evaluated every epoch with k = 5, test NLL k = 20, a subset of rows."""
@@ -134,14 +133,15 @@ def burda_lr(epoch: int, epochs: int, lr: float = 1e-3) -> float:
 
 
 @torch.no_grad()
-def iwae_bounds_at(vae, x: torch.Tensor, ks, chunk: int = 500, batch_size: int = 100) -> dict[int, torch.Tensor]:
+def iwae_bounds_at(vae, x: torch.Tensor, ks, chunk: int = 500, batch_size: int = 100,
+                   progress: bool = False, desc: str = "test NLL") -> dict[int, torch.Tensor]:
     """``{k: IWAE_k estimate of log p(x_i) per example}`` for every k in ``ks``, all from one draw of
     max(ks) importance samples per digit: IWAE_k uses the first k of them (each is an unbiased draw of
     IWAE_k; they share samples, so the curve is smooth). The draws are made in the order of
     :func:`vae_pyro.iwae.iwae_log_likelihood`, so the largest k gives exactly its value at the same seed."""
     k_max = max(ks)
     out = {k: [] for k in ks}
-    for i in range(0, len(x), batch_size):
+    for i in tqdm(range(0, len(x), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
         xb = x[i:i + batch_size]
         lw = torch.cat([log_weights(vae, xb, min(chunk, k_max - j)) for j in range(0, k_max, chunk)])
         for k in ks:
@@ -232,7 +232,7 @@ def evaluate_row(vae, data: Data, cfg: ReproduceConfig, seed: int) -> dict:
     ks = sorted({k for k in cfg.ks if k < cfg.k} | {cfg.k})
     start = time.perf_counter()
     torch.manual_seed(seed)
-    bounds = iwae_bounds_at(vae, data.x_test, ks)
+    bounds = iwae_bounds_at(vae, data.x_test, ks, progress=cfg.progress, desc=f"test NLL, k={cfg.k}")
     log_px = bounds[cfg.k]
     units = active_units(vae, data.x_test)
     return {"test_nll": float(-log_px.mean()), "test_nll_se": float(log_px.std() / len(log_px) ** 0.5),
@@ -317,7 +317,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         "test_digits": int(len(data.x_test)), "k": cfg.k, "lr_schedule": cfg.lr_schedule, "adam_eps": ADAM_EPS,
         "fast": cfg.fast, "device": str(device), "torch_version": torch.__version__,
         "pyro_version": pyro.__version__, "seconds": time.perf_counter() - started,
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("extra",)}, "rows": records,
+        "config": asdict(cfg), "rows": records,
     }
     result["comparisons"] = comparisons(records)
     write_outputs(out, result)
