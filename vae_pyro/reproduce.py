@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .active_units import active_units
+from .checkpoint import save_checkpoint
 from .data import load_dataset, prepare, validation_split
 from .estimators import build_estimator
 from .iwae import log_mean_exp, log_weights
@@ -302,8 +303,6 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
         record.update(evaluate_row(vae, data, cfg, spec.training.seed))
         record.update(name=row.name, label=row.label, paper_nll=row.paper_nll, estimator=spec.training.estimator,
                       particles=spec.checks.particles, binarization=data.binarization, spec=spec.to_dict())
-        from .checkpoint import save_checkpoint
-
         save_checkpoint(out / "checkpoints" / f"{row.name}.pt", vae=vae, epoch=record["selected_epoch"],
                         estimator=spec.training.estimator)
         records.append(record)
