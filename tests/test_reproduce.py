@@ -211,3 +211,27 @@ def test_checkpoint_saved_before_the_activation_option_still_loads(tmp_path):
     restore(payload, VAE(hidden=(16,), z_dim=3))
     with pytest.raises(CheckpointError, match="activation: checkpoint 'relu' vs this run 'tanh'"):
         restore(payload, VAE(hidden=(16,), z_dim=3, activation="tanh"))
+
+
+def test_full_mnist_defaults_to_the_papers_setting():
+    from vae_pyro.reproduce import ReproduceConfig
+
+    full = ReproduceConfig(dataset="idx:/data/mnist", overrides=("training.batch_size=64",))
+    full.apply_paper_setting()
+    assert (full.lr_schedule, full.epochs) == ("burda", 3280)
+    # the paper's batch first, so the user's --set wins
+    assert full.overrides == ("training.batch_size=20", "training.batch_size=64")
+    budget = ReproduceConfig(dataset="idx:/data/mnist", epochs=10, lr_schedule="constant")
+    budget.apply_paper_setting()
+    assert (budget.lr_schedule, budget.epochs) == ("constant", 10)
+    embedded = ReproduceConfig()
+    embedded.apply_paper_setting()
+    assert (embedded.lr_schedule, embedded.epochs, embedded.overrides) == ("constant", None, ())
+
+
+def test_missing_idx_folder_is_one_line_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["reproduce", "burda2015", "--out", str(out), "--dataset", f"idx:{tmp_path}/nope", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "nope does not exist" in err
+    assert not out.exists()
