@@ -235,3 +235,23 @@ def test_missing_idx_folder_is_one_line_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "nope does not exist" in err
     assert not out.exists()
+
+
+def test_patience_stops_and_keeps_the_best_checkpoint(digits):
+    """With lr = 0 the weights never change, and every evaluation uses the same noise (common random
+    numbers), so every validation bound equals the first one exactly: the first checkpoint stays the
+    best, and patience 2 (evaluations every epoch) stops the run after epoch 3."""
+    from vae_pyro.reproduce import ReproduceConfig, fit_row, split_data
+
+    spec = load_spec("burda2015", overrides=["networks.hidden=[16]", "networks.z_dim=4", "training.epochs=6",
+                                             "selection.every=1", "selection.k=3", "selection.patience=2"])
+    spec.training.lr = 0.0  # a spec refuses lr = 0 (it must be > 0); set here to freeze the weights
+    data = split_data(digits, spec, torch.device("cpu"))
+    vae, record = fit_row(spec, data, torch.device("cpu"), ReproduceConfig(progress=False), "lr0")
+    assert (record["epochs_run"], record["selected_epoch"]) == (3, 1)
+    vals = [p["val_bound"] for p in record["curve"]]
+    assert len(vals) == 3 and vals[0] == vals[1] == vals[2]
+    assert len(data.x_train) == 3500 and len(data.x_val) == 500 and len(data.x_test) == 1000
+    # dynamic training keeps grey levels to redraw; validation and test digits are one fixed 0/1 draw
+    assert data.dynamic and not bool(((data.x_train == 0) | (data.x_train == 1)).all())
+    assert bool(((data.x_val == 0) | (data.x_val == 1)).all()) and bool(((data.x_test == 0) | (data.x_test == 1)).all())
