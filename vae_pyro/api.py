@@ -5,6 +5,7 @@
     api.train(None, epochs=5, checkpoint="ck.pt")
     api.nll(None, checkpoint="ck.pt", k=500)                   # evaluates the saved model, no training
     api.check("beta-vae", epochs=1)
+    api.reproduce("burda2015", out="runs/smoke", fast=True)      # trains every row; writes the run folder
 
 Each takes a spec (a :class:`~vae_pyro.spec.VAESpec`, a shipped name, a path, or None for the built-in
 defaults) and keyword settings (``epochs``, ``seed``, ``draws`` ... any field the command line sets,
@@ -163,3 +164,19 @@ def experiment(spec=None, *, out: str = "runs/experiment", estimators=None, vari
     cfg = ExperimentConfig.from_spec(resolve_spec(spec, "experiment", settings), out=out, estimators=estimators,
                                      variance_draws=max(variance_draws, 2), nll_k=nll_k, progress=progress)
     return run_experiment(cfg)
+
+
+def reproduce(target: str = "burda2015", *, out: str = "runs/burda2015", progress: bool = False, **options) -> dict:
+    """Train and evaluate every row of a published comparison (``burda2015``) or the shipped recipe
+    (``best-nll``); writes the run folder ``out``. ``options``: the fields of
+    :class:`~vae_pyro.reproduce.ReproduceConfig` (``epochs``, ``k``, ``rows``, ``fast``, ``overrides`` ...)."""
+    from dataclasses import fields
+
+    from .reproduce import ReproduceConfig, run_reproduce
+
+    allowed = [f.name for f in fields(ReproduceConfig) if f.name not in ("target", "out", "progress")]
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise ValueError(f"unknown reproduce option {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    return run_reproduce(ReproduceConfig(target=target, out=str(out), progress=progress, **options))
