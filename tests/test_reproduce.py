@@ -169,6 +169,16 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
     assert not (tmp_path / "new").exists()
 
 
+def test_api_reproduce_refuses_an_unknown_option_before_any_work(tmp_path):
+    from vae_pyro import api
+
+    with pytest.raises(ValueError, match="unknown reproduce option 'epoch'; allowed: dataset, epochs, k,"):
+        api.reproduce("burda2015", out=tmp_path / "run", epoch=3)
+    with pytest.raises(ValueError, match="unknown row 'vea' for burda2015"):
+        api.reproduce("burda2015", out=tmp_path / "run", rows=["vea"])
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_fast_run_writes_the_folder_and_table(tmp_path, capsys):
     out = tmp_path / "run"
