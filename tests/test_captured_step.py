@@ -231,3 +231,20 @@ def test_cuda_a_nan_replay_is_skipped_on_the_device(capture_works):
     assert all(float(s["step"]) == 1 for s in opt.state.values())
     whole.step(x, 1.0)
     assert all(torch.isfinite(p).all() for p in vae.parameters())
+
+
+def test_cli_train_capture_step(tmp_path, capsys):
+    """``vae-pyro train --capture-step``: trains; an estimator without a captured loss is refused
+    with one line and exit 2 before any work."""
+    import json
+
+    from vae_pyro.cli import main
+
+    out = tmp_path / "train.json"
+    assert main(["train", "--estimator", "trace", "--capture-step", "--epochs", "1", "--hidden", "16", "--z-dim", "3",
+                 "--no-progress", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["history"][0]["train_neg_elbo"] < 540  # it learnt (untrained: > 540)
+    capsys.readouterr()
+    assert main(["train", "--estimator", "iwae", "--capture-step", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'iwae' has no captured loss; allowed: analytic, analytic_graph" in err[0]

@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save model and optimizer here after every epoch (atomically; a NaN leaves the last good one)")
     p.add_argument("--resume", action="store_true",
                    help="continue from --checkpoint up to --epochs (the model options must match it)")
+    p.add_argument("--capture-step", action="store_true",
+                   help="run each full-size batch's whole step (loss, backward, Adam) as one captured step: "
+                        "a CUDA-graph replay on CUDA (analytic, trace, tmf and their *_graph twins)")
 
     p = sub.add_parser("experiment", help="train one model per estimator; write metrics, plots and a report",
                        description="Train one VAE per estimator from the same seed, log per-epoch train/test "
@@ -399,6 +402,10 @@ def cmd_train(args) -> int:
     vae = VAE(spec.model_config())
     particles = spec.checks.particles
     est = build_estimator(t.estimator, particles)
+    if args.capture_step:
+        from .captured_step import captured_loss_fn
+
+        captured_loss_fn(est)  # a ValueError naming the allowed estimators, before any work
     eval_name = args.eval_estimator or t.estimator
     for name in {t.estimator, eval_name}:
         v = build_estimator(name).validity(vae)
@@ -415,7 +422,7 @@ def cmd_train(args) -> int:
     history = train(vae, est, x_train, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                     dynamic=dynamic, x_test=x_test, eval_estimator=eval_est, generator=generator,
                     progress=not args.no_progress, kl_anneal_epochs=t.kl_anneal_epochs,
-                    checkpoint=args.checkpoint, resume=args.resume)
+                    checkpoint=args.checkpoint, resume=args.resume, capture=args.capture_step)
     rows = [[h.epoch, f"{h.train_neg_elbo:.2f}", f"{h.test_neg_elbo:.2f}", f"{h.kl_weight:g}", f"{h.seconds:.1f}"]
             for h in history]
     print(f"vae-pyro train: spec {spec.source}, prior {spec.prior.name}, likelihood {spec.likelihood.name}, "
