@@ -185,6 +185,9 @@ def _add_compare_and_train(sub) -> None:
                    help="save model and optimizer here after every epoch (atomically; a NaN leaves the last good one)")
     p.add_argument("--resume", action="store_true",
                    help="continue from --checkpoint up to --epochs (the model options must match it)")
+    p.add_argument("--capture-step", action="store_true",
+                   help="run each full-size batch's whole step (loss, backward, Adam) as one captured step: "
+                        "a CUDA-graph replay on CUDA (analytic, trace, tmf and their *_graph twins)")
 
 
 def _training_command(sub, name: str, epochs: int, help_text: str, description: str) -> argparse.ArgumentParser:
