@@ -12,7 +12,7 @@ from vae_pyro.cli import main
 from vae_pyro.spec import SpecError, load_spec, parse_toml, shipped_specs, validate
 
 SHIPPED = {"default", "mog-bernoulli", "vamp-bernoulli", "laplace-cb", "studentt-beta", "diag-binomial",
-           "normal-learned", "beta-vae"}
+           "normal-learned", "beta-vae", "burda2015", "best-nll"}
 
 
 def _run(*args):
@@ -118,7 +118,7 @@ def test_bad_specs_are_one_clear_error(what, text, needle, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["compare", "--spec", "nope"], "unknown spec 'nope'; allowed: beta-vae, default, diag-binomial"),
+    (["compare", "--spec", "nope"], "unknown spec 'nope'; allowed: best-nll, beta-vae, burda2015, default"),
     (["compare", "--spec", "/no/such.toml"], "spec file /no/such.toml does not exist"),
     (["compare", "--prior", "gauss"], "unknown prior 'gauss'; allowed: standard_normal, diag_normal, mog"),
     (["train", "--likelihood", "poisson"], "unknown likelihood 'poisson'; allowed: bernoulli, continuous_bernoulli"),

@@ -5,6 +5,7 @@
     api.train(None, epochs=5, checkpoint="ck.pt")
     api.nll(None, checkpoint="ck.pt", k=500)                   # evaluates the saved model, no training
     api.check("beta-vae", epochs=1)
+    api.reproduce("burda2015", out="runs/smoke", fast=True)      # trains every row; writes the run folder
 
 Each takes a spec (a :class:`~vae_pyro.spec.VAESpec`, a shipped name, a path, or None for the built-in
 defaults) and keyword settings (``epochs``, ``seed``, ``draws`` ... any field the command line sets,
@@ -19,6 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
+from . import distributed
 from .estimators import build_estimator
 from .runs import prepare_run, result_header, spec_for_checkpoint, training_estimator
 from .spec import VAESpec, load_spec
@@ -129,9 +131,12 @@ def nll(spec=None, *, k: int = 5000, examples: int = 1000, chunk: int = 500, che
 
 
 def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | None = None, resume: bool = False,
-          progress: bool = False, explicit_estimator: bool = False, **settings) -> dict:
+          progress: bool = False, explicit_estimator: bool = False, capture_step: bool = False,
+          **settings) -> dict:
     """Train with the spec's estimator; per-epoch train/test -ELBO (test by ``eval_estimator``, default
-    the training one). ``checkpoint``: saved there after every epoch; ``resume``: continue from it."""
+    the training one). ``checkpoint``: saved there after every epoch; ``resume``: continue from it.
+    ``capture_step``: each full-size batch's whole step replayed as one captured step
+    (:class:`~vae_pyro.captured_step.CapturedTrainStep`; a CUDA graph on CUDA)."""
     if resume and not checkpoint:
         raise ValueError("--resume needs --checkpoint PATH")
     from .model import VAE
@@ -141,11 +146,16 @@ def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | Non
     trainer, note = training_estimator(probe, spec.training.estimator, explicit_estimator)
     if eval_estimator is not None:
         training_estimator(probe, eval_estimator, explicit=True)
+    if capture_step:
+        from .captured_step import captured_loss_fn
+
+        captured_loss_fn(build_estimator(trainer))  # a ValueError naming the allowed ones, before any work
+        distributed.refuse_in_several_processes("--capture-step")  # its captured step reduces no gradients
     run = prepare_run(spec)
     run.vae.check_data(run.x_test)
     eval_est = build_estimator(eval_estimator or trainer, spec.checks.particles)
     history, training = _fit(run, trainer, note, progress, x_test=run.x_test, eval_estimator=eval_est,
-                             checkpoint=checkpoint, resume=resume)
+                             checkpoint=checkpoint, resume=resume, capture=capture_step)
     out = _header("train", run)
     out.update({"particles": spec.checks.particles, "estimator": training["estimator"],
                 "eval_estimator": eval_est.name, "training": training, "kl_weight": spec.training.kl_weight,
@@ -163,3 +173,19 @@ def experiment(spec=None, *, out: str = "runs/experiment", estimators=None, vari
     cfg = ExperimentConfig.from_spec(resolve_spec(spec, "experiment", settings), out=out, estimators=estimators,
                                      variance_draws=max(variance_draws, 2), nll_k=nll_k, progress=progress)
     return run_experiment(cfg)
+
+
+def reproduce(target: str = "burda2015", *, out: str = "runs/burda2015", progress: bool = False, **options) -> dict:
+    """Train and evaluate every row of a published comparison (``burda2015``) or the shipped recipe
+    (``best-nll``); writes the run folder ``out``. ``options``: the fields of
+    :class:`~vae_pyro.reproduce.ReproduceConfig` (``epochs``, ``k``, ``rows``, ``fast``, ``overrides`` ...)."""
+    from dataclasses import fields
+
+    from .reproduce import ReproduceConfig, run_reproduce
+
+    allowed = [f.name for f in fields(ReproduceConfig) if f.name not in ("target", "out", "progress")]
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise ValueError(f"unknown reproduce option {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    return run_reproduce(ReproduceConfig(target=target, out=str(out), progress=progress, **options))

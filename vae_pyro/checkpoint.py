@@ -77,7 +77,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 def restore(payload: dict, vae, optimizer=None, path: str | os.PathLike = "checkpoint") -> None:
     """Load weights (and optimizer state) into ``vae``, refusing a checkpoint of another shape."""
-    saved, current = payload["model_config"], vae.config.to_dict()
+    from .model import VAEConfig
+
+    # a field the checkpoint predates (e.g. ``activation``) had its default value when it was saved
+    saved = {**VAEConfig().to_dict(), **payload["model_config"]}
+    current = vae.config.to_dict()
     differing = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
     if differing:
         parts = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in differing.items())

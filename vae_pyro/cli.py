@@ -7,6 +7,7 @@
     vae-pyro experiment --out DIR           one model per estimator: curves, plots, report
     vae-pyro estimators [--all-pairs]       the estimators, and which are exact / Monte Carlo / invalid
     vae-pyro spec list | show NAME          the shipped VAE specs, and one resolved
+    vae-pyro reproduce burda2015 --out DIR  a published comparison (or best-nll), trained and evaluated
 
 This module parses (:mod:`vae_pyro.options`) and dispatches; the work is done by the library entry
 points of :mod:`vae_pyro.api`, which a Python user can call the same way. Every command that builds
@@ -83,7 +84,7 @@ def cmd_nll(args) -> int:
 
 def cmd_train(args) -> int:
     result = api.train(spec_from_args(args), eval_estimator=args.eval_estimator, checkpoint=args.checkpoint,
-                       resume=args.resume, progress=not args.no_progress,
+                       resume=args.resume, progress=not args.no_progress, capture_step=args.capture_step,
                        explicit_estimator=args.estimator is not None)
     print(report.train_lines(result))
     _write_json(args, result)
@@ -161,8 +162,22 @@ def cmd_spec(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from .reproduce import data_label, text_table
+
+    result = api.reproduce(args.target, out=args.out, dataset=args.dataset, epochs=args.epochs, k=args.k,
+                           rows=args.rows, lr_schedule=args.lr_schedule, device=args.device, seed=args.seed,
+                           overrides=tuple(args.overrides), fast=args.fast, force=args.force,
+                           progress=not args.no_progress)
+    print(f"vae-pyro reproduce {args.target}: {data_label(result)}; test NLL by IWAE k={result['k']:,}")
+    print(text_table(result))
+    print(f"wrote {args.out}/report.md, results.json, {len(result['plots'])} plots and checkpoints/")
+    return 0
+
+
 COMMANDS = {"compare": cmd_compare, "train": cmd_train, "experiment": cmd_experiment,
-            "estimators": cmd_estimators, "spec": cmd_spec, "check": cmd_check, "nll": cmd_nll}
+            "estimators": cmd_estimators, "spec": cmd_spec, "check": cmd_check, "nll": cmd_nll,
+            "reproduce": cmd_reproduce}
 ERRORS = (DataError, UnknownNameError, TrainingError, SpecError, NoClosedFormError, CheckpointError, ValueError)
 
 

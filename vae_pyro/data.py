@@ -56,6 +56,9 @@ OPEN_UNIT_EPS = 0.5 / 255
 MAX_COUNT = 255
 STATIC_BINARIZATION_SEED = 0
 SPLIT_SEED = 0
+#: the held-out validation digits are drawn with their own seed, so they do not move when the
+#: train/test split or the training seed changes
+VALIDATION_SEED = 1
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -200,6 +203,28 @@ def load_dataset(name: str = "mnist5k") -> Dataset:
     if name.startswith("idx:") and name[4:]:
         return load_mnist_idx(name[4:])
     raise DataError(f"unknown dataset {name!r}; allowed: 'mnist5k', 'idx:FOLDER'")
+
+
+def validation_split(labels: torch.Tensor, size: int, seed: int = VALIDATION_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train_idx, val_idx)``: ``size`` of the training digits held out for validation, stratified
+    by digit like the train/test split of :func:`load_mnist5k` (a fixed-seed permutation inside each
+    digit; each digit gives ``size * n_digit / n`` rounded by largest remainder, so the counts sum to
+    ``size`` and follow the digits' frequencies). Both index tensors are sorted."""
+    n = len(labels)
+    if not 0 < size < n:
+        raise DataError(f"validation size must be between 1 and {n - 1} (the training digits), got {size}")
+    y = labels.cpu().numpy()
+    digits, counts = np.unique(y, return_counts=True)
+    quota = size * counts / n
+    take = np.floor(quota).astype(int)
+    # largest remainder: the digits whose quota lost most to the floor get the leftover places
+    for i in np.argsort(-(quota - take), kind="stable")[: size - take.sum()]:
+        take[i] += 1
+    rng = np.random.default_rng(seed)
+    val = np.concatenate([rng.permutation(np.flatnonzero(y == d))[:t] for d, t in zip(digits, take)])
+    mask = np.zeros(n, dtype=bool)
+    mask[val] = True
+    return torch.from_numpy(np.flatnonzero(~mask)), torch.from_numpy(np.flatnonzero(mask))
 
 
 # ----------------------------------------------------------------------------------------------

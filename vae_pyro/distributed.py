@@ -272,6 +272,13 @@ def reduce_gradients(params, loss: torch.Tensor) -> torch.Tensor:
     return flat[-1].to(loss.dtype)
 
 
+def refuse_in_several_processes(what: str) -> None:
+    """A ``ValueError`` (exit 2, before any work) for a feature that runs in one process only."""
+    if active():
+        raise ValueError(f"{what} runs in one process only, not under torchrun ({world_size()} processes); "
+                         f"drop {what} or run without torchrun")
+
+
 def shared_rng_state():
     """Torch's generator state before training (the same on every process), or None in one process."""
     return torch.random.get_rng_state() if active() else None

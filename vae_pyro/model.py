@@ -2,7 +2,7 @@
 q(z|x)).
 
 One set of ``nn.Module``s serves both worlds: the Pyro estimators run ``model``/``guide``; the
-hand-written loss (:mod:`vae_pyro.analytic`) calls ``encoder``/``decoder`` directly. So every
+hand-written loss (:mod:`vae_pyro.estimators.analytic`) calls ``encoder``/``decoder`` directly. So every
 estimator sees the very same parameters, and a difference between them is a difference of estimator.
 
     def model(x, beta):                             def guide(x, beta):
@@ -57,6 +57,8 @@ class VAEConfig:
     likelihood_options: dict = field(default_factory=dict)
     #: beta, the weight of KL(q || p) in the objective (1: the ELBO); must be > 0 (poutine.scale)
     kl_weight: float = 1.0
+    #: the networks' nonlinearity: "relu" or "tanh" (:data:`vae_pyro.networks.ACTIVATIONS`)
+    activation: str = "relu"
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -76,8 +78,10 @@ class VAE(nn.Module):
                              "scale; beta = 0 would be a plain autoencoder)")
         self.likelihood: Likelihood = build_likelihood(config.likelihood, config.x_dim, **config.likelihood_options)
         self.prior: Prior = build_prior(config.prior, config.z_dim, config.x_dim, **config.prior_options)
-        self.encoder = Encoder(config.x_dim, config.hidden, config.z_dim, self.likelihood.input_scale)
-        self.decoder = Decoder(config.x_dim, config.hidden, config.z_dim, self.likelihood.out_per_pixel)
+        self.encoder = Encoder(config.x_dim, config.hidden, config.z_dim, self.likelihood.input_scale,
+                               config.activation)
+        self.decoder = Decoder(config.x_dim, config.hidden, config.z_dim, self.likelihood.out_per_pixel,
+                               config.activation)
         if self.prior.needs_encoder:
             self.prior.attach(self.encoder)
         #: the current beta; training may anneal it, the checks run at ``config.kl_weight``

@@ -59,6 +59,11 @@ def estimator_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def name_list(text: str) -> tuple[str, ...]:
+    """Comma-separated names, blanks dropped (checked against what they name by the command)."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
 def estimator_name(text: str) -> str:
     if text not in ESTIMATORS:
         raise argparse.ArgumentTypeError(f"unknown estimator {text!r}; allowed: {', '.join(estimator_names())}")
@@ -158,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment(sub)
     _add_estimators_and_spec(sub)
     _add_check_and_nll(sub)
+    _add_reproduce(sub)
     return parser
 
 
@@ -185,6 +191,9 @@ def _add_compare_and_train(sub) -> None:
                    help="save model and optimizer here after every epoch (atomically; a NaN leaves the last good one)")
     p.add_argument("--resume", action="store_true",
                    help="continue from --checkpoint up to --epochs (the model options must match it)")
+    p.add_argument("--capture-step", action="store_true",
+                   help="run each full-size batch's whole step (loss, backward, Adam) as one captured step: "
+                        "a CUDA-graph replay on CUDA (analytic, trace, tmf and their *_graph twins)")
 
 
 def _training_command(sub, name: str, epochs: int, help_text: str, description: str) -> argparse.ArgumentParser:
@@ -282,3 +291,34 @@ def add_checkpoint_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="PATH",
                    help="evaluate the model saved by `vae-pyro train --checkpoint PATH` instead of training one "
                         "(its prior, likelihood and sizes come from the checkpoint)")
+
+
+def _add_reproduce(sub) -> None:
+    """``reproduce``: a published comparison (or the shipped best recipe), trained and evaluated."""
+    from .reproduce import LR_SCHEDULES, TARGETS  # imported here: the command's own module loads on use
+
+    p = sub.add_parser(
+        "reproduce", help="train and evaluate a published comparison (burda2015) or the best-nll recipe",
+        description="Train every row of a target (burda2015: VAE vs IWAE k=1,5,50, dynamic vs static; best-nll: "
+                    "the shipped recipe) with checkpoint selection on validation digits; test NLL by IWAE "
+                    "k=5,000, active units, curves; writes a run folder.")
+    p.add_argument("target", choices=tuple(TARGETS), help="burda2015: the IWAE paper's Table 1 rows; "
+                                                          "best-nll: the shipped best recipe")
+    p.add_argument("--out", required=True, help="run folder (refused when not empty, unless --force)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--fast", action="store_true",
+                   help="a smoke run: 2 epochs, validation k=5, test k=20, rows " + ", ".join(TARGETS["burda2015"].fast_rows))
+    p.add_argument("--dataset", default=None, help="'mnist5k' (embedded, default) or 'idx:FOLDER' (full MNIST)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="epochs per row, the budget (default: 3,280 as in the paper with --dataset idx:FOLDER, "
+                        "where batch 20 is the default too; else the spec's 100)")
+    p.add_argument("--k", type=positive_int, default=5000, help="importance samples per test digit (default: 5000)")
+    p.add_argument("--rows", type=name_list, default=None, help="comma-separated subset of the rows (default: all)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="constant, or the paper's 3^i-pass stages compressed into --epochs (default: burda "
+                        "with --dataset idx:FOLDER, else constant)")
+    p.add_argument("--device", choices=DEVICES, default=None, help="auto, cpu or cuda (default: the spec's, auto)")
+    p.add_argument("--seed", type=int, default=None, help="the seed of every row (default: the spec's, 0)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                   help="override a field of the target's spec for every row (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")

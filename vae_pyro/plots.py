@@ -94,3 +94,44 @@ def estimator_variance(names: Sequence[str], value_sd: Sequence[float], grad_var
         ax.tick_params(axis="x", rotation=30)
         ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
+
+
+def bound_curves(curves: Mapping[str, Sequence[dict]], path) -> Path:
+    """Validation (solid) and test (dashed) IWAE_k bound against epoch, one colour per row."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (name, curve) in enumerate(curves.items()):
+        epochs = [p["epoch"] for p in curve]
+        ax.plot(epochs, [p["test_bound"] for p in curve], ls="--", color=f"C{i}", label=f"{name} test")
+        val = [p["val_bound"] for p in curve]
+        if all(v is not None for v in val):
+            ax.plot(epochs, val, ls="-", color=f"C{i}", label=f"{name} validation")
+    ax.set(xlabel="epoch", ylabel="IWAE_k bound (nats/example)", title="validation (solid) and test (dashed) bound")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def nll_vs_k(nll: Mapping[str, Mapping[str, float]], path) -> Path:
+    """Test NLL estimate -IWAE_k against k (log axis), one line per row: it falls as k grows."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, by_k in nll.items():
+        ks = sorted(by_k, key=int)
+        ax.plot([int(k) for k in ks], [by_k[k] for k in ks], marker="o", ms=3, label=name)
+    ax.set(xscale="log", xlabel="k (importance samples per digit)", ylabel="test -IWAE_k (nats/example)",
+           title="test NLL estimate against k")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def active_units_bars(units: Mapping[str, tuple[int, int]], path) -> Path:
+    """Active latent dimensions (Burda et al. 2015) per row, out of z_dim."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    names = list(units)
+    ax.bar(names, [units[n][0] for n in names], color="C0", label="active")
+    ax.bar(names, [units[n][1] - units[n][0] for n in names], bottom=[units[n][0] for n in names],
+           color="C7", alpha=0.4, label="inactive")
+    ax.set(ylabel="latent dimensions", title="active units: Cov_x(E_q[z_d|x]) > 0.01")
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

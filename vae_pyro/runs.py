@@ -127,7 +127,7 @@ def result_header(command: str, spec_source: str, device, seed: int) -> dict:
 
 
 def spec_for_checkpoint(spec, path: str, prior: str | None = None, z_dim: int | None = None):
-    """``spec`` with its model (networks, prior, likelihood, KL weight) replaced by the one saved in
+    """``spec`` with its model (networks and their activation, prior, likelihood, KL weight) replaced by the one saved in
     the checkpoint at ``path``, so that the data, the checks and the reports all describe the loaded
     model. A ``prior`` or ``z_dim`` the user asked for that differs from the checkpoint's is a
     :class:`~vae_pyro.checkpoint.CheckpointError` (one line, exit 2 from the CLI)."""
@@ -142,6 +142,7 @@ def spec_for_checkpoint(spec, path: str, prior: str | None = None, z_dim: int | 
                                   f"drop --{key.replace('_', '-')} (the model's settings come from the checkpoint)")
     spec = copy.deepcopy(spec)
     spec.networks.hidden, spec.networks.z_dim = list(saved["hidden"]), saved["z_dim"]
+    spec.networks.activation = saved.get("activation", "relu")  # saved before the option: ReLU
     spec.prior = ComponentSpec(saved["prior"], dict(saved["prior_options"]))
     spec.likelihood = ComponentSpec(saved["likelihood"], dict(saved["likelihood_options"]))
     spec.training.kl_weight = saved["kl_weight"]

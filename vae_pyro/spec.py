@@ -1,13 +1,16 @@
 """A VAE, declared: a TOML spec file, validated into dataclasses.
 
     [data]        dataset = "mnist5k"        binarization = "auto"   transform = "auto"
-    [networks]    hidden = [400]             z_dim = 20
+    [networks]    hidden = [400]             z_dim = 20              activation = "relu"
     [prior]       name = "mog"               components = 10         (the prior's own options)
     [likelihood]  name = "bernoulli"                                 (the likelihood's own options)
     [training]    epochs = 10   batch_size = 128   lr = 1e-3   seed = 0   estimator = "analytic"
                   kl_weight = 1.0   kl_anneal_epochs = 0   device = "auto"
     [checks]      particles = 1   draws = 100   grad_draws = 50   grad_batch = 256
                   reference_particles = 8   z_tol = 4.0   same_noise_tol = 1e-8   estimators = [...]
+    [selection]   validation = 0   every = 5   k = 50   patience = 0
+                  (checkpoint selection by the validation IWAE_k bound, used by ``vae-pyro reproduce``;
+                  validation = 0: no held-out digits, the last epoch is kept)
 
 Every section and key is optional except a ``[prior]`` or ``[likelihood]`` table's ``name``; omitted
 ones take the defaults shown. Ready-made specs ship in ``vae_pyro/specs/*.toml`` and are named
@@ -32,6 +35,7 @@ from pathlib import Path
 from .data import BINARIZATION_CHOICES, DATA_KINDS, TRANSFORMS, DataError, resolve_data
 from .estimators import DEFAULT_ESTIMATORS, estimator_names
 from .likelihoods import LIKELIHOODS
+from .networks import ACTIVATIONS
 from .priors import PRIORS
 from .registry import Option, resolve_options
 from .train import DEVICES
@@ -56,6 +60,7 @@ FIELDS: dict[str, dict[str, Option]] = {
     "networks": {
         "hidden": Option(list, [400], low=1, item=int, help="hidden layer sizes"),
         "z_dim": Option(int, 20, low=1, help="latent dimensions"),
+        "activation": Option(str, "relu", choices=tuple(ACTIVATIONS), help="nonlinearity between layers"),
     },
     "training": {
         "epochs": Option(int, 10, low=0),
@@ -78,9 +83,15 @@ FIELDS: dict[str, dict[str, Option]] = {
         "same_noise_tol": Option(float, 1e-8, low=0.0),
         "estimators": Option(list, list(DEFAULT_ESTIMATORS), item=str, choices=estimator_names),
     },
+    "selection": {
+        "validation": Option(int, 0, low=0, help="training digits held out for validation (0: none)"),
+        "every": Option(int, 5, low=1, help="epochs between validation evaluations"),
+        "k": Option(int, 50, low=1, help="importance samples of the validation IWAE_k bound"),
+        "patience": Option(int, 0, low=0, help="stop after this many evaluations without improvement (0: never)"),
+    },
 }
 COMPONENTS = {"prior": (PRIORS, "standard_normal"), "likelihood": (LIKELIHOODS, "bernoulli")}
-SECTIONS = ("description", "data", "networks", "prior", "likelihood", "training", "checks")
+SECTIONS = ("description", "data", "networks", "prior", "likelihood", "training", "checks", "selection")
 
 
 @dataclass
@@ -94,6 +105,7 @@ class DataSpec:
 class NetworksSpec:
     hidden: list[int] = field(default_factory=lambda: [400])
     z_dim: int = 20
+    activation: str = "relu"
 
 
 @dataclass
@@ -130,6 +142,18 @@ class ChecksSpec:
 
 
 @dataclass
+class SelectionSpec:
+    """Checkpoint selection (early stopping): hold out ``validation`` training digits (stratified,
+    seeded: :func:`vae_pyro.data.validation_split`), evaluate their IWAE_``k`` bound every ``every``
+    epochs, keep the best; stop after ``patience`` evaluations without improvement (0: never)."""
+
+    validation: int = 0
+    every: int = 5
+    k: int = 50
+    patience: int = 0
+
+
+@dataclass
 class VAESpec:
     data: DataSpec = field(default_factory=DataSpec)
     networks: NetworksSpec = field(default_factory=NetworksSpec)
@@ -137,6 +161,7 @@ class VAESpec:
     likelihood: ComponentSpec = field(default_factory=lambda: ComponentSpec("bernoulli"))
     training: TrainingSpec = field(default_factory=TrainingSpec)
     checks: ChecksSpec = field(default_factory=ChecksSpec)
+    selection: SelectionSpec = field(default_factory=SelectionSpec)
     description: str = ""
     #: where it came from (a shipped name or a path), for messages and reports
     source: str = "defaults"
@@ -149,7 +174,7 @@ class VAESpec:
         lines = [f"# resolved spec: {self.source}"]
         if self.description:
             lines.append(f"description = {_toml_value(self.description)}")
-        for section in ("data", "networks", "prior", "likelihood", "training", "checks"):
+        for section in ("data", "networks", "prior", "likelihood", "training", "checks", "selection"):
             lines += ["", f"[{section}]"]
             value = getattr(self, section)
             items = ({"name": value.name, **value.options} if isinstance(value, ComponentSpec) else asdict(value))
@@ -164,7 +189,7 @@ class VAESpec:
         return VAEConfig(hidden=tuple(self.networks.hidden), z_dim=self.networks.z_dim,
                          prior=self.prior.name, likelihood=self.likelihood.name,
                          prior_options=dict(self.prior.options), likelihood_options=dict(self.likelihood.options),
-                         kl_weight=self.training.kl_weight)
+                         kl_weight=self.training.kl_weight, activation=self.networks.activation)
 
     def resolved_data(self) -> tuple[str, str]:
         """(binarization, transform) with ``auto`` replaced by what the likelihood takes."""
@@ -307,7 +332,7 @@ def _validate(raw: dict) -> VAESpec:
         data=DataSpec(**out["data"]), networks=NetworksSpec(**out["networks"]),
         prior=components["prior"], likelihood=components["likelihood"],
         training=TrainingSpec(**out["training"]), checks=ChecksSpec(**out["checks"]),
-        description=description,
+        selection=SelectionSpec(**out["selection"]), description=description,
     )
     try:
         spec.resolved_data()  # data the likelihood cannot take is a spec error, found before any work
