@@ -241,6 +241,20 @@ def gather_draws(values: list[float], n: int) -> list[float]:
     return sum_across(t)[0].tolist()  # each slot is one process's value plus zeros: exact
 
 
+def map_seeded_batches(x: torch.Tensor, batch_size: int, fn, outputs: int = 1, progress=None) -> list[torch.Tensor]:
+    """``outputs`` per-example float64 tensors over all of ``x``: ``fn(x_batch)`` returns one value per
+    example of the batch for each output; batch b runs seeded by its index (:func:`seeded_draws`), on
+    whichever process, and the rows are summed into place across processes (exact: zeros elsewhere)."""
+    out = [torch.zeros(len(x), dtype=torch.float64, device=x.device) for _ in range(outputs)]
+    for b in seeded_draws(-(-len(x) // batch_size)):
+        rows = slice(b * batch_size, (b + 1) * batch_size)
+        for o, value in zip(out, fn(x[rows])):
+            o[rows] = value.detach()
+        if progress is not None:
+            progress.update(1)
+    return list(sum_across(*out))
+
+
 # ----------------------------------------------------------------------------------------------
 # Training
 

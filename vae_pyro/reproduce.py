@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .active_units import active_units
 from .checkpoint import save_checkpoint
 from .data import load_dataset, prepare, validation_split
@@ -158,15 +159,16 @@ def iwae_bounds_at(vae, x: torch.Tensor, ks, chunk: int = 500, batch_size: int =
     """``{k: IWAE_k estimate of log p(x_i) per example}`` for every k in ``ks``, all from one draw of
     max(ks) importance samples per digit: IWAE_k uses the first k of them (each is an unbiased draw of
     IWAE_k; they share samples, so the curve is smooth). The draws are made in the order of
-    :func:`vae_pyro.iwae.iwae_log_likelihood`, so the largest k gives exactly its value at the same seed."""
+    :func:`vae_pyro.iwae.iwae_log_likelihood` (batch b seeded by its index, split across processes
+    under torchrun), so the largest k gives exactly its value at the same seed."""
     k_max = max(ks)
-    out = {k: [] for k in ks}
-    for i in tqdm(range(0, len(x), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
-        xb = x[i:i + batch_size]
+
+    def one_batch(xb):
         lw = torch.cat([log_weights(vae, xb, min(chunk, k_max - j)) for j in range(0, k_max, chunk)])
-        for k in ks:
-            out[k].append(log_mean_exp(lw[:k], dim=0))
-    return {k: torch.cat(v) for k, v in out.items()}
+        return [log_mean_exp(lw[:k], dim=0) for k in ks]
+
+    with tqdm(total=-(-len(x) // batch_size), desc=desc, unit="batch", disable=not progress, leave=False) as bar:
+        return dict(zip(ks, distributed.map_seeded_batches(x, batch_size, one_batch, len(ks), bar)))
 
 
 def mean_bound(vae, x: torch.Tensor, k: int, seed: int) -> float:

@@ -203,17 +203,18 @@ def iwae_log_likelihood(vae, x: torch.Tensor, k: int = 5000, chunk: int = 500, b
     below), so the estimates do not depend on how many processes computed them."""
     if k < 1 or chunk < 1 or batch_size < 1:
         raise ValueError(f"k, chunk and batch_size must be >= 1, got {k}, {chunk}, {batch_size}")
-    batches = -(-len(x) // batch_size)
-    out = torch.zeros(len(x), dtype=torch.float64, device=x.device)  # float32 values fit exactly
-    bar = tqdm(total=batches * -(-k // chunk), desc=desc, unit="chunk", disable=not progress, leave=False)
-    # Batch b is seeded by its index, so several processes can each take a share of the batches and
-    # sum the rows they filled into the same result one process computes (vae_pyro.distributed).
-    for b in distributed.seeded_draws(batches):
-        xb = x[b * batch_size:(b + 1) * batch_size]
+    bar = tqdm(total=-(-len(x) // batch_size) * -(-k // chunk), desc=desc, unit="chunk", disable=not progress,
+               leave=False)
+
+    def one_batch(xb):
         parts = []
         for j in range(0, k, chunk):
             parts.append(log_weights(vae, xb, min(chunk, k - j)))
             bar.update(1)
-        out[b * batch_size:(b + 1) * batch_size] = log_mean_exp(torch.cat(parts), dim=0).detach()
+        return [log_mean_exp(torch.cat(parts), dim=0)]
+
+    # Batch b is seeded by its index, so several processes can each take a share of the batches and
+    # gather the same result one process computes (vae_pyro.distributed).
+    (log_px,) = distributed.map_seeded_batches(x, batch_size, one_batch)
     bar.close()
-    return distributed.sum_across(out)[0]
+    return log_px
