@@ -251,7 +251,7 @@ def map_seeded_batches(x: torch.Tensor, batch_size: int, fn, outputs: int = 1, p
         for o, value in zip(out, fn(x[rows])):
             o[rows] = value.detach()
         if progress is not None:
-            progress.update(1)
+            progress.update(world_size())
     return list(sum_across(*out))
 
 

@@ -29,7 +29,7 @@ def loss_draws(est, vae, x: torch.Tensor, draws: int, progress=None) -> list[flo
     for _ in distributed.seeded_draws(draws, warmup=lambda: est.loss(vae, x)):
         out.append(est.loss(vae, x) / x.shape[0])
         if progress is not None:
-            progress.update(1)
+            progress.update(distributed.world_size())  # the draws of all processes, alike
     return distributed.gather_draws(out, draws)
 
 
@@ -91,7 +91,7 @@ def grad_moments(label: str, loss_fn: Callable[[], torch.Tensor], names: list[st
                 s2[i] += g * g
                 proj[r, i] = (directions[i] @ g.flatten()).cpu()
         if progress is not None:
-            progress.update(1)
+            progress.update(distributed.world_size())  # the draws of all processes, alike
     *s1, proj = distributed.sum_across(*s1, proj)  # projections: disjoint rows, so the sum is exact
     s2 = list(distributed.sum_across(*s2))
     mean = [a / draws for a in s1]

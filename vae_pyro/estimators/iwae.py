@@ -210,7 +210,7 @@ def iwae_log_likelihood(vae, x: torch.Tensor, k: int = 5000, chunk: int = 500, b
         parts = []
         for j in range(0, k, chunk):
             parts.append(log_weights(vae, xb, min(chunk, k - j)))
-            bar.update(1)
+            bar.update(distributed.world_size())  # all processes advance alike
         return [log_mean_exp(torch.cat(parts), dim=0)]
 
     # Batch b is seeded by its index, so several processes can each take a share of the batches and
