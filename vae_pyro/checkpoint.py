@@ -1,7 +1,8 @@
 """Checkpoints: save and resume training safely.
 
-* Written atomically (a temporary file beside the target, then ``os.replace``), so a crash, a NaN or a
-  full disk never leaves a half-written file over the last good checkpoint.
+* Written atomically (a temporary file beside the target, then ``os.replace``;
+  :func:`vae_pyro.outputs.atomic_write`), so a crash, a NaN or a full disk never leaves a half-written
+  file over the last good checkpoint, and a temporary left by a killed run is removed by the next save.
 * Loaded with ``torch.load(..., weights_only=True)``: a checkpoint is data (tensors, numbers, strings,
   lists, dicts), never code, so loading one from elsewhere cannot run anything.
 * Checked before use: a file that is not a vae-pyro checkpoint, or one saved for another model shape,
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
+
+from .outputs import atomic_write
 
 FORMAT = "vae-pyro-checkpoint"
 VERSION = 1
@@ -42,14 +44,7 @@ def save_checkpoint(path: str | os.PathLike, *, vae, optimizer=None, epoch: int,
         "torch_rng": torch.get_rng_state(),
         "extra": extra or {},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

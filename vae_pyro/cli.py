@@ -21,7 +21,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import report
+from . import outputs, report
 from .analytic import NoClosedFormError
 from .data import BINARIZATION_CHOICES, TRANSFORMS, DataError
 from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, build_estimator, estimator_names
@@ -167,6 +167,13 @@ def _common(p: argparse.ArgumentParser, epochs: int) -> None:
     d.add_argument("--hidden", type=_int_list, default=None, help="hidden layer sizes, e.g. 400 or 512,256 (default: 400)")
     d.add_argument("--z-dim", type=_positive_int, default=None, help="latent dimensions (default: 20)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    _add_force(p)
+
+
+def _add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="replace existing results (--json, --checkpoint, --out: the whole run folder, atomically); "
+                        "without it an existing one is refused")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,6 +278,7 @@ def _add_issue3_commands(sub) -> None:
                    help="independent gradient draws per estimator (default: 40)")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
+    _add_force(p)
 
     p = sub.add_parser("nll", help="test-set negative log-likelihood by IWAE with k samples (Burda et al. 2015)",
                        description="Train the VAE, then estimate -log p(x) on the test digits with IWAE_k "
@@ -447,7 +455,7 @@ def cmd_experiment(args) -> int:
         args.epochs = 20
     cfg = ExperimentConfig.from_spec(spec_from_args(args), out=args.out, estimators=estimators,
                                      variance_draws=max(args.variance_draws, 2), nll_k=args.nll_k,
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, force=args.force)
     result = run_experiment(cfg)
     print(experiment_table(result))
     print(f"wrote {args.out}/report.md, metrics.json, metrics.csv and {len(result['plots'])} plots")
@@ -520,6 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        outputs.validate(args)  # every output path, before any work
         return COMMANDS[args.command](args)
     except (DataError, UnknownNameError, TrainingError, SpecError, NoClosedFormError, ValueError) as err:
         print(f"vae-pyro: error: {err}", file=sys.stderr)

@@ -23,7 +23,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from . import checks, plots
+from . import checks, outputs, plots
 from .data import load_dataset, prepare, resolve_data
 from .estimators import ESTIMATORS, build_estimator
 from .iwae import iwae_log_likelihood
@@ -57,16 +57,19 @@ class ExperimentConfig:
     kl_anneal_epochs: int = 0
     model: VAEConfig = field(default_factory=VAEConfig)
     progress: bool = True
+    #: replace an existing run folder (whole, atomically); without it a folder holding files is refused
+    force: bool = False
 
     @classmethod
     def from_spec(cls, spec, out: str, estimators=None, variance_draws: int = 50, nll_k: int = 1000,
-                  progress: bool = True) -> "ExperimentConfig":
+                  progress: bool = True, force: bool = False) -> "ExperimentConfig":
         t = spec.training
         return cls(out=out, estimators=tuple(estimators or DEFAULT_EXPERIMENT_ESTIMATORS),
                    dataset=spec.data.dataset, binarization=spec.data.binarization, transform=spec.data.transform,
                    device=t.device, seed=t.seed, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                    particles=spec.checks.particles, variance_draws=variance_draws, nll_k=nll_k,
-                   kl_anneal_epochs=t.kl_anneal_epochs, model=spec.model_config(), progress=progress)
+                   kl_anneal_epochs=t.kl_anneal_epochs, model=spec.model_config(), progress=progress,
+                   force=force)
 
     def resolved_data(self) -> tuple[str, str]:
         from .likelihoods import LIKELIHOODS
@@ -129,8 +132,16 @@ def _variance(vae, x, names, draws, particles) -> dict:
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict:
+    """Train, measure and write the run folder ``cfg.out``. The folder is built beside it and renamed
+    into place when complete (:func:`vae_pyro.outputs.staged_folder`): an existing run is replaced
+    whole, and only with ``cfg.force``; a failed run leaves the old folder as it was."""
     cfg.validate()
-    out = Path(cfg.out)
+    outputs.check_run_folder(cfg.out, force=cfg.force)
+    with outputs.staged_folder(cfg.out) as out:
+        return _run_experiment(cfg, out)
+
+
+def _run_experiment(cfg: ExperimentConfig, out: Path) -> dict:
     device = resolve_device(cfg.device)
     binarization, transform = cfg.resolved_data()
     probe = VAE(cfg.model)

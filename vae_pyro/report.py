@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
+
+from .outputs import atomic_write_text  # noqa: F401  (re-exported: results are written through it)
 
 
 def fmt(value: Any, spec: str = ".3g") -> str:
@@ -95,20 +96,6 @@ def compare_table(result: dict) -> str:
                      f"{', '.join(other_bounds)}")
     lines.append(f"overall: {result['verdict'].upper()} in {result['seconds']:.0f} s")
     return "\n".join(lines)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def finite_or_none(obj):
