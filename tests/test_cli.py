@@ -71,7 +71,7 @@ def test_train_reports_the_test_elbo(tmp_path, capsys):
 @pytest.mark.parametrize("args, needle", [
     (["compare", "--estimators", "trace,nope"], "unknown estimator 'nope'; allowed: analytic, trace, tmf"),
     (["train", "--estimator", "Trace_ELBO"], "unknown estimator 'Trace_ELBO'; allowed:"),
-    (["compare", "--binarization", "none", "--epochs", "0"], "not binary (found value"),
+    (["compare", "--binarization", "none", "--epochs", "0"], "binary data cannot come from binarization 'none'"),
     (["train", "--dataset", "idx:/no/such/folder"], "MNIST folder /no/such/folder does not exist"),
     (["train", "--dataset", "cifar"], "unknown dataset 'cifar'; allowed: 'mnist5k', 'idx:FOLDER'"),
     (["compare", "--particles", "0"], "expected a positive integer, got 0"),

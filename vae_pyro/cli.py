@@ -49,6 +49,18 @@ _positive_int = _int_at_least(1, "positive")
 _non_negative_int = _int_at_least(0, "non-negative")
 
 
+def _seed(text: str) -> int:
+    from .spec import SEED_MAX
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in 0..{SEED_MAX}, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in 0..{SEED_MAX}, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -61,9 +73,11 @@ def _positive_float(text: str) -> float:
 
 def _int_list(text: str) -> tuple[int, ...]:
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
+        values = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 400 or 512,256, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one hidden layer size like 400 or 512,256, got {text!r}")
     if any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
     return values
@@ -146,7 +160,7 @@ def _common(p: argparse.ArgumentParser, epochs: int) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--device", choices=DEVICES, default=None,
                    help="where tensors live: auto = CUDA when available, else CPU (default: auto)")
-    g.add_argument("--seed", type=int, default=None, help="seed for torch, Pyro, NumPy and the data order (default: 0)")
+    g.add_argument("--seed", type=_seed, default=None, help="seed for torch, Pyro, NumPy and the data order (default: 0)")
     g.add_argument("--epochs", type=_non_negative_int, default=None, help=f"training epochs (default: {epochs})")
     g.add_argument("--batch-size", type=_positive_int, default=None, help="training batch size (default: 128)")
     g.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default: 1e-3)")
@@ -208,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="PATH",
                    help="save model and optimizer here after every epoch (atomically; a NaN leaves the last good one)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from --checkpoint up to --epochs (the model options must match it)")
+                   help="continue from --checkpoint up to --epochs (the model options must match it; --lr, "
+                        "--batch-size, --estimator given now apply from there on)")
 
     p = sub.add_parser("experiment", help="train one model per estimator; write metrics, plots and a report",
                        description="Train one VAE per estimator from the same seed, log per-epoch train/test "
@@ -267,7 +282,7 @@ def _add_issue3_commands(sub) -> None:
     add_spec_options(p)
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto = CUDA when available, else CPU; toys always run on the CPU (default: auto)")
-    p.add_argument("--seed", type=int, default=0, help="seed for fitting, data order and every draw (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed for fitting, data order and every draw (default: 0)")
     p.add_argument("--particles", type=_positive_int, default=1,
                    help="samples of z per ELBO estimate (default: 1)")
     p.add_argument("--epochs", type=_non_negative_int, default=None,
