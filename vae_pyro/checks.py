@@ -26,9 +26,11 @@ Tolerances and why:
 * ``Z_TOL = 4``: |z| > 4 happens with probability 6e-5 under agreement (two-sided normal tail), so a
   suite of ~50 such checks has < 0.5% chance of one false alarm, and seeds are fixed anyway. A bias
   of 4 standard errors (a few hundredths of a nat with the defaults) is flagged.
-* The gradient check uses the same ``Z_TOL`` on each of its 4 projections per parameter tensor
-  (32 z-scores for the default MLP): false-alarm chance ~32 * 2e-4 < 1% even with the heavier
-  tails of a t-statistic from 50 draws. Real mistakes are far beyond it (Pyro 1.9.2's doubled
+* The standard errors are estimated from the draws, so the statistics are Student-t, not normal:
+  every Monte Carlo and gradient check converts ``Z_TOL`` into the t-tolerance with the same
+  per-test false-alarm rate (6.3e-5) at its draws' degrees of freedom (:mod:`vae_pyro.tolerances`:
+  4.38 at 50 draws, 32.6 at 4 draws). The gradient check applies it to each of its 4 projections per
+  parameter tensor (32 for the default MLP): false-alarm chance <= 32 * 6.3e-5 = 0.2% (Bonferroni). Real mistakes are far beyond it (Pyro 1.9.2's doubled
   JitTrace_ELBO gradient gives |z| in the hundreds along the gradient direction).
 """
 
@@ -43,6 +45,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from .analytic import closed_form_kl, closed_form_kl_reason, log_normal_diag, recon_terms
 from .estimators import ANALYTIC, ESTIMATORS, Estimator, build_estimator, mean_field_kl_kind
+from .tolerances import t_tolerance, welch_df
 
 SAME_NOISE_TOL = 1e-8
 GRAD_REL_TOL = 1e-6
@@ -247,7 +250,11 @@ def z_score(a: MCStats, b: MCStats) -> float:
 
 
 def monte_carlo_check(stats: MCStats, reference: MCStats, tol: float = Z_TOL) -> CheckResult:
+    """|z| against ``tol`` read as a normal tolerance, converted to the t-tolerance of the same
+    false-alarm rate at the draws' degrees of freedom (:func:`vae_pyro.tolerances.t_tolerance`);
+    a reference without Monte Carlo noise (se 0) adds no degrees of freedom."""
     z = z_score(stats, reference)
+    tol = t_tolerance(tol, welch_df(stats.draws if stats.se > 0 else 0, reference.draws if reference.se > 0 else 0))
     return CheckResult(
         "monte_carlo", stats.estimator, z, tol, _verdict(abs(z) <= tol), reference=reference.mean,
         details={"mean": stats.mean, "se": stats.se, "sd_per_draw": stats.sd, "draws": stats.draws,
@@ -330,7 +337,8 @@ def gradient_check(stats: GradStats, reference: GradStats, tol: float = Z_TOL) -
     noise draws), so per-element z-scores are not independent and statistics pooled over elements
     are not calibrated. Each projection is one scalar, so its z-score is an honest univariate test
     whatever the correlation. The verdict compares the largest |z| over tensors and directions with
-    ``tol``. Also reported: ||mean - ref|| / ||ref|| per tensor (``rel_err``, informational: it
+    ``tol`` (a normal tolerance, converted to Student's t at min(draws) - 1 degrees of freedom with
+    the same per-test false-alarm rate; :mod:`vae_pyro.tolerances`). Also reported: ||mean - ref|| / ||ref|| per tensor (``rel_err``, informational: it
     includes the Monte Carlo noise of both means)."""
     per_tensor = {}
     var_a = stats.proj.var(dim=0, unbiased=True) / stats.draws
@@ -343,6 +351,7 @@ def gradient_check(stats: GradStats, reference: GradStats, tol: float = Z_TOL) -
     floor = GRAD_DETERMINISTIC_REL * reference.proj.mean(dim=0).abs()
     se = (var_a + var_b + floor ** 2).sqrt()
     z = torch.where(se > 0, diff / se.clamp_min(1e-300), torch.where(diff.abs() > 0, torch.inf, 0.0))
+    tol = t_tolerance(tol, welch_df(stats.draws, reference.draws))  # same false-alarm rate at any draws
     for i, name in enumerate(stats.names):
         m, rm = stats.mean[i], reference.mean[i]
         per_tensor[name] = {"z": [float(v) for v in z[i]],
