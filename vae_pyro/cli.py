@@ -535,6 +535,18 @@ def cmd_spec(args) -> int:
     return 0
 
 
+def _check_memory(args) -> None:
+    """Refuse, before any allocation, a run whose sizes cannot fit in the device's memory."""
+    from .memory import check_fits
+    from .train import resolve_device
+
+    if args.command not in ("compare", "train", "experiment", "nll", "check") or getattr(args, "toy", None):
+        return
+    spec = spec_from_args(args)
+    check_fits(spec, resolve_device(spec.training.device), k=getattr(args, "k", None),
+               chunk=getattr(args, "chunk", None))
+
+
 COMMANDS = {"compare": cmd_compare, "train": cmd_train, "experiment": cmd_experiment,
             "estimators": cmd_estimators, "spec": cmd_spec, "check": cmd_check, "nll": cmd_nll}
 
@@ -544,6 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         outputs.validate(args)  # every output path, before any work
+        _check_memory(args)
         return COMMANDS[args.command](args)
     except (DataError, UnknownNameError, TrainingError, SpecError, NoClosedFormError, ValueError) as err:
         print(f"vae-pyro: error: {err}", file=sys.stderr)
