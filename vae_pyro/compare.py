@@ -25,6 +25,7 @@ from . import checks
 from .data import load_dataset, prepare, resolve_data
 from .estimators import DEFAULT_ESTIMATORS, ELBO_BOUND, ESTIMATORS, build_estimator, validity
 from .model import VAE, VAEConfig
+from .tolerances import t_tolerance
 from .train import evaluate, resolve_device, seed_all, time_steps, train
 
 SCHEMA_VERSION = 2
@@ -203,7 +204,9 @@ def run_comparison(cfg: CompareConfig) -> dict:
             "history": [asdict(h) for h in history], "test_neg_elbo": trained_test,
         },
         "reference": {**ref.to_dict(), "neg_elbo_mean": ref_mc.mean, "neg_elbo_se": ref_mc.se},
-        "tolerances": {"z": cfg.z_tol, "same_noise": cfg.same_noise_tol, "grad_z": cfg.z_tol},
+        # the |z| each check applied: cfg.z_tol as a t-tolerance at the draws' degrees of freedom
+        "tolerances": {"z": t_tolerance(cfg.z_tol, cfg.draws - 1), "same_noise": cfg.same_noise_tol,
+                       "grad_z": t_tolerance(cfg.z_tol, cfg.grad_draws - 1), "z_normal": cfg.z_tol},
         "estimators": records,
         "verdict": _verdict([checks.CheckResult("", r["name"], None, None, r["verdict"]) for r in records]),
         "seconds": time.perf_counter() - started,

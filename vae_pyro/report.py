@@ -77,9 +77,10 @@ def compare_table(result: dict) -> str:
     trained = result["training"]
     train_line = (f"trained {trained['epochs']} epochs with '{trained['estimator']}'"
                   + (f": test -ELBO {trained['test_neg_elbo']:.2f} nats/example" if trained["test_neg_elbo"] is not None else ""))
-    legend = (f"pass when |z| <= {tol['z']:g} ({result['draws']} draws each), same-noise diff <= "
+    legend = (f"pass when |z| <= {tol['z']:.3g} ({result['draws']} draws each), same-noise diff <= "
               f"{tol['same_noise']:g} nats/example (float64, value and gradient), grad max|z| <= "
-              f"{tol['grad_z']:g} ({result['grad_draws']} draws, 4 projections per tensor); ms/step at batch "
+              f"{tol['grad_z']:.3g} ({result['grad_draws']} draws, 4 projections per tensor; both Student-t "
+              f"tolerances with the false-alarm rate of a normal |z| <= {tol.get('z_normal', 4):g}); ms/step at batch "
               f"{result['timing_batch_size']}. '-' = does not apply.")
     skipped = sorted({c["details"].get("reason", "") for r in result["estimators"] for c in r["checks"]
                       if c["name"] == "device" and c["verdict"] == "skip" and r["validity"]["kind"] != "invalid"
