@@ -46,13 +46,24 @@ def test_experiment_force_replaces_the_whole_folder(tmp_path, capsys):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "old_estimator.pt").write_bytes(b"an earlier run")
-    (out / "notes.txt").write_text("earlier\n")
+    (out / "old_plot.png").write_bytes(b"an earlier plot")
+    (out / "metrics.json").write_text("{}\n")
     code = main(["experiment", *TINY, "--estimators", "analytic", "--nll-k", "0", "--variance-draws", "2",
                  "--out", str(out), "--force"])
     assert code == 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["analytic.pt"]  # no mix of two runs
-    assert not (out / "notes.txt").exists() and (out / "metrics.json").is_file()
+    assert not (out / "old_plot.png").exists() and (out / "metrics.json").read_text() != "{}\n"
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left beside it
+
+
+def test_force_never_deletes_a_folder_of_other_files(tmp_path, capsys):
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work\n")
+    (out / "metrics.json").write_text("{}\n")
+    assert main(["experiment", *TINY, *NO_DATA, "--out", str(out), "--force"]) == 2
+    _one_error_line(capsys, "not a vae-pyro run", "'thesis.tex'")
+    assert (out / "thesis.tex").read_text() == "years of work\n"
 
 
 def test_a_failed_run_leaves_the_old_folder_whole(tmp_path):

@@ -177,16 +177,30 @@ def check_output_file(path: str | os.PathLike, option: str, *, force: bool = Fal
     return path
 
 
+#: what a run folder holds (vae_pyro.experiment); --force replaces only a folder of these, so a
+#: mistyped ``--out ~ --force`` cannot delete a folder of other files
+RUN_FOLDER_ENTRIES = ("metrics.json", "metrics.csv", "report.md", "checkpoints", "*.png")
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not any(p.match(pattern) for pattern in RUN_FOLDER_ENTRIES))
+
+
 def check_run_folder(path: str | os.PathLike, option: str = "--out", *, force: bool = False) -> Path:
     """``path`` can take a new run: not a file, its parent writable (the run is built beside it), and
-    not a folder holding files unless ``force``."""
+    not a folder holding files unless ``force``, which replaces only an earlier run's folder."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file; give a folder path")
     _writable_folder(path.parent, option, path)
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise OutputError(f"{option} {path} already holds files (an earlier run?); pass --force to replace "
-                          "the whole folder, or choose a new folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not force:
+            raise OutputError(f"{option} {path} already holds files (an earlier run?); pass --force to replace "
+                              "the whole folder, or choose a new folder")
+        foreign = _foreign_entries(path)
+        if foreign:
+            raise OutputError(f"{option} {path} holds files that are not a vae-pyro run (e.g. {foreign[0]!r}), "
+                              "which --force would delete; move them away or choose a new folder")
     return path
 
 
