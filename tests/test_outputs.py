@@ -145,11 +145,26 @@ def test_stale_temporaries_of_killed_runs_are_removed_on_the_next_save(tmp_path)
     dead = tmp_path / ".ck.pt.tmp-999999999-ab12"     # above Linux's pid_max: that process is gone
     live = tmp_path / f".ck.pt.tmp-{os.getppid()}-cd34"  # a running process's write in progress
     other = tmp_path / ".other.pt.a1b2c3d4"
-    for p in (legacy, dead, live, other):
+    users_own = tmp_path / ".ck.pt.mybackup"           # a name like mkstemp's, but not a torch archive
+    for p in (dead, live, other):
         p.write_bytes(b"partial")
+    legacy.write_bytes(b"PK\x03\x04partial zip")      # torch.save writes a zip archive
+    users_own.write_text("my notes\n")
     save_checkpoint(ck, vae=VAE(hidden=(4,), z_dim=2), epoch=1, estimator="analytic")
     assert not legacy.exists() and not dead.exists()
-    assert live.exists() and other.exists() and ck.is_file()
+    assert live.exists() and other.exists() and users_own.exists() and ck.is_file()
+
+
+def test_a_killed_runs_staging_folder_is_removed_and_a_moved_aside_run_restored(tmp_path):
+    run = tmp_path / "run"
+    staging = tmp_path / ".run.tmp-999999999-ab12"
+    (staging / "checkpoints").mkdir(parents=True)
+    aside = tmp_path / ".run.old-999999999-cd34"  # killed between replace_folder's two renames
+    aside.mkdir()
+    (aside / "metrics.json").write_text('{"old": 1}\n')
+    outputs.clean_stale_temporaries(run)
+    assert not staging.exists() and not aside.exists()
+    assert (run / "metrics.json").read_text() == '{"old": 1}\n'
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])

@@ -58,6 +58,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _legacy_checkpoint_temporary(entry: Path, tail: str) -> bool:
+    """A ``mkstemp`` temporary of an interrupted ``torch.save`` (empty, or a zip archive's start): the
+    name alone could be a user's own hidden file, so the content must agree."""
+    if not _LEGACY_TEMP.match(tail) or not entry.is_file() or entry.is_symlink():
+        return False
+    with open(entry, "rb") as fh:
+        head = fh.read(4)
+    return head in (b"", b"PK\x03\x04")
+
+
 def clean_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove the temporaries of ``path`` that a killed process left behind (those whose PID is not
     running, and the old ``mkstemp`` ones); a live writer's are kept. A stale ``.old-`` run folder
@@ -73,7 +83,7 @@ def clean_stale_temporaries(path: str | os.PathLike) -> list[Path]:
             continue
         tail = entry.name[len(prefix):]
         match = _TEMP.match("." + tail)
-        stale = (match and not _alive(int(match.group(2)))) or bool(_LEGACY_TEMP.match(tail))
+        stale = (match and not _alive(int(match.group(2)))) or _legacy_checkpoint_temporary(entry, tail)
         if not stale:
             continue
         if match and match.group(1) == "old" and not path.exists():
