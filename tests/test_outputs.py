@@ -184,3 +184,11 @@ def test_checkpoint_written_through_a_file_object_loads(tmp_path):
     save_checkpoint(tmp_path / "ck.pt", vae=vae, epoch=3, estimator="analytic")
     payload = torch.load(tmp_path / "ck.pt", weights_only=True)
     assert payload["epoch"] == 3
+
+
+def test_resume_and_force_together_are_refused(tmp_path, capsys):
+    ck = tmp_path / "ck.pt"
+    ck.write_bytes(b"a checkpoint")
+    assert main(["train", *TINY, *NO_DATA, "--checkpoint", str(ck), "--resume", "--force"]) == 2
+    _one_error_line(capsys, "--resume", "--force", "give one of them")
+    assert ck.read_bytes() == b"a checkpoint"
