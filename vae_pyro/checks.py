@@ -30,7 +30,8 @@ Tolerances and why:
   every Monte Carlo and gradient check converts ``Z_TOL`` into the t-tolerance with the same
   per-test false-alarm rate (6.3e-5) at its draws' degrees of freedom (:mod:`vae_pyro.tolerances`:
   4.38 at 50 draws, 32.6 at 4 draws). The gradient check applies it to each of its 4 projections per
-  parameter tensor (32 for the default MLP): false-alarm chance <= 32 * 6.3e-5 = 0.2% (Bonferroni). Real mistakes are far beyond it (Pyro 1.9.2's doubled
+  parameter tensor (32 for the default MLP): false-alarm chance <= 32 * 6.3e-5 = 0.2% (Bonferroni).
+  Real mistakes are far beyond it (Pyro 1.9.2's doubled
   JitTrace_ELBO gradient gives |z| in the hundreds along the gradient direction).
 """
 
@@ -338,7 +339,8 @@ def gradient_check(stats: GradStats, reference: GradStats, tol: float = Z_TOL) -
     are not calibrated. Each projection is one scalar, so its z-score is an honest univariate test
     whatever the correlation. The verdict compares the largest |z| over tensors and directions with
     ``tol`` (a normal tolerance, converted to Student's t at min(draws) - 1 degrees of freedom with
-    the same per-test false-alarm rate; :mod:`vae_pyro.tolerances`). Also reported: ||mean - ref|| / ||ref|| per tensor (``rel_err``, informational: it
+    the same per-test false-alarm rate; :mod:`vae_pyro.tolerances`). Also reported:
+    ||mean - ref|| / ||ref|| per tensor (``rel_err``, informational: it
     includes the Monte Carlo noise of both means)."""
     per_tensor = {}
     var_a = stats.proj.var(dim=0, unbiased=True) / stats.draws

@@ -160,7 +160,8 @@ def _common(p: argparse.ArgumentParser, epochs: int) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--device", choices=DEVICES, default=None,
                    help="where tensors live: auto = CUDA when available, else CPU (default: auto)")
-    g.add_argument("--seed", type=_seed, default=None, help="seed for torch, Pyro, NumPy and the data order (default: 0)")
+    g.add_argument("--seed", type=_seed, default=None,
+                   help="seed for torch, Pyro, NumPy and the data order, 0..2**32-1 (default: 0)")
     g.add_argument("--epochs", type=_non_negative_int, default=None, help=f"training epochs (default: {epochs})")
     g.add_argument("--batch-size", type=_positive_int, default=None, help="training batch size (default: 128)")
     g.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default: 1e-3)")
