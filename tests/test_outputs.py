@@ -54,6 +54,10 @@ def test_experiment_force_replaces_the_whole_folder(tmp_path, capsys):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["analytic.pt"]  # no mix of two runs
     assert not (out / "old_plot.png").exists() and (out / "metrics.json").read_text() != "{}\n"
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left beside it
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("metrics.json", "metrics.csv", "report.md", "curves.png", "checkpoints/analytic.pt"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name  # the user's mode
 
 
 def test_force_never_deletes_a_folder_of_other_files(tmp_path, capsys):
