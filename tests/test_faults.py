@@ -75,19 +75,18 @@ WRITER = textwrap.dedent("""
 
     import torch
 
-    from vae_pyro.checkpoint import load_checkpoint, save_checkpoint
+    from vae_pyro.checkpoint import load_checkpoint
     from vae_pyro.cli import main
-    from vae_pyro.model import VAE, VAEConfig
+    from vae_pyro.outputs import atomic_write
 
     ck = sys.argv[1]
     assert main(["train", *sys.argv[2:], "--epochs", "1", "--checkpoint", ck]) == 0
-    # rewrite the same checkpoint, made slow to write by a large extra payload (100 MB), until killed
+    # rewrite the same checkpoint the way save_checkpoint does, made slow to write by a large extra
+    # payload (100 MB), until killed: every completed rewrite is the epoch-1 checkpoint again
     payload = load_checkpoint(ck)
-    vae = VAE(VAEConfig(**{**payload["model_config"], "hidden": tuple(payload["model_config"]["hidden"])}))
-    vae.load_state_dict(payload["model_state"])
+    payload["extra"]["pad"] = torch.zeros(25_000_000)
     while True:
-        save_checkpoint(ck, vae=vae, epoch=1, estimator="analytic", history=payload["history"],
-                        extra={"pad": torch.zeros(25_000_000)})
+        atomic_write(ck, lambda fh: torch.save(payload, fh))
 """)
 
 
