@@ -196,3 +196,54 @@ def test_resume_and_force_together_are_refused(tmp_path, capsys):
     assert main(["train", *TINY, *NO_DATA, "--checkpoint", str(ck), "--resume", "--force"]) == 2
     _one_error_line(capsys, "--resume", "--force", "give one of them")
     assert ck.read_bytes() == b"a checkpoint"
+
+
+# --- the library path: a Python user is protected the same way ------------------------------
+
+
+def test_api_refuses_existing_results_before_any_work(tmp_path):
+    from vae_pyro import api
+
+    ck, js = tmp_path / "ck.pt", tmp_path / "r.json"
+    ck.write_bytes(b"an earlier checkpoint")
+    js.write_text("{}\n")
+    with pytest.raises(outputs.OutputError, match=f"--checkpoint {ck} already exists.*--resume"):
+        api.train(None, checkpoint=str(ck), dataset="idx:/no/such/folder", epochs=1)
+    with pytest.raises(outputs.OutputError, match=f"--json {js} already exists; pass --force"):
+        api.compare(None, json=str(js), dataset="idx:/no/such/folder")
+    with pytest.raises(outputs.OutputError, match=f"--out {tmp_path} already holds files"):
+        api.experiment(None, out=str(tmp_path), dataset="idx:/no/such/folder")
+    assert ck.read_bytes() == b"an earlier checkpoint" and js.read_text() == "{}\n"
+
+
+def test_api_refuses_a_run_that_cannot_fit_in_memory_before_allocating():
+    from vae_pyro import api
+    from vae_pyro.memory import MemoryBoundError
+
+    # 10^9 samples for each of 100 digits at once: petabytes, on any machine
+    with pytest.raises(MemoryBoundError, match="lower --chunk"):
+        api.nll(None, k=10**9, chunk=10**9, epochs=0, dataset="idx:/no/such/folder", hidden=[8], z_dim=2)
+
+
+def test_api_writes_json_where_asked_and_replaces_it_only_with_force(tmp_path):
+    from vae_pyro import api
+
+    js = tmp_path / "sub" / "r.json"
+    small = dict(hidden=[8], z_dim=2, epochs=0, k=2, examples=10, chunk=2)
+    result = api.nll(None, json=str(js), **small)
+    assert js.is_file() and '"nll"' in js.read_text() and result["k"] == 2
+    with pytest.raises(outputs.OutputError, match="already exists"):
+        api.nll(None, json=str(js), **small)
+    api.nll(None, json=str(js), force=True, **small)
+
+
+def test_a_checkpoint_to_evaluate_is_an_input_not_an_output(tmp_path, capsys):
+    """`nll/compare/check --checkpoint` read a saved model: its existence is required, not refused."""
+    from vae_pyro.model import VAEConfig
+
+    ck = tmp_path / "ck.pt"
+    save_checkpoint(ck, vae=VAE(VAEConfig(hidden=(8,), z_dim=2)), epoch=0, estimator="analytic", history=[])
+    before = ck.read_bytes()
+    assert main(["nll", "--checkpoint", str(ck), "--k", "2", "--examples", "10", "--chunk", "2",
+                 "--no-progress"]) == 0
+    assert ck.read_bytes() == before

@@ -105,6 +105,7 @@ def check_before_work(spec, *, json=None, checkpoint=None, resume: bool = False,
 
     outputs.check_outputs(json=json, checkpoint=checkpoint, resume=resume, out=out, force=force)
     if spec is not None:
+        spec.resolved_data()  # the likelihood's support holds for the data options, after every override
         memory.check_fits(spec, resolve_device(spec.training.device), k=k, chunk=chunk)
 
 
