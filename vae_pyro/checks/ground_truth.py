@@ -24,7 +24,9 @@ check                        value                                              
 Why these tolerances: 1e-9 and 1e-8 nats are float64 rounding with five orders of margin (values are
 ~10^2 nats, sums of ~10^2 terms: rounding ~1e-13); 1e-6 for quadrature is the accuracy we ask of log p(x), and
 the rules used converge spectrally (n = 48 vs 96 agree to ~1e-7 on the 2-d toy, n = 96 vs 192 to
-1e-14); |z| <= 4 is the library's Z_TOL (two-sided p = 6e-5 per check under the null, fixed seeds);
+1e-14); |z| <= 4 is the library's Z_TOL (two-sided p = 6e-5 per check under the null, fixed seeds),
+read as Student's t at the draws' degrees of freedom where the standard error comes from the draws
+(:mod:`vae_pyro.checks.tolerances`; the IWAE standard errors are over the data's examples);
 0.05 nats is our target for k = 5,000 (measured gaps are 0.0001-0.006 nats); the STL ratio is
 zero in exact arithmetic and ~1e-25 in float64.
 
@@ -282,7 +284,8 @@ def _header(cfg, device, what, binarization, spec_source=None) -> dict:
     out = result_header("check", spec_source, device, cfg.seed)
     out.update({"toy": cfg.toy, "data": what, "binarization": binarization, "particles": cfg.particles,
                 "draws": cfg.draws, "grad_draws": cfg.grad_draws,
-                "tolerances": {**z_tolerances(Z_TOL, cfg.draws, cfg.grad_draws), "exact": EXACT_TOL, "quadrature": QUAD_TOL, "same_noise": SAME_NOISE_TOL,
+                "tolerances": {**z_tolerances(Z_TOL, cfg.draws, cfg.grad_draws), "exact": EXACT_TOL,
+                               "quadrature": QUAD_TOL, "same_noise": SAME_NOISE_TOL,
                                "iwae_gap": IWAE_GAP_TOL, "stl_ratio": STL_RATIO_TOL}})
     return out
 
