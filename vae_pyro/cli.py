@@ -16,7 +16,9 @@ SECTION.KEY=VALUE``. Precedence, lowest first: the command's own defaults, the s
 
 Errors in the input (unknown names, bad numbers, missing files, non-binary data, bad specs, a
 checkpoint of another model) end the program with one line on stderr that names the bad value and
-the allowed ones, and exit status 2.
+the allowed ones, and exit status 2. Outputs (``--json``, ``train --checkpoint``, ``experiment --out``)
+and the run's memory are checked by the library before any work; an existing result is refused
+unless ``--force`` (:func:`vae_pyro.runs.check_before_work`).
 """
 
 from __future__ import annotations
