@@ -71,7 +71,7 @@ def test_train_reports_the_test_elbo(tmp_path, capsys):
 @pytest.mark.parametrize("args, needle", [
     (["compare", "--estimators", "trace,nope"], "unknown estimator 'nope'; allowed: analytic, trace, tmf"),
     (["train", "--estimator", "Trace_ELBO"], "unknown estimator 'Trace_ELBO'; allowed:"),
-    (["compare", "--binarization", "none", "--epochs", "0"], "not binary (found value"),
+    (["compare", "--binarization", "none", "--epochs", "0"], "binary data cannot come from binarization 'none'"),
     (["train", "--dataset", "idx:/no/such/folder"], "MNIST folder /no/such/folder does not exist"),
     (["train", "--dataset", "cifar"], "unknown dataset 'cifar'; allowed: 'mnist5k', 'idx:FOLDER'"),
     (["compare", "--particles", "0"], "expected a positive integer, got 0"),
@@ -80,7 +80,7 @@ def test_train_reports_the_test_elbo(tmp_path, capsys):
 def test_bad_input_is_one_clear_line_and_exit_2(args, needle, tmp_path):
     good = tmp_path / "good.json"
     good.write_text('{"keep": true}\n')
-    proc = _run(*args, "--json", str(good), "--no-progress")
+    proc = _run(*args, "--json", str(good), "--force", "--no-progress")  # --force: replacing is allowed, yet a bad input must not
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "error" in lines[0] and needle in lines[0], proc.stderr

@@ -17,14 +17,17 @@ Tolerances and why:
   (36 pairs x 2 estimators x (1 value + ~12 parameter tensors x 2 projections)), each a two-sample
   t-statistic from R = 30 draws. A family-wise false-alarm rate of 1% needs, by Bonferroni, a
   two-sided per-score p of 0.01 / 2000 = 5e-6, i.e. |t| <= t_{29}^{-1}(1 - 2.5e-6) = 5.58
-  (scipy.stats.t.isf(2.5e-6, 29), computed once; df = R - 1 is the conservative Welch bound). So
-  ``Z_SWEEP = 5.6``. The bugs these
+  (df = R - 1 is the conservative Welch bound). The checks take a tolerance in normal terms and
+  convert it to Student's t at their draws (:mod:`vae_pyro.checks.tolerances`), so ``Z_SWEEP`` is the
+  normal |z| with that p (4.56), which the checks turn into the 5.58 above. The bugs these
   checks exist for are far beyond it: a KL weight applied to one z site only, or a dropped
   normaliser, shift the mean by whole nats against standard errors of ~0.1 (|z| in the tens or more);
   seeds are fixed, so the outcome is reproducible.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -35,11 +38,12 @@ from vae_pyro.estimators import build_estimator
 from vae_pyro.likelihoods import LIKELIHOODS
 from vae_pyro.model import VAE
 from vae_pyro.priors import PRIORS
+from vae_pyro.checks.tolerances import t_quantile
 from vae_pyro.train import seed_all, train
 
 PAIRS = [(p, lk) for p in PRIORS.names() for lk in LIKELIHOODS.names()]
 R = 30
-Z_SWEEP = 5.6
+Z_SWEEP = t_quantile(0.01 / 2000, math.inf)  # the normal |z| with two-sided p = 5e-6 (see above)
 SMALL_PRIOR_OPTIONS = {"mog": {"components": 3}, "vamp": {"components": 5}}
 
 

@@ -97,6 +97,7 @@ def test_check_and_compare_evaluate_a_checkpoint_without_training(tmp_path, caps
                  "--json", str(out)])
     result = json.loads(out.read_text())
     assert code in (0, 1) and result["trained_epochs"] == 0 and "784-16-2" in result["data"]
+    out = tmp_path / "compare.json"  # a new file: an existing result is refused without --force
     code = main(["compare", "--checkpoint", str(ck), "--draws", "2", "--grad-draws", "2", "--estimators", "trace",
                  "--no-progress", "--json", str(out)])
     result = json.loads(out.read_text())

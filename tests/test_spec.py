@@ -131,7 +131,7 @@ def test_bad_specs_are_one_clear_error(what, text, needle, tmp_path):
     (["estimators", "--prior", "vamp", "--set", "prior.components=zero"], "prior.components must be an integer"),
     (["spec", "show", "nope"], "unknown spec 'nope'"),
     (["train", "--likelihood", "beta", "--transform", "unit", "--epochs", "0"],
-     "data for the beta likelihood must lie strictly inside (0, 1) (found value 0)"),
+     "open unit interval data cannot come from binarization 'none' with transform 'unit'"),
 ])
 def test_bad_spec_input_on_the_command_line_is_one_line_and_exit_2(args, needle, capsys):
     code, err = _main_stderr([*args, *(["--no-progress"] if args[0] in ("train", "compare") else [])], capsys)

@@ -93,6 +93,22 @@ def prepare_run(spec, binarization: str | None = None, checkpoint: str | None = 
     return Run(spec, device, generator, vae, ds, binarization, transform, x_train, x_test)
 
 
+def check_before_work(spec, *, json=None, checkpoint=None, resume: bool = False, out=None, force: bool = False,
+                      k: int | None = None, chunk: int | None = None) -> None:
+    """What every command checks before it loads data or allocates a model, so a bad output or an
+    impossible size is one clear error instead of a traceback after the work: every output can be
+    written and none is an earlier result unless ``force`` (:func:`vae_pyro.outputs.check_outputs`;
+    ``checkpoint`` here is a training checkpoint to write or, with ``resume``, to continue), and the
+    run's sizes fit the device's free memory (:func:`vae_pyro.memory.check_fits`; ``k``/``chunk``:
+    the IWAE test NLL's). ``spec`` None: no model of the spec's (a toy) to size."""
+    from . import memory, outputs
+
+    outputs.check_outputs(json=json, checkpoint=checkpoint, resume=resume, out=out, force=force)
+    if spec is not None:
+        spec.resolved_data()  # the likelihood's support holds for the data options, after every override
+        memory.check_fits(spec, resolve_device(spec.training.device), k=k, chunk=chunk)
+
+
 def training_estimator(vae, requested: str, explicit: bool = False) -> tuple[str, str | None]:
     """``(name, note)``: the estimator to train with, the same rule for every command. ``requested``
     when it applies to this VAE. Else, when it came from a spec (or its default), the one the checks

@@ -33,9 +33,12 @@ Tolerances and why (the constants live in :mod:`vae_pyro.checks.result`):
 * ``Z_TOL = 4``: |z| > 4 happens with probability 6e-5 under agreement (two-sided normal tail), so a
   suite of ~50 such checks has < 0.5% chance of one false alarm, and seeds are fixed anyway. A bias
   of 4 standard errors (a few hundredths of a nat with the defaults) is flagged.
-* The gradient check uses the same ``Z_TOL`` on each of its 4 projections per parameter tensor
-  (32 z-scores for the default MLP): false-alarm chance ~32 * 2e-4 < 1% even with the heavier
-  tails of a t-statistic from 50 draws. Real mistakes are far beyond it (Pyro 1.9.2's doubled
+* The standard errors are estimated from the draws, so the statistics are Student-t, not normal:
+  every Monte Carlo and gradient check converts ``Z_TOL`` into the t-tolerance with the same
+  per-test false-alarm rate (6.3e-5) at its draws' degrees of freedom (:mod:`vae_pyro.checks.tolerances`:
+  4.38 at 50 draws, 32.6 at 4 draws). The gradient check applies it to each of its 4 projections per
+  parameter tensor (32 for the default MLP): false-alarm chance <= 32 * 6.3e-5 = 0.2% (Bonferroni).
+  Real mistakes are far beyond it (Pyro 1.9.2's doubled
   JitTrace_ELBO gradient gives |z| in the hundreds along the gradient direction).
 """
 
@@ -52,6 +55,7 @@ from ..estimators import ELBO_BOUND, build_estimator
 from ..estimators.analytic import closed_form_kl_reason, neg_elbo, neg_elbo_from_terms, neg_elbo_terms
 from .result import GRAD_DETERMINISTIC_REL, GRAD_REL_TOL, SAME_NOISE_TOL, SKIP, Z_TOL, CheckResult, skipped, verdict_of
 from .stats import GradStats, MCStats, gradient_directions, gradient_draws, loss_draws, z_score
+from .tolerances import t_tolerance, welch_df
 
 
 @dataclass
@@ -177,7 +181,11 @@ def _same_seed_twin_check(vae, x, estimator, twin, num_particles, repeats, tol) 
 
 
 def monte_carlo_check(stats: MCStats, reference: MCStats, tol: float = Z_TOL) -> CheckResult:
+    """|z| against ``tol`` read as a normal tolerance, converted to the t-tolerance of the same
+    false-alarm rate at the draws' degrees of freedom (:func:`vae_pyro.checks.tolerances.t_tolerance`);
+    a reference without Monte Carlo noise (se 0) adds no degrees of freedom."""
     z = z_score(stats, reference)
+    tol = t_tolerance(tol, welch_df(stats.draws if stats.se > 0 else 0, reference.draws if reference.se > 0 else 0))
     return CheckResult(
         "monte_carlo", stats.estimator, z, tol, verdict_of(abs(z) <= tol), reference=reference.mean,
         details={"mean": stats.mean, "se": stats.se, "sd_per_draw": stats.sd, "draws": stats.draws,
@@ -197,7 +205,9 @@ def gradient_check(stats: GradStats, reference: GradStats, tol: float = Z_TOL) -
     noise draws), so per-element z-scores are not independent and statistics pooled over elements
     are not calibrated. Each projection is one scalar, so its z-score is an honest univariate test
     whatever the correlation. The verdict compares the largest |z| over tensors and directions with
-    ``tol``. Also reported: ||mean - ref|| / ||ref|| per tensor (``rel_err``, informational: it
+    ``tol`` (a normal tolerance, converted to Student's t at min(draws) - 1 degrees of freedom with
+    the same per-test false-alarm rate; :mod:`vae_pyro.checks.tolerances`). Also reported:
+    ||mean - ref|| / ||ref|| per tensor (``rel_err``, informational: it
     includes the Monte Carlo noise of both means)."""
     per_tensor = {}
     var_a = stats.proj.var(dim=0, unbiased=True) / stats.draws
@@ -210,6 +220,7 @@ def gradient_check(stats: GradStats, reference: GradStats, tol: float = Z_TOL) -
     floor = GRAD_DETERMINISTIC_REL * reference.proj.mean(dim=0).abs()
     se = (var_a + var_b + floor ** 2).sqrt()
     z = torch.where(se > 0, diff / se.clamp_min(1e-300), torch.where(diff.abs() > 0, torch.inf, 0.0))
+    tol = t_tolerance(tol, welch_df(stats.draws, reference.draws))  # same false-alarm rate at any draws
     for i, name in enumerate(stats.names):
         m, rm = stats.mean[i], reference.mean[i]
         per_tensor[name] = {"z": [float(v) for v in z[i]],
@@ -248,6 +259,7 @@ def device_check(vae, x: torch.Tensor, estimator: str, draws: int, num_particles
     cpu = MCStats.of(estimator, loss_draws(est, cpu_vae, x_cpu, draws), num_particles)
     gpu = MCStats.of(estimator, loss_draws(est, cuda_vae, x_cuda, draws), num_particles)
     z = z_score(gpu, cpu)
+    tol = t_tolerance(tol, welch_df(draws, draws))  # both standard errors estimated: Student t
     details = {"fixed_noise_rel_diff": rel, "cuda_mean": gpu.mean, "cuda_se": gpu.se,
                "cpu_mean": cpu.mean, "cpu_se": cpu.se, "device_name": torch.cuda.get_device_name()}
     return CheckResult("device", estimator, z, tol, verdict_of(rel <= 1e-4 and abs(z) <= tol),
