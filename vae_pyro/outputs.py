@@ -189,7 +189,8 @@ def check_output_file(path: str | os.PathLike, option: str, *, force: bool = Fal
 
 #: what a run folder holds (vae_pyro.experiment); --force replaces only a folder of these, so a
 #: mistyped ``--out ~ --force`` cannot delete a folder of other files
-RUN_FOLDER_ENTRIES = ("metrics.json", "metrics.csv", "report.md", "checkpoints", "*.png")
+#: what a run folder of `experiment` or `reproduce` holds (the only entries --force may delete)
+RUN_FOLDER_ENTRIES = ("metrics.json", "metrics.csv", "results.json", "report.md", "checkpoints", "*.png")
 
 
 def _foreign_entries(folder: Path) -> list[str]:

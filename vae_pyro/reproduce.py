@@ -46,6 +46,7 @@ from .checkpoint import save_checkpoint
 from .data import load_dataset, prepare, validation_split
 from .estimators import build_estimator
 from .estimators.iwae import log_mean_exp, log_weights
+from . import outputs
 from .model import VAE
 from .report import atomic_write_text, fmt, table, write_json
 from .runs import Run, prepare_run, result_header, training_estimator
@@ -280,14 +281,6 @@ def run_row(row: Row, spec, cfg: ReproduceConfig, out: Path) -> tuple[dict, Data
 # The run
 
 
-def check_out(out: Path, force: bool) -> None:
-    """Refuse to write into a non-empty folder unless ``force``: a user's earlier results stay."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ValueError(f"--out {out} is not empty; pass --force to write into it, or choose another folder")
-
-
 def row_spec(target: Target, row: Row, cfg: ReproduceConfig):
     """``row``'s resolved spec, refused (one line) when it cannot give a bound on log p(x) or its
     estimator does not apply to its model (the training-estimator rule, the row naming its estimator)."""
@@ -327,8 +320,12 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     if cfg.fast:
         cfg.apply_fast()
     cfg.apply_paper_setting()
-    out = Path(cfg.out)
-    check_out(out, cfg.force)
+    outputs.check_run_folder(cfg.out, force=cfg.force)
+    with outputs.staged_folder(cfg.out) as out:  # built beside, renamed into place whole when complete
+        return _run_rows(cfg, out)
+
+
+def _run_rows(cfg: ReproduceConfig, out: Path) -> dict:
     rows = row_specs(cfg)
     first = rows[0][1]  # the rows differ in estimator, k and binarization only: data and device are shared
     ds, device, t = load_dataset(first.data.dataset), resolve_device(first.training.device), first.training
