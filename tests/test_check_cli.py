@@ -98,7 +98,6 @@ def test_check_nonlinear_toys_pass_with_defaults(toy, tmp_path):
     by = {(c["name"], c["estimator"]): c for c in result["checks"]}
     assert by[("quadrature_converged", "-")]["value"] < 1e-6
     assert by[("iwae_close_to_log_px", "iwae[k=5000]")]["value"] < 0.05
-    assert result["seconds"] < 120
 
 
 @pytest.mark.slow
