@@ -49,6 +49,9 @@ GRAD_REL_TOL = 1e-6
 GRAD_DETERMINISTIC_REL = 1e-5
 Z_TOL = 4.0
 PASS, FAIL, SKIP = "pass", "fail", "skip"
+#: a check that could not run (the estimator or its reference raised): never a pass; ``skip`` is kept
+#: for deliberate, documented not-applicable cases (an invalid estimator, no CUDA)
+ERROR = "error"
 
 
 @dataclass
