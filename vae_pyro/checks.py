@@ -282,11 +282,17 @@ def gradient_directions(vae, x: torch.Tensor, num_random: int = 3, pilot_particl
     the direction of a pilot gradient of the ``reference`` estimator (``pilot_particles`` samples,
     drawn independently of the draws that are tested, so the direction does not favour them) and
     ``num_random`` Gaussian directions from a seeded generator. Returns one (K, numel) float64
-    tensor per parameter."""
+    tensor per parameter. Every draw is seeded by ``seed``: the pilot's noise comes from a seed drawn
+    from ``torch.Generator().manual_seed(seed)``, inside ``fork_rng``, so the directions depend on
+    ``seed`` only (not on what ran before) and the caller's random stream is left as it was."""
     names, params = _params(vae)
     est = build_estimator(reference, pilot_particles)
-    pilot = torch.autograd.grad(est.differentiable_loss(vae, x) / x.shape[0], params, allow_unused=True)
     gen = torch.Generator().manual_seed(seed)
+    pilot_seed = int(torch.randint(2 ** 62, (1,), generator=gen))
+    cuda = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(pilot_seed)
+        pilot = torch.autograd.grad(est.differentiable_loss(vae, x) / x.shape[0], params, allow_unused=True)
     out = []
     for p, g in zip(params, pilot):
         rand = torch.randn(num_random, p.numel(), generator=gen, dtype=torch.float64).to(p.device)
