@@ -126,15 +126,15 @@ def test_check_refuses_a_toy_with_a_prior():
 
 
 @pytest.mark.slow
-def test_check_mnist_vae_with_a_mixture_prior_uses_the_tmf_reference(tmp_path, capsys):
+def test_check_mnist_vae_with_a_mixture_prior_uses_the_hand_written_reference(tmp_path, capsys):
     """--prior works on `check` too: no closed-form KL for a MoG, so analytic drops out, the reference
-    is tmf with 8 particles, and every remaining check passes (30 draws each, tolerances as in compare)."""
+    is hand_mc (hand-written, no Pyro) with 8 particles, and every remaining check passes (30 draws each, tolerances as in compare)."""
     out = tmp_path / "check.json"
     code = main(["check", "--prior", "mog", "--set", "networks.hidden=[64]", "--set", "networks.z_dim=8",
                  "--epochs", "1", "--draws", "30", "--grad-draws", "30", "--no-progress", "--json", str(out)])
     result = json.loads(out.read_text())
     assert code == 0, capsys.readouterr().out
-    assert result["reference"]["estimator"] == "tmf" and result["reference"]["particles"] == 8
+    assert result["reference"]["estimator"] == "hand_mc" and result["reference"]["particles"] == 8
     assert "prior mog" in result["data"]
     checked = {c["estimator"] for c in result["checks"] if c["name"] == "monte_carlo"}
     assert "analytic" not in checked and {"trace", "tmf", "jit_tmf"} <= checked

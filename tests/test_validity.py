@@ -60,7 +60,7 @@ def test_compare_on_a_prior_without_closed_form_skips_analytic_and_says_why(tmp_
     assert code == 0, printed
     result = json.loads(out.read_text())
     assert result["spec"] == "mog-bernoulli" and result["model"]["prior"] == "mog"
-    assert result["reference"]["estimator"] == "tmf" and result["reference"]["particles"] == 8
+    assert result["reference"]["estimator"] == "hand_mc" and result["reference"]["particles"] == 8
     by = {e["name"]: e for e in result["estimators"]}
     assert by["analytic"]["validity"]["kind"] == "invalid" and by["analytic"]["verdict"] == "skip"
     assert all(c["verdict"] == "skip" and "analytic is invalid here" in c["details"]["reason"]
@@ -69,7 +69,7 @@ def test_compare_on_a_prior_without_closed_form_skips_analytic_and_says_why(tmp_
         assert by[name]["validity"]["kind"] == "monte_carlo_kl" and by[name]["verdict"] == "pass"
         assert by[name]["z_vs_analytic"] is None and abs(by[name]["z_vs_reference"]) <= 4
     assert by["tmf"]["same_noise_max_abs_diff"] < 1e-10
-    assert "z vs tmf x8" in printed and "analytic skipped: the analytic loss has no closed-form KL" in printed
+    assert "z vs hand_mc x8" in printed and "analytic skipped: the analytic loss has no closed-form KL" in printed
     assert "overall: PASS" in printed
 
 

@@ -14,8 +14,8 @@
   (see :func:`gradient_check`).
 
 The reference (:func:`reference_for`) is the analytic loss where the prior has a closed-form KL. Where
-it has none the analytic loss refuses, and the reference is ``tmf`` with many particles (it is then
-the Monte Carlo KL, and the same-noise check has tied it to the hand-written recon + log q - log p).
+it has none the analytic loss refuses, and the reference is ``hand_mc`` with many particles: the
+hand-written recon + log q - log p at reparameterised z, no Pyro code (:mod:`vae_pyro.hand_reference`).
 * **devices**: the same numbers on CUDA as on the CPU (skipped, and reported as skipped, without CUDA).
 
 Tolerances and why:
@@ -94,14 +94,15 @@ class Reference:
 
 def reference_for(vae, particles: int = 1, reference_particles: int = 8) -> Reference:
     """``analytic`` (only the reconstruction is sampled) where the prior has a closed-form KL, else
-    ``tmf`` with ``reference_particles`` particles per draw (its s.e. shrinks like 1/sqrt(P))."""
+    ``hand_mc`` (:mod:`vae_pyro.hand_reference`: the hand-written log p(x|z) + log p(z) - log q(z|x),
+    no Pyro code) with ``reference_particles`` particles per draw (its s.e. shrinks like 1/sqrt(P))."""
     why_not = closed_form_kl_reason(vae)
     if why_not is None:
         return Reference("analytic", particles, "closed-form KL: the hand-derived loss is the reference")
-    return Reference("tmf", max(reference_particles, particles),
+    return Reference("hand_mc", max(reference_particles, particles),
                      f"no closed-form KL for prior {vae.prior.name!r}, so the analytic loss does not apply; "
-                     f"reference is tmf (Monte Carlo KL) with {max(reference_particles, particles)} particles, "
-                     "itself tied to the hand-written recon + log q - log p by the same-noise check")
+                     f"reference is hand_mc (hand-written recon + log q - log p at reparameterised z, no Pyro) "
+                     f"with {max(reference_particles, particles)} particles")
 
 
 def hand_neg_elbo(vae, x: torch.Tensor, num_particles: int, eps: torch.Tensor, sampled_kl: bool):

@@ -50,7 +50,7 @@ class CompareConfig:
     model: VAEConfig = field(default_factory=VAEConfig)
     progress: bool = True
     kl_anneal_epochs: int = 0
-    reference_particles: int = 8   # particles of the tmf reference where analytic is invalid
+    reference_particles: int = 8   # particles of the hand_mc reference where analytic is invalid
     z_tol: float = checks.Z_TOL
     same_noise_tol: float = checks.SAME_NOISE_TOL
     spec: str = "defaults"

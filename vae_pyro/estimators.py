@@ -336,3 +336,4 @@ def estimator_names() -> list[str]:
 # Imported last: they subclass the classes above and register themselves in ESTIMATORS.
 from . import iwae as _iwae  # noqa: E402,F401  (iwae, renyi0)
 from . import stl as _stl  # noqa: E402,F401  (stl)
+from . import hand_reference as _hand  # noqa: E402,F401  (hand_mc, the checks' reference without a closed-form KL)
