@@ -284,18 +284,27 @@ def _add_issue3_commands(sub) -> None:
                    help="samples per example held in memory at once (default: 500)")
 
 
+def check_config(args):
+    """``vae-pyro check``'s :class:`~vae_pyro.verify.CheckConfig`; its spec resolved like every other
+    command's (:func:`spec_from_args`)."""
+    from .verify import CheckConfig
+
+    spec = spec_from_args(args)
+    # --set training.epochs beats --epochs, as everywhere; neither given: check's own short default
+    epochs_set = args.epochs is not None or any(o.startswith("training.epochs=") for o in args.overrides)
+    return CheckConfig(toy=args.toy, device=args.device, seed=args.seed, particles=args.particles,
+                       draws=args.draws, grad_draws=args.grad_draws,
+                       epochs=spec.training.epochs if epochs_set else None,
+                       progress=not args.no_progress, spec=spec)
+
+
 def cmd_check(args) -> int:
-    from .verify import CheckConfig, check_table, run_check
+    from .verify import check_table, run_check
 
     if args.toy and (args.spec or args.prior or args.likelihood or args.overrides):
         raise ValueError("--toy models have their own prior and likelihood; drop --spec/--prior/--likelihood/--set, "
                          "or drop --toy to check the MNIST VAE they describe")
-    cfg = CheckConfig(toy=args.toy, device=args.device, seed=args.seed, particles=args.particles,
-                      draws=args.draws, grad_draws=args.grad_draws, epochs=args.epochs,
-                      progress=not args.no_progress,
-                      spec=load_spec(args.spec, overrides=args.overrides, prior=args.prior,
-                                     likelihood=args.likelihood))
-    result = run_check(cfg)
+    result = run_check(check_config(args))
     print(check_table(result))
     if args.json:
         report.write_json(args.json, result)
