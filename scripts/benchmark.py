@@ -11,7 +11,10 @@ train_step``, with the optimiser ``train`` uses: Adam, fused on CUDA), examples/
 estimators, and the median kept, so drifts in machine load hit every estimator alike), and peak memory.
 
 Rows: every estimator asked for (by default the eager Pyro ELBOs, their ``jit_*`` compilations and the
-captured ``*_graph`` estimators), plus ``pytorch_example``: a step written exactly as PyTorch's
+captured ``*_graph`` estimators); on CUDA also ``analytic_step_graph``, ``trace_step_graph`` and
+``tmf_step_graph``: the *whole* step (loss, backward and ``Adam(capturable=True)``) of the captured
+estimator replayed as one CUDA graph (``vae_pyro.captured_step``; on the CPU, where they run only if
+asked for, the same step eagerly); plus ``pytorch_example``: a step written exactly as PyTorch's
 ``examples/vae/main.py`` writes it (its own 784-400-20 model, sigmoid + ``binary_cross_entropy`` +
 KLD, Adam, and its ``loss.item()`` per step), so users see where vae-pyro stands against the code they
 know.
@@ -48,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vae_pyro.captured_step import CapturedTrainStep
 from vae_pyro.data import load_mnist5k, prepare
 from vae_pyro.estimators import DEFAULT_ESTIMATORS, build_estimator
 from vae_pyro.model import VAE
@@ -56,11 +60,15 @@ from vae_pyro.estimators.syncfree import step_without_validation
 from vae_pyro.train import make_optimizer, resolve_device, seed_all, time_steps, train_step
 
 REFERENCE = "pytorch_example"
-CAPTURED = ("analytic_graph", "trace_graph", "tmf_graph")
+#: whole-step rows: loss, backward and Adam(capturable=True) in one CUDA graph
+#: (vae_pyro.captured_step.CapturedTrainStep over the captured estimator's loss; eager on the CPU)
+WHOLE_STEP = {"analytic_step_graph": "analytic_graph", "trace_step_graph": "trace_graph",
+              "tmf_step_graph": "tmf_graph"}
+CAPTURED = ("analytic_graph", "trace_graph", "tmf_graph", *WHOLE_STEP)
 DEFAULT_CPU = ("analytic", *CAPTURED[:1], *DEFAULT_ESTIMATORS[1:], *CAPTURED[1:], REFERENCE)
 #: on CUDA without jit_tmf_pyro: it re-traces every step (tens of ms), a full epoch of it adds minutes
 DEFAULT_CUDA = ("analytic", "analytic_graph", "trace", "tmf", "jit_trace", "jit_tmf", "trace_graph", "tmf_graph",
-                REFERENCE)
+                *WHOLE_STEP, REFERENCE)
 WARMUP = 4
 
 
@@ -118,6 +126,8 @@ def make_step(name: str, device: torch.device):
             train_loss = loss.item()  # noqa: F841  (main.py accumulates it: a host read per step)
             optimizer.step()
         return step
+    if name in WHOLE_STEP:
+        return make_whole_step(WHOLE_STEP[name], device)
     vae = VAE().to(device)
     est = build_estimator(name)
     optimizer = make_optimizer(vae)  # as vae_pyro.train.train: fused Adam on CUDA
@@ -127,6 +137,24 @@ def make_step(name: str, device: torch.device):
         with step_without_validation(calls[0] == 0):
             train_step(vae, est, optimizer, x)
         calls[0] += 1
+    return step
+
+
+def make_whole_step(estimator: str, device: torch.device):
+    """``step(x)``: one :class:`~vae_pyro.captured_step.CapturedTrainStep` per batch shape (captured at
+    its first batch: not timed), all sharing one model and one capturable Adam, as ``train`` uses them."""
+    vae = VAE().to(device)
+    est = build_estimator(estimator)
+    optimizer = make_optimizer(vae, capturable=True)
+    per_shape: dict[tuple, CapturedTrainStep] = {}
+
+    def step(x):
+        if x.shape not in per_shape:
+            per_shape[x.shape] = CapturedTrainStep(vae, est, optimizer, tuple(x.shape), dtype=x.dtype)
+        with step_without_validation(step.calls == 0):  # as train(): the first step validated
+            per_shape[x.shape].step(x, 1.0)
+        step.calls += 1
+    step.calls = 0
     return step
 
 
@@ -298,7 +326,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", default=None, help="comma-separated (default: 32,128,512 on the CPU, "
                                                                  "128,1024 on CUDA)")
     parser.add_argument("--estimators", default=None,
-                        help=f"comma-separated, {REFERENCE} for PyTorch's example (default CPU: {','.join(DEFAULT_CPU)}; "
+                        help=f"comma-separated, {REFERENCE} for PyTorch's example, {','.join(WHOLE_STEP)} for the "
+                             f"whole step captured (default CPU: {','.join(DEFAULT_CPU)}; "
                              f"CUDA: {','.join(DEFAULT_CUDA)})")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat without --epoch-examples "
                                                                "(default: 20)")
@@ -329,7 +358,7 @@ def main(argv=None) -> int:
         batch_sizes = [int(b) for b in (args.batch_sizes or ("128,1024" if cuda else "32,128,512")).split(",")]
         names = [n for n in (args.estimators or ",".join(DEFAULT_CUDA if cuda else DEFAULT_CPU)).split(",") if n]
         for n in names:
-            if n != REFERENCE:
+            if n != REFERENCE and n not in WHOLE_STEP:
                 build_estimator(n)
         epoch_examples = args.epoch_examples if args.epoch_examples is not None else (60000 if cuda else 0)
         repeats = args.repeats if args.repeats is not None else (2 if cuda else 3)

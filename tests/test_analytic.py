@@ -1,4 +1,4 @@
-"""The hand-derived loss (vae_pyro.analytic): each piece against an independent reference."""
+"""The hand-derived loss (vae_pyro.estimators.analytic): each piece against an independent reference."""
 
 from __future__ import annotations
 

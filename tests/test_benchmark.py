@@ -58,7 +58,7 @@ def test_the_reference_step_is_pytorchs_example():
         import benchmark
     finally:
         sys.path.remove(str(SCRIPT.parent))
-    from vae_pyro.analytic import bernoulli_neg_log_lik, gaussian_kl_to_standard_normal
+    from vae_pyro.estimators.analytic import bernoulli_neg_log_lik, gaussian_kl_to_standard_normal
 
     gen = torch.Generator().manual_seed(0)
     logits, mu, logvar = (torch.randn(5, n, generator=gen, dtype=torch.float64) for n in (784, 20, 20))
@@ -95,3 +95,17 @@ def test_a_capture_that_fails_is_isolated_and_reported():
     failed = benchmark.capture_preflight(["analytic", "analytic_graph"], [8])
     assert list(failed) == ["analytic_graph"]  # only the captured estimators are probed
     assert "CUDA" in failed["analytic_graph"] or "cuda" in failed["analytic_graph"]
+
+
+def test_benchmark_whole_step_rows_run_on_the_cpu(tmp_path):
+    """The whole-step rows (on the CPU the same step, eager) run and get ratios like every row."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--batch-sizes", "8",
+                           "--estimators", "analytic_step_graph,trace_step_graph,tmf_step_graph", "--steps", "2",
+                           "--repeats", "1", "--no-memory", "--json", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["estimator"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"analytic", "analytic_graph", "analytic_step_graph", "trace_step_graph", "tmf_step_graph"}
+    for r in rows.values():
+        assert r["ratio_to_analytic"] == pytest.approx(r["ms_per_step"] / rows["analytic"]["ms_per_step"])

@@ -129,9 +129,12 @@ def nll(spec=None, *, k: int = 5000, examples: int = 1000, chunk: int = 500, che
 
 
 def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | None = None, resume: bool = False,
-          progress: bool = False, explicit_estimator: bool = False, **settings) -> dict:
+          progress: bool = False, explicit_estimator: bool = False, capture_step: bool = False,
+          **settings) -> dict:
     """Train with the spec's estimator; per-epoch train/test -ELBO (test by ``eval_estimator``, default
-    the training one). ``checkpoint``: saved there after every epoch; ``resume``: continue from it."""
+    the training one). ``checkpoint``: saved there after every epoch; ``resume``: continue from it.
+    ``capture_step``: each full-size batch's whole step replayed as one captured step
+    (:class:`~vae_pyro.captured_step.CapturedTrainStep`; a CUDA graph on CUDA)."""
     if resume and not checkpoint:
         raise ValueError("--resume needs --checkpoint PATH")
     from .model import VAE
@@ -141,11 +144,15 @@ def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | Non
     trainer, note = training_estimator(probe, spec.training.estimator, explicit_estimator)
     if eval_estimator is not None:
         training_estimator(probe, eval_estimator, explicit=True)
+    if capture_step:
+        from .captured_step import captured_loss_fn
+
+        captured_loss_fn(build_estimator(trainer))  # a ValueError naming the allowed ones, before any work
     run = prepare_run(spec)
     run.vae.check_data(run.x_test)
     eval_est = build_estimator(eval_estimator or trainer, spec.checks.particles)
     history, training = _fit(run, trainer, note, progress, x_test=run.x_test, eval_estimator=eval_est,
-                             checkpoint=checkpoint, resume=resume)
+                             checkpoint=checkpoint, resume=resume, capture=capture_step)
     out = _header("train", run)
     out.update({"particles": spec.checks.particles, "estimator": training["estimator"],
                 "eval_estimator": eval_est.name, "training": training, "kl_weight": spec.training.kl_weight,

@@ -83,7 +83,7 @@ def cmd_nll(args) -> int:
 
 def cmd_train(args) -> int:
     result = api.train(spec_from_args(args), eval_estimator=args.eval_estimator, checkpoint=args.checkpoint,
-                       resume=args.resume, progress=not args.no_progress,
+                       resume=args.resume, progress=not args.no_progress, capture_step=args.capture_step,
                        explicit_estimator=args.estimator is not None)
     print(report.train_lines(result))
     _write_json(args, result)

@@ -2,7 +2,7 @@
 q(z|x)).
 
 One set of ``nn.Module``s serves both worlds: the Pyro estimators run ``model``/``guide``; the
-hand-written loss (:mod:`vae_pyro.analytic`) calls ``encoder``/``decoder`` directly. So every
+hand-written loss (:mod:`vae_pyro.estimators.analytic`) calls ``encoder``/``decoder`` directly. So every
 estimator sees the very same parameters, and a difference between them is a difference of estimator.
 
     def model(x, beta):                             def guide(x, beta):

@@ -162,24 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_compare_and_train(sub) -> None:
-    p = sub.add_parser("compare", help="train briefly, then check every estimator against the analytic ELBO",
-                       description="Train the VAE briefly, then for every estimator: -ELBO (mean ± s.e.), "
-                                   "same-noise identity, Monte Carlo z-score, gradient agreement, device "
-                                   "agreement and ms/step, as a table (and JSON with --json). Exits 1 if a check fails.")
-    add_run_options(p, epochs=10)
-    p.add_argument("--estimators", type=estimator_list, default=None,
-                   help=f"comma-separated estimators to compare (default: {','.join(DEFAULT_ESTIMATORS)}; "
-                        f"all: {','.join(estimator_names())})")
+    p = _training_command(sub, "compare", 10, "train briefly, then check every estimator against the analytic ELBO",
+                          "Train the VAE briefly, then for every estimator: -ELBO (mean ± s.e.), "
+                          "same-noise identity, Monte Carlo z-score, gradient agreement, device "
+                          "agreement and ms/step, as a table (and JSON with --json). Exits 1 if a check fails.")
+    _estimators_option(p, f"comma-separated estimators to compare (default: {','.join(DEFAULT_ESTIMATORS)}; "
+                          f"all: {','.join(estimator_names())})")
     p.add_argument("--draws", type=positive_int, default=None,
                    help="independent draws per estimator for the Monte Carlo check (default: 100)")
     p.add_argument("--grad-draws", type=positive_int, default=None,
                    help="independent gradient draws per estimator (default: 50)")
     add_checkpoint_option(p)
 
-    p = sub.add_parser("train", help="train with one estimator and report the test -ELBO",
-                       description="Train the VAE with any estimator; prints per-epoch train/test -ELBO in "
-                                   "nats per example (test -ELBO by the analytic loss unless --eval-estimator).")
-    add_run_options(p, epochs=10)
+    p = _training_command(sub, "train", 10, "train with one estimator and report the test -ELBO",
+                          "Train the VAE with any estimator; prints per-epoch train/test -ELBO in "
+                          "nats per example (test -ELBO by the analytic loss unless --eval-estimator).")
     p.add_argument("--estimator", type=estimator_name, default=None,
                    help=f"estimator to train with: {', '.join(estimator_names())} (default: analytic)")
     p.add_argument("--eval-estimator", type=estimator_name, default=None,
@@ -188,19 +185,30 @@ def _add_compare_and_train(sub) -> None:
                    help="save model and optimizer here after every epoch (atomically; a NaN leaves the last good one)")
     p.add_argument("--resume", action="store_true",
                    help="continue from --checkpoint up to --epochs (the model options must match it)")
+    p.add_argument("--capture-step", action="store_true",
+                   help="run each full-size batch's whole step (loss, backward, Adam) as one captured step: "
+                        "a CUDA-graph replay on CUDA (analytic, trace, tmf and their *_graph twins)")
 
+
+def _training_command(sub, name: str, epochs: int, help_text: str, description: str) -> argparse.ArgumentParser:
+    """A command that trains a VAE: its parser, with the spec, run, data and model options."""
+    p = sub.add_parser(name, help=help_text, description=description)
+    add_run_options(p, epochs=epochs)
+    return p
+
+
+def _estimators_option(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--estimators", type=estimator_list, default=None, help=help_text)
 
 
 def _add_experiment(sub) -> None:
-    p = sub.add_parser("experiment", help="train one model per estimator; write metrics, plots and a report",
-                       description="Train one VAE per estimator from the same seed, log per-epoch train/test "
-                                   "-ELBO and wall time, and write metrics.json, metrics.csv, plots and report.md "
-                                   "into --out.")
-    add_run_options(p, epochs=20)
+    p = _training_command(sub, "experiment", 20, "train one model per estimator; write metrics, plots and a report",
+                          "Train one VAE per estimator from the same seed, log per-epoch train/test "
+                          "-ELBO and wall time, and write metrics.json, metrics.csv, plots and report.md "
+                          "into --out.")
     p.add_argument("--out", default="runs/experiment", help="run folder (default: runs/experiment)")
-    p.add_argument("--estimators", type=estimator_list, default=None,
-                   help="comma-separated estimators to train with (default: analytic,trace,tmf, those valid "
-                        "for the prior)")
+    _estimators_option(p, "comma-separated estimators to train with (default: analytic,trace,tmf, those valid "
+                          "for the prior)")
     p.add_argument("--variance-draws", type=positive_int, default=50,
                    help="draws per estimator for the variance plot (default: 50)")
     p.add_argument("--nll-k", type=non_negative_int, default=1000,
@@ -261,11 +269,10 @@ def _add_check_and_nll(sub) -> None:
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
     add_checkpoint_option(p)
 
-    p = sub.add_parser("nll", help="test-set negative log-likelihood by IWAE with k samples (Burda et al. 2015)",
-                       description="Train the VAE, then estimate -log p(x) on the test digits with IWAE_k "
-                                   "(k = 5,000 by default, as in Burda et al. 2015), in batches, with a progress bar. "
-                                   "Reports the binarization: static and dynamic differ by a few nats.")
-    add_run_options(p, epochs=10)
+    p = _training_command(sub, "nll", 10, "test-set negative log-likelihood by IWAE with k samples (Burda et al. 2015)",
+                          "Train the VAE, then estimate -log p(x) on the test digits with IWAE_k "
+                          "(k = 5,000 by default, as in Burda et al. 2015), in batches, with a progress bar. "
+                          "Reports the binarization: static and dynamic differ by a few nats.")
     p.add_argument("--k", type=positive_int, default=5000, help="importance samples per digit (default: 5000)")
     p.add_argument("--examples", type=positive_int, default=1000,
                    help="test digits to evaluate, every (1000 / N)-th so all classes appear (default: all 1000)")

@@ -81,7 +81,8 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
           lr: float = 1e-3, dynamic: bool = False, x_test: torch.Tensor | None = None,
           eval_estimator: Estimator | None = None, generator: torch.Generator | None = None,
           progress: bool = True, optimizer: torch.optim.Optimizer | None = None,
-          kl_anneal_epochs: int = 0, checkpoint: str | None = None, resume: bool = False) -> list[EpochLog]:
+          kl_anneal_epochs: int = 0, checkpoint: str | None = None, resume: bool = False,
+          capture: bool = False) -> list[EpochLog]:
     """Adam on ``estimator.differentiable_loss / batch``. ``dynamic=True``: ``x_train`` holds grey
     levels and every batch is a fresh Bernoulli draw. Raises :class:`TrainingError` on a NaN loss.
 
@@ -102,8 +103,12 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
     ``config.kl_weight`` over that many epochs, by setting ``vae.kl_weight`` before each step: every
     estimator reads it there (the JIT ones as a graph input), so all of them optimise the same
     annealed objective. Afterwards ``vae.kl_weight`` is the target again, so evaluation and the
-    checks see the objective the spec names."""
-    optimizer = optimizer or make_optimizer(vae, lr)
+    checks see the objective the spec names.
+
+    ``capture=True``: full-size batches go through one :class:`vae_pyro.captured_step.CapturedTrainStep`
+    (on CUDA the whole step, Adam included, is one CUDA-graph replay; the optimiser must then be
+    ``Adam(capturable=True)``, which the default one is), other batches through :func:`train_step`."""
+    optimizer = optimizer or make_optimizer(vae, lr, capturable=capture)
     target = float(vae.config.kl_weight)
     batches = Batches(x_train, batch_size, dynamic=dynamic, generator=generator)
     if not dynamic:
@@ -120,6 +125,7 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
         torch.set_rng_state(payload["torch_rng"])
         if generator is not None and "generator" in payload["extra"]:
             generator.set_state(payload["extra"]["generator"])
+    whole_step = _captured_step(vae, estimator, optimizer, x_train, batch_size) if capture else None
     remaining = max(epochs - first_epoch + 1, 0)
     bar = tqdm(total=remaining * len(batches), desc=f"train[{estimator.name}]", disable=not progress,
                unit="step", leave=False)
@@ -132,7 +138,10 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
                 global_step += 1
                 vae.kl_weight = kl_weight_at(global_step, target, warmup_steps)
                 with step_without_validation(global_step == 1):
-                    losses[step - 1] = train_step(vae, estimator, optimizer, x)
+                    if whole_step is not None and whole_step.fits(x):
+                        losses[step - 1] = whole_step.step(x, vae.kl_weight)
+                    else:
+                        losses[step - 1] = train_step(vae, estimator, optimizer, x)
                 bar.update(1)
                 if step % READ_EVERY == 0 or step == len(batches):
                     _read_losses(losses, step, epoch, estimator, bar)
@@ -153,27 +162,42 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
     return history
 
 
+def _captured_step(vae, estimator, optimizer, x_train, batch_size: int):
+    """The whole-step capture for ``train(capture=True)``, built after any resume (it holds the
+    optimiser's state tensors, which loading a checkpoint would replace)."""
+    from vae_pyro.captured_step import CapturedTrainStep  # here: it imports this module
+
+    return CapturedTrainStep(vae, estimator, optimizer, (batch_size, *x_train.shape[1:]), dtype=x_train.dtype)
+
+
 def train_step(vae, estimator: Estimator, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> torch.Tensor:
     """One step of Adam on -ELBO/example; returns the loss as a detached device tensor, never read
     here (a read would wait for the GPU to finish the step)."""
     optimizer.zero_grad()
     loss = estimator.differentiable_loss(vae, x) / x.shape[0]
     loss.backward()
-    bad = ~torch.isfinite(loss.detach())  # a non-finite step is neutralised on the device, not read:
+    neutralise_nonfinite(vae, optimizer, loss)
+    optimizer.step()
+    return loss.detach()
+
+
+def neutralise_nonfinite(vae, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """Before ``optimizer.step()``: a non-finite step is neutralised on the device, not read."""
+    bad = ~torch.isfinite(loss.detach())
     if optimizer.defaults.get("fused"):
         optimizer.found_inf = bad.float()  # fused Adam skips the whole update (GradScaler's protocol)
     else:
         for p in vae.parameters():  # elsewhere its gradient is zeroed (Adam's momentum still moves)
             if p.grad is not None:
                 p.grad.masked_fill_(bad, 0.0)
-    optimizer.step()
-    return loss.detach()
 
 
-def make_optimizer(vae, lr: float = 1e-3) -> torch.optim.Optimizer:
+def make_optimizer(vae, lr: float = 1e-3, capturable: bool = False) -> torch.optim.Optimizer:
     """Adam over the VAE's parameters; fused on CUDA (one kernel for all parameters instead of a
-    dozen multi-tensor launches, and a NaN step is skipped on the device: :func:`train_step`)."""
-    return torch.optim.Adam(vae.parameters(), lr=lr, fused=vae.device.type == "cuda")
+    dozen multi-tensor launches, and a NaN step is skipped on the device: :func:`train_step`).
+    ``capturable``: on CUDA, an Adam whose step can be recorded in a CUDA graph (``captured_step``)."""
+    cuda = vae.device.type == "cuda"
+    return torch.optim.Adam(vae.parameters(), lr=lr, fused=cuda, capturable=capturable and cuda)
 
 
 def _read_losses(losses: torch.Tensor, step: int, epoch: int, estimator: Estimator, bar) -> None:

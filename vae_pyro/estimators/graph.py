@@ -21,8 +21,10 @@ log-densities, the same KL rule), only not re-interpreted every step.
   generator, whose offset advances at every replay, so each replay draws fresh noise. **Adam runs
   beside the graph** (an ordinary eager ``optimizer.step()``; fused Adam on CUDA, one kernel):
   every estimator then shares the same optimiser code, checkpointing and KL annealing work unchanged,
-  and the loss's value and gradient are available to the checks; a whole-step graph with
-  ``Adam(capturable=True)`` would save those few launches but tie the optimiser into the estimator.
+  and the loss's value and gradient are available to the checks. The whole step in one graph, with
+  ``Adam(capturable=True)``, is :class:`vae_pyro.captured_step.CapturedTrainStep` (over the same
+  ``loss_fn``), which ``train(capture=True)`` uses: it ties the optimiser into the graph, so it is a
+  training step, not an estimator.
 * **CPU**: ``torch.jit.trace`` of the same module (TorchScript; Pyro's ``pyro.ops.jit`` and our
   ``jit_*`` estimators use the same tracer), replayed by the TorchScript interpreter.
 
