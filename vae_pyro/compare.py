@@ -38,7 +38,7 @@ class CompareConfig(RunSettings):
     estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
     train_estimator: str = "analytic"
     model: VAEConfig = field(default_factory=VAEConfig)
-    reference_particles: int = 8   # particles of the tmf reference where analytic is invalid
+    reference_particles: int = 8   # particles of the hand_mc reference where analytic is invalid
     z_tol: float = checks.Z_TOL
     same_noise_tol: float = checks.SAME_NOISE_TOL
 

@@ -111,8 +111,9 @@ def check_before_work(spec, *, json=None, checkpoint=None, resume: bool = False,
 
 def training_estimator(vae, requested: str, explicit: bool = False) -> tuple[str, str | None]:
     """``(name, note)``: the estimator to train with, the same rule for every command. ``requested``
-    when it applies to this VAE. Else, when it came from a spec (or its default), the one the checks
-    use as reference (``analytic`` with a closed-form KL, else ``tmf``), with a note saying why that
+    when it applies to this VAE. Else, when it came from a spec (or its default), the trainer of
+    :func:`~vae_pyro.checks.agreement.reference_for` (``analytic`` with a closed-form KL, else ``tmf``;
+    the checks' reference there is ``hand_mc``), with a note saying why that
     every training command prints and writes to its JSON; when the user named it (``explicit``), a
     ``ValueError`` naming it, why, and a valid one."""
     from .checks.agreement import reference_for
@@ -120,7 +121,7 @@ def training_estimator(vae, requested: str, explicit: bool = False) -> tuple[str
     valid = build_estimator(requested).validity(vae)
     if valid.valid:
         return requested, None
-    chosen = reference_for(vae).estimator
+    chosen = reference_for(vae).trainer
     if explicit:
         raise ValueError(f"estimator {requested!r} is invalid for prior {vae.prior.name!r}: {valid.reason} "
                          f"(e.g. --estimator {chosen})")

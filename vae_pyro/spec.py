@@ -81,7 +81,7 @@ FIELDS: dict[str, dict[str, Option]] = {
         "draws": Option(int, 100, low=2),
         "grad_draws": Option(int, 50, low=2),
         "grad_batch": Option(int, 256, low=1),
-        "reference_particles": Option(int, 8, low=1, help="particles of the tmf reference where analytic is invalid"),
+        "reference_particles": Option(int, 8, low=1, help="particles of the hand_mc reference where analytic is invalid"),
         "timing_steps": Option(int, 20, low=1),
         "z_tol": Option(float, 4.0, low=0.0),
         "same_noise_tol": Option(float, 1e-8, low=0.0),

@@ -6,7 +6,7 @@ they share are in :mod:`.stats`, the result type and tolerances in :mod:`.result
 form of a |z| tolerance at a number of draws (how every Monte Carlo check applies ``Z_TOL``) in
 :mod:`.tolerances`."""
 
-from .result import EXACT_TOL, FAIL, GRAD_DETERMINISTIC_REL, GRAD_REL_TOL, IWAE_GAP_TOL, PASS, QUAD_TOL
+from .result import ERROR, EXACT_TOL, FAIL, GRAD_DETERMINISTIC_REL, GRAD_REL_TOL, IWAE_GAP_TOL, PASS, QUAD_TOL
 from .result import SAME_NOISE_TOL, SKIP, STL_RATIO_TOL, Z_TOL, CheckResult, overall, result, skipped
 from .result import torch_threads, verdict_of
 from .tolerances import t_tolerance, welch_df, z_tolerances
@@ -15,7 +15,7 @@ from .agreement import AGREEMENT_CHECKS, Agreement, AgreementSetup, Reference, d
 from .agreement import monte_carlo_check, recorded_pyro_loss, reference_for, run_agreement, same_noise_check
 
 __all__ = [
-    "AGREEMENT_CHECKS", "Agreement", "AgreementSetup", "CheckResult", "EXACT_TOL", "FAIL", "GRAD_DETERMINISTIC_REL",
+    "AGREEMENT_CHECKS", "Agreement", "AgreementSetup", "CheckResult", "ERROR", "EXACT_TOL", "FAIL", "GRAD_DETERMINISTIC_REL",
     "GRAD_REL_TOL", "GradStats", "IWAE_GAP_TOL", "MCStats", "PASS", "QUAD_TOL", "Reference", "SAME_NOISE_TOL", "SKIP",
     "STL_RATIO_TOL", "Z_TOL", "device_check", "gradient_check", "gradient_directions", "gradient_draws", "loss_draws",
     "mean_se", "monte_carlo_check", "overall", "recorded_pyro_loss", "reference_for", "result", "run_agreement",
