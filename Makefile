@@ -17,9 +17,10 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
 	touch $@
 
-# The estimator comparison on the embedded digits (about a minute on 2 CPU cores).
+# The estimator comparison on the embedded digits (about a minute on 2 CPU cores); --force: each run
+# replaces the previous runs/compare.json (vae-pyro refuses to overwrite results otherwise).
 compare: venv
-	$(BIN)/vae-pyro compare --json runs/compare.json
+	$(BIN)/vae-pyro compare --json runs/compare.json --force
 
 # Fast set, then the bounded slow set (statistical tests with many draws); under 10 minutes.
 test: venv

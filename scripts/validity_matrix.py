@@ -25,7 +25,8 @@ by hand. `tests/test_validity.py` fails when this file is stale.
 - **MC**: the KL term is the Monte Carlo estimate log q(z|x) - log p(z) at the sampled z. For `tmf`
   and its JIT variants this is Pyro's *silent* fallback when torch registers no KL for the pair.
 - **invalid**: the estimator does not apply; `vae-pyro compare` skips its checks with the reason,
-  and the Monte Carlo and gradient checks use `tmf` with many particles as the reference instead.
+  and the Monte Carlo and gradient checks use `hand_mc` (hand-written, no Pyro) with many particles as
+  the reference instead; a command that trains uses `tmf`.
 
 """
 

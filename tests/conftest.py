@@ -3,6 +3,7 @@ point (at random weights every estimator agrees trivially well)."""
 
 from __future__ import annotations
 
+import pyro
 import pytest
 import torch
 
@@ -20,6 +21,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def seed_every_test():
+    """Every test starts from the same random state (torch, NumPy, Python; Pyro samples from torch's),
+    so a draw a test does not seed itself cannot depend on which tests ran before it."""
+    pyro.set_rng_seed(0)
 
 
 @pytest.fixture(autouse=True, scope="session")

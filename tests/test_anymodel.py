@@ -59,3 +59,43 @@ def test_bad_draws_is_a_clear_error():
 
     with pytest.raises(ValueError, match="draws and grad_draws must be >= 2, got 1 and 50"):
         vae_pyro.check_estimators(lambda: None, lambda: None, draws=1)
+
+
+class _Crashes(pyro.infer.Trace_ELBO):
+    """A real Pyro ELBO that cannot run: it raises the way a broken estimator does."""
+
+    def loss(self, model, guide, *args, **kwargs):
+        raise RuntimeError("shape mismatch in the likelihood\nsecond line")
+
+    differentiable_loss = loss
+
+
+def _tiny():
+    def model():
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    def guide():
+        pyro.sample("z", dist.Normal(0.5, 1.2))
+
+    return model, guide
+
+
+def test_an_estimator_that_crashes_is_an_error_not_a_pass():
+    model, guide = _tiny()
+    report = vae_pyro.check_estimators(model, guide, draws=10, grad_draws=2, estimators={
+        "Trace_ELBO": pyro.infer.Trace_ELBO(), "broken": _Crashes()})
+    broken = [c for c in report.checks if c.estimator == "broken"]
+    assert broken and all(c.verdict == "error" for c in broken)
+    assert broken[0].details["reason"] == ("broken could not run on this model: RuntimeError: "
+                                           "shape mismatch in the likelihood")
+    assert not report.ok and "overall: FAIL" in report.table()
+
+
+def test_a_reference_that_crashes_makes_every_check_an_error():
+    model, guide = _tiny()
+    report = vae_pyro.check_estimators(model, guide, draws=10, grad_draws=2, estimators={
+        "broken": _Crashes(), "Trace_ELBO": pyro.infer.Trace_ELBO()})
+    assert report.checks and all(c.verdict == "error" for c in report.checks)
+    assert "the reference broken could not run" in next(
+        c for c in report.checks if c.estimator == "Trace_ELBO").details["reason"]
+    assert not report.ok

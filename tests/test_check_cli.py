@@ -15,6 +15,26 @@ from vae_pyro.estimators import Estimator, build_estimator
 
 CHECK_KEYS = {"name", "value", "reference", "tolerance", "verdict"}
 
+#: Regression values: the README's table of `vae-pyro check --toy NAME` at the default seed (exact
+#: log p(x), nats/example, and |IWAE_5000 - log p(x)|, "measured" in the README's text). The toys are
+#: trained from a fixed seed on one thread, so these are reproducible numbers, not laws: if a change
+#: of torch or of the toy training moves them, re-measure and update the README with them. Tolerances:
+#: log p(x) is quoted to 4 decimals (rounding <= 5e-5) and its computation is exact to 1e-9 (closed
+#: form) or 6e-8 (quadrature, n vs 2n points), so 1e-4; the IWAE gap is quoted to one significant
+#: digit, so half a unit of that digit.
+README_TOYS = {  # toy: (exact log p(x), its tolerance, IWAE_5000 gap, its tolerance)
+    "linear_gaussian": (40.7282, 1e-4, 0.0008, 0.00005),
+    "bernoulli_2d": (-48.8866, 1e-4, 0.003, 0.0005),
+    "bernoulli_1d": (-50.1918, 1e-4, 0.003, 0.0005),
+}
+
+
+def assert_readme_values(result):
+    log_px, log_px_tol, gap, gap_tol = README_TOYS[result["toy"]]
+    assert result["exact_log_px"] == pytest.approx(log_px, abs=log_px_tol)
+    (close,) = [c for c in result["checks"] if c["name"] == "iwae_close_to_log_px"]
+    assert abs(close["value"]) == pytest.approx(gap, abs=gap_tol)
+
 
 def test_check_linear_gaussian_passes_and_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "check.json"
@@ -32,6 +52,7 @@ def test_check_linear_gaussian_passes_and_writes_the_documented_json(tmp_path, c
     for c in result["checks"]:
         assert CHECK_KEYS <= set(c) and c["verdict"] == "pass"
     assert "overall: PASS" in printed
+    assert_readme_values(result)  # the IWAE draws are seeded apart from the gradient draws
 
 
 class _Flipped(Estimator):
@@ -90,25 +111,28 @@ def test_check_nonlinear_toys_pass_with_defaults(toy, tmp_path):
     by = {(c["name"], c["estimator"]): c for c in result["checks"]}
     assert by[("quadrature_converged", "-")]["value"] < 1e-6
     assert by[("iwae_close_to_log_px", "iwae[k=5000]")]["value"] < 0.05
-    assert result["seconds"] < 120
+    assert_readme_values(result)
 
 
 @pytest.mark.slow
-def test_check_mnist_vae_runs_the_agreement_checks_and_iwae_above_elbo(tmp_path):
+def test_check_mnist_vae_passes_with_its_verdict_and_exit_code(tmp_path):
+    """The command's verdict on the MNIST VAE is asserted, not just that it ran: every check passes
+    (or is a documented skip: no CUDA, estimators without a same-noise identity) and the exit code is
+    0. 30 draws each, as in the prior sweep: per-check two-sided p = 6e-5 at |z| = 4 under agreement,
+    with ~40 statistical checks here a false alarm has probability < 1% (and seeds are fixed)."""
     out = tmp_path / "check.json"
-    proc = subprocess.run([sys.executable, "-m", "vae_pyro.cli", "check", "--epochs", "1", "--draws", "10",
-                           "--grad-draws", "10", "--no-progress", "--json", str(out)],
-                          capture_output=True, text=True, timeout=400)
+    proc = subprocess.run([sys.executable, "-m", "vae_pyro.cli", "check", "--epochs", "1", "--draws", "30",
+                           "--grad-draws", "30", "--no-progress", "--json", str(out)],
+                          capture_output=True, text=True, timeout=900)
     result = json.loads(out.read_text())
     by = {(c["name"], c["estimator"]): c for c in result["checks"]}
     assert result["exact_log_px"] is None and result["binarization"] == "static"
     assert by[("iwae_same_noise", "iwae vs renyi0")]["value"] < 1e-8
     assert by[("iwae_at_least_elbo", "iwae[k=50]")]["details"]["mean_difference"] > 0
-    # 10 draws make a t-statistic with heavy tails, so judge only the exact checks here; the
-    # statistical ones with proper draws are in test_checks.py
-    assert all(c["verdict"] == "pass" for c in result["checks"] if c["name"] == "same_noise"
-               and c["estimator"] != "stl")
-    assert proc.returncode in (0, 1)
+    not_passed = [(c["name"], c["estimator"], c["verdict"], c["value"]) for c in result["checks"]
+                  if c["verdict"] != "pass"]
+    assert all(v == "skip" for _, _, v, _ in not_passed), not_passed
+    assert result["verdict"] == "pass" and proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_check_refuses_a_toy_with_a_prior():
@@ -119,15 +143,15 @@ def test_check_refuses_a_toy_with_a_prior():
 
 
 @pytest.mark.slow
-def test_check_mnist_vae_with_a_mixture_prior_uses_the_tmf_reference(tmp_path, capsys):
+def test_check_mnist_vae_with_a_mixture_prior_uses_the_hand_written_reference(tmp_path, capsys):
     """--prior works on `check` too: no closed-form KL for a MoG, so analytic drops out, the reference
-    is tmf with 8 particles, and every remaining check passes (30 draws each, tolerances as in compare)."""
+    is hand_mc (hand-written, no Pyro) with 8 particles, and every remaining check passes (30 draws each, tolerances as in compare)."""
     out = tmp_path / "check.json"
     code = main(["check", "--prior", "mog", "--set", "networks.hidden=[64]", "--set", "networks.z_dim=8",
                  "--epochs", "1", "--draws", "30", "--grad-draws", "30", "--no-progress", "--json", str(out)])
     result = json.loads(out.read_text())
     assert code == 0, capsys.readouterr().out
-    assert result["reference"]["estimator"] == "tmf" and result["reference"]["particles"] == 8
+    assert result["reference"]["estimator"] == "hand_mc" and result["reference"]["particles"] == 8
     assert "prior mog" in result["data"]
     checked = {c["estimator"] for c in result["checks"] if c["name"] == "monte_carlo"}
     assert "analytic" not in checked and {"trace", "tmf", "jit_tmf"} <= checked

@@ -43,8 +43,9 @@ def test_same_noise_identity_holds_to_float64_precision(name, particles, small_v
     assert r.verdict == "pass"
     assert r.value < 1e-10  # nats/example; the differences are pure float64 rounding
     assert r.details["grad_max_rel_diff"] < 1e-10
-    if name == "trace":
-        assert r.details["recon_term_max_abs_diff"] < 1e-10
+    # the value difference is the only value statistic: a "recon term" difference would be the same
+    # number rearranged (hand = recon + beta mc_kl), not separate evidence
+    assert not any(key.startswith("recon") for key in r.details), r.details
 
 
 @pytest.mark.parametrize("name, twin", [("jit_trace", "trace"), ("jit_tmf", "tmf")])
@@ -134,7 +135,25 @@ def test_gradient_check_fails_for_wrong_gradients(wrong, small_vae, grad_setup):
     torch.manual_seed(10)
     r = checks.gradient_check(checks.gradient_draws(wrong, small_vae, x, 30, directions), ref)
     assert r.verdict == "fail"
-    assert r.value > 10
+    # far beyond the tolerance, not at its edge: measured 9.1 (half KL, the subtlest) at these seeds
+    assert r.value > 2 * checks.Z_TOL
+
+
+def test_gradient_directions_depend_on_the_seed_only(small_vae, binary_test):
+    """The pilot gradient is drawn from a stream seeded by ``seed``, not from whatever the global
+    stream holds (which made results depend on test order), and the global stream is left alone."""
+    x = binary_test[:32]
+    torch.manual_seed(1)
+    a = checks.gradient_directions(small_vae, x, num_random=1, seed=5)
+    after_a = torch.rand(3)
+    torch.manual_seed(2)
+    b = checks.gradient_directions(small_vae, x, num_random=1, seed=5)
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(3), after_a)  # directions consumed nothing from the caller's stream
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    c = checks.gradient_directions(small_vae, x, num_random=1, seed=6)
+    assert not torch.equal(a[0][0], c[0][0])  # the pilot (row 0) does follow the seed
 
 
 def test_gradient_draws_mean_is_the_mean_of_the_draws(small_vae, binary_test):

@@ -3,7 +3,8 @@ E_q[log p(x|z)] - beta KL(q || p), exactly at shared noise and statistically, in
 (beta reaches their compiled graph as an input), and the Pyro trap this design avoids is shown.
 
 Tolerances: same noise as in test_combinations (< 1e-10 nats/example, float64); Monte Carlo
-z-scores with ``Z_SWEEP`` = 5.6 (Bonferroni over the sweep's z-scores there; these few add little).
+z-scores with ``Z_SWEEP`` (|t| <= 5.58 at 30 draws; Bonferroni over the sweep's z-scores there;
+these few add little).
 """
 
 from __future__ import annotations

@@ -179,6 +179,8 @@ def test_evaluation_reads_the_device_once_however_many_batches(name):
     est = build_estimator(name)
     for _ in range(WARMUP_STEPS):  # compile / capture and TorchScript's optimisation, outside the mode
         est.differentiable_loss(vae, torch.zeros(10, 784))
+        with torch.no_grad():  # evaluation's graph: grad mode is part of a jit_* graph's key
+            est.differentiable_loss(vae, torch.zeros(10, 784))
     counts = []
     for n in (20, 40):  # 2 and 4 batches of 10
         with CountHostReads() as mode:

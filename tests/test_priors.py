@@ -129,3 +129,18 @@ def test_bad_prior_options_are_one_clear_error(name, options, needle):
     with pytest.raises(ValueError) as err:
         build_prior(name, 3, **options)
     assert needle in str(err.value)
+
+
+def test_two_vaes_do_not_alias_in_pyros_global_param_store():
+    """The README's trap: pyro.module keys the global store by name, so two VAEs registered under one
+    name would share (silently overwrite) each other's parameters. Each VAE has its own prefix."""
+    a, b = _vae("standard_normal"), _vae("standard_normal")
+    pyro.clear_param_store()
+    names = []
+    for vae in (a, b):
+        with poutine.trace(param_only=True) as tr:
+            vae.guide(torch.zeros(2, 784))
+            vae.model(torch.zeros(2, 784))
+        names.append(set(tr.trace.nodes))
+        assert {id(pyro.param(n).unconstrained()) for n in tr.trace.nodes} == {id(p) for p in vae.parameters()}
+    assert names[0] and not names[0] & names[1]

@@ -150,7 +150,7 @@ def test_refuses_a_non_empty_out_before_any_work(tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("keep me")
     code = main(["reproduce", "burda2015", "--out", str(tmp_path), "--fast", "--no-progress"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "not empty" in err and "--force" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "already holds files" in err and "--force" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
 
 

@@ -52,12 +52,15 @@ def test_nll_of_a_checkpoint_is_the_trained_models_and_reproducible(tmp_path):
 
 def test_compare_with_a_prior_without_closed_form_kl_trains_with_a_valid_estimator(tmp_path, capsys):
     """The default spec trains with 'analytic', which has no closed-form KL for a mixture prior: compare
-    picks tmf (the reference) instead, and says so in its output and JSON."""
+    picks tmf (reference_for's trainer: a Pyro estimator) instead, says so in its output and JSON, and
+    still judges every estimator against hand_mc (the hand-written reference, not the trainer)."""
     out = tmp_path / "c.json"
     code = main(["compare", "--prior", "mog", "--likelihood", "bernoulli", "--epochs", "1", "--draws", "2",
                  "--grad-draws", "2", "--estimators", "trace", "--json", str(out), *TINY])
     assert code in (0, 1)
-    training = json.loads(out.read_text())["training"]
+    result = json.loads(out.read_text())
+    training = result["training"]
+    assert result["reference"]["estimator"] == "hand_mc"
     assert training["estimator"] == "tmf" and training["requested_estimator"] == "analytic"
     assert "instead of 'analytic'" in training["estimator_note"] and "mog" in training["estimator_note"]
     assert training["estimator_note"] in capsys.readouterr().out
@@ -97,6 +100,7 @@ def test_check_and_compare_evaluate_a_checkpoint_without_training(tmp_path, caps
                  "--json", str(out)])
     result = json.loads(out.read_text())
     assert code in (0, 1) and result["trained_epochs"] == 0 and "784-16-2" in result["data"]
+    out = tmp_path / "compare.json"  # a new file: an existing result is refused without --force
     code = main(["compare", "--checkpoint", str(ck), "--draws", "2", "--grad-draws", "2", "--estimators", "trace",
                  "--no-progress", "--json", str(out)])
     result = json.loads(out.read_text())

@@ -131,7 +131,7 @@ def test_bad_specs_are_one_clear_error(what, text, needle, tmp_path):
     (["estimators", "--prior", "vamp", "--set", "prior.components=zero"], "prior.components must be an integer"),
     (["spec", "show", "nope"], "unknown spec 'nope'"),
     (["train", "--likelihood", "beta", "--transform", "unit", "--epochs", "0"],
-     "data for the beta likelihood must lie strictly inside (0, 1) (found value 0)"),
+     "open unit interval data cannot come from binarization 'none' with transform 'unit'"),
 ])
 def test_bad_spec_input_on_the_command_line_is_one_line_and_exit_2(args, needle, capsys):
     code, err = _main_stderr([*args, *(["--no-progress"] if args[0] in ("train", "compare") else [])], capsys)
@@ -165,3 +165,45 @@ def test_spec_file_by_path_with_comments(tmp_path, capsys):
     path.write_text('# my VAE\n[prior]\nname = "laplace" # heavy tails\nscale = 0.5\n[networks]\nz_dim = 4\n')
     spec = load_spec(str(path))
     assert spec.prior.options == {"scale": 0.5} and spec.networks.z_dim == 4 and spec.source == str(path)
+
+
+SPEC_COMMANDS = ["compare", "train", "nll", "experiment", "check", "estimators"]
+
+
+def _resolved(argv):
+    """The spec a command resolves from ``argv``, through the function every command uses
+    (:func:`vae_pyro.options.spec_from_args` -> :func:`vae_pyro.api.resolve_spec`)."""
+    from vae_pyro.options import build_parser, spec_from_args
+
+    return spec_from_args(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("command", SPEC_COMMANDS)
+def test_precedence_at_every_level_for_every_command(command, tmp_path):
+    """The same keys set at every level, then the top level removed one at a time: spec file < plain
+    option (--epochs) < --prior/--likelihood < --set, for each command that takes a spec (those
+    without --epochs skip that level)."""
+    path = tmp_path / "levels.toml"
+    path.write_text('[prior]\nname = "mog"\ncomponents = 7\n[likelihood]\nname = "normal"\n'
+                    '[training]\nepochs = 1\n')
+    has_epochs = command != "estimators"
+    spec_level = [command, "--spec", str(path)]
+    plain = spec_level + (["--epochs", "2"] if has_epochs else [])
+    component = plain + ["--prior", "laplace", "--likelihood", "beta"]
+    top = component + ["--set", "training.epochs=3", "--set", "prior.name=student_t",
+                       "--set", "likelihood.name=binomial"]
+    want = [  # (argv, epochs, prior, likelihood)
+        (top, 3, "student_t", "binomial"),
+        (component, 2 if has_epochs else 1, "laplace", "beta"),
+        (plain, 2 if has_epochs else 1, "mog", "normal"),
+        (spec_level, 1, "mog", "normal"),
+    ]
+    for argv, epochs, prior, likelihood in want:
+        spec = _resolved(argv)
+        assert (spec.training.epochs, spec.prior.name, spec.likelihood.name) == (epochs, prior, likelihood), argv
+    if command == "check":  # check's run reads its epochs from the same resolution
+        from vae_pyro.checks.ground_truth import CheckConfig
+
+        assert [CheckConfig.from_spec(_resolved(a)).epochs for a in (top, plain)] == [3, 2]
+    assert _resolved(plain).prior.options == {"components": 7}          # the spec's own option survives ...
+    assert _resolved(component).prior.options == {"scale": 1.0}         # ... until --prior brings its defaults

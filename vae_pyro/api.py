@@ -13,6 +13,11 @@ defaults) and keyword settings (``epochs``, ``seed``, ``draws`` ... any field th
 versions, device, seed, schema_version) is the same for every command (:func:`~vae_pyro.runs.result_header`).
 ``checkpoint`` on :func:`nll`, :func:`check` and :func:`compare` evaluates the model saved there
 instead of training one.
+
+``json``: also write the result there (atomically). Before any work each entry point checks its
+outputs and the run's memory (:func:`~vae_pyro.runs.check_before_work`): an existing result
+(``json``, :func:`train`'s ``checkpoint`` without ``resume``, :func:`experiment`'s ``out``) is refused
+unless ``force=True``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import asdict
 
 from . import distributed
 from .estimators import build_estimator
-from .runs import prepare_run, result_header, spec_for_checkpoint, training_estimator
+from .runs import check_before_work, prepare_run, result_header, spec_for_checkpoint, training_estimator
 from .spec import VAESpec, load_spec
 
 #: keyword setting -> spec field: what the entry points (and the command-line options) may set
@@ -61,28 +66,39 @@ def _loaded(spec, checkpoint, prior=None, z_dim=None):
     return spec if checkpoint is None else spec_for_checkpoint(spec, checkpoint, prior, z_dim)
 
 
-def compare(spec=None, *, checkpoint: str | None = None, progress: bool = False, **settings) -> dict:
+def _written(result: dict, json) -> dict:
+    if json is not None:
+        from .report import write_json
+
+        write_json(json, result)
+    return result
+
+
+def compare(spec=None, *, checkpoint: str | None = None, progress: bool = False, json=None, force: bool = False,
+            **settings) -> dict:
     """Train briefly (or load ``checkpoint``), then run every agreement check for every estimator."""
     from .compare import CompareConfig, run_comparison
 
     spec = _loaded(resolve_spec(spec, "compare", settings), checkpoint)
-    return run_comparison(CompareConfig.from_spec(spec, progress=progress), checkpoint=checkpoint)
+    check_before_work(spec, json=json, force=force)
+    return _written(run_comparison(CompareConfig.from_spec(spec, progress=progress), checkpoint=checkpoint), json)
 
 
 def check(spec=None, *, toy: str | None = None, checkpoint: str | None = None, progress: bool = False,
-          **settings) -> dict:
+          json=None, force: bool = False, **settings) -> dict:
     """Ground truth on a toy (``toy``), or the agreement and IWAE checks on the spec's MNIST VAE."""
     from .checks.ground_truth import CheckConfig, run_mnist, run_toy
 
     spec = _loaded(resolve_spec(spec, "check", settings), checkpoint)
+    check_before_work(None if toy else spec, json=json, force=force)
     cfg = CheckConfig.from_spec(spec, progress=progress)
     if toy:
         cfg.toy, cfg.epochs = toy, settings.get("epochs")  # None: the toy's own fitting epochs
-        return run_toy(cfg)
+        return _written(run_toy(cfg), json)
     if checkpoint is None:
-        return run_mnist(cfg)
+        return _written(run_mnist(cfg), json)
     dynamic = spec.resolved_data()[0] == "dynamic"
-    return run_mnist(cfg, prepare_run(spec, "static" if dynamic else None, checkpoint))
+    return _written(run_mnist(cfg, prepare_run(spec, "static" if dynamic else None, checkpoint)), json)
 
 
 def _fit(run, trainer: str, note: str | None, progress: bool, **train_kwargs):
@@ -106,13 +122,14 @@ def _header(command: str, run) -> dict:
 
 
 def nll(spec=None, *, k: int = 5000, examples: int = 1000, chunk: int = 500, checkpoint: str | None = None,
-        progress: bool = False, **settings) -> dict:
+        progress: bool = False, json=None, force: bool = False, **settings) -> dict:
     """Test-set negative log-likelihood by IWAE_k (Burda et al. 2015), after training (or of the
     model saved in ``checkpoint``)."""
     from .estimators.iwae import iwae_log_likelihood
 
     started = time.perf_counter()
     spec = _loaded(resolve_spec(spec, "nll", settings), checkpoint)
+    check_before_work(spec, json=json, force=force, k=k, chunk=chunk)
     run = prepare_run(spec, checkpoint=checkpoint)
     x_test = run.x_test[:: max(len(run.x_test) // examples, 1)][:examples]
     run.vae.check_data(x_test)
@@ -127,14 +144,15 @@ def nll(spec=None, *, k: int = 5000, examples: int = 1000, chunk: int = 500, che
                 "k": k, "examples": len(log_px), "epochs": training["epochs"], "training": training,
                 "nll": float(-log_px.mean()), "nll_se": float(log_px.std() / len(log_px) ** 0.5),
                 "seconds": time.perf_counter() - started})
-    return out
+    return _written(out, json)
 
 
 def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | None = None, resume: bool = False,
           progress: bool = False, explicit_estimator: bool = False, capture_step: bool = False,
-          **settings) -> dict:
+          json=None, force: bool = False, **settings) -> dict:
     """Train with the spec's estimator; per-epoch train/test -ELBO (test by ``eval_estimator``, default
-    the training one). ``checkpoint``: saved there after every epoch; ``resume``: continue from it.
+    the training one). ``checkpoint``: saved there after every epoch (an existing one is refused
+    unless ``resume``, which continues from it, or ``force``, which starts over in its place).
     ``capture_step``: each full-size batch's whole step replayed as one captured step
     (:class:`~vae_pyro.captured_step.CapturedTrainStep`; a CUDA graph on CUDA)."""
     if resume and not checkpoint:
@@ -142,6 +160,7 @@ def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | Non
     from .model import VAE
 
     spec = resolve_spec(spec, "train", settings)
+    check_before_work(spec, json=json, checkpoint=checkpoint, resume=resume, force=force)
     probe = VAE(spec.model_config())  # asked before the run is seeded: asking may draw random numbers
     trainer, note = training_estimator(probe, spec.training.estimator, explicit_estimator)
     if eval_estimator is not None:
@@ -162,17 +181,20 @@ def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | Non
                 "kl_anneal_epochs": spec.training.kl_anneal_epochs, "checkpoint": checkpoint,
                 "history": [asdict(h) for h in history],
                 "test_neg_elbo": history[-1].test_neg_elbo if history else None})
-    return out
+    return _written(out, json)
 
 
 def experiment(spec=None, *, out: str = "runs/experiment", estimators=None, variance_draws: int = 50,
-               nll_k: int = 1000, progress: bool = False, **settings) -> dict:
-    """One model per estimator: curves, plots, report and metrics in ``out``."""
+               nll_k: int = 1000, progress: bool = False, json=None, force: bool = False, **settings) -> dict:
+    """One model per estimator: curves, plots, report and metrics in ``out`` (an earlier run there is
+    replaced, whole and atomically, only with ``force``)."""
     from .experiment import ExperimentConfig, run_experiment
 
-    cfg = ExperimentConfig.from_spec(resolve_spec(spec, "experiment", settings), out=out, estimators=estimators,
-                                     variance_draws=max(variance_draws, 2), nll_k=nll_k, progress=progress)
-    return run_experiment(cfg)
+    spec = resolve_spec(spec, "experiment", settings)
+    check_before_work(spec, json=json, out=out, force=force)
+    cfg = ExperimentConfig.from_spec(spec, out=out, estimators=estimators, variance_draws=max(variance_draws, 2),
+                                     nll_k=nll_k, progress=progress, force=force)
+    return _written(run_experiment(cfg), json)
 
 
 def reproduce(target: str = "burda2015", *, out: str = "runs/burda2015", progress: bool = False, **options) -> dict:

@@ -1,7 +1,8 @@
 """Checkpoints: save and resume training safely.
 
-* Written atomically (a temporary file beside the target, then ``os.replace``), so a crash, a NaN or a
-  full disk never leaves a half-written file over the last good checkpoint.
+* Written atomically (a temporary file beside the target, then ``os.replace``;
+  :func:`vae_pyro.outputs.atomic_write`), so a crash, a NaN or a full disk never leaves a half-written
+  file over the last good checkpoint, and a temporary left by a killed run is removed by the next save.
 * Loaded with ``torch.load(..., weights_only=True)``: a checkpoint is data (tensors, numbers, strings,
   lists, dicts), never code, so loading one from elsewhere cannot run anything.
 * Checked before use: a file that is not a vae-pyro checkpoint, or one saved for another model shape,
@@ -12,13 +13,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
 from . import distributed
+from .outputs import atomic_write
 
 FORMAT = "vae-pyro-checkpoint"
 VERSION = 1
@@ -46,19 +47,14 @@ def save_checkpoint(path: str | os.PathLike, *, vae, optimizer=None, epoch: int,
         "torch_rng": torch.get_rng_state(),
         "extra": extra or {},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """The checkpoint's contents (tensors on the CPU), validated; raises :class:`CheckpointError`."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -72,7 +68,68 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} is not a vae-pyro checkpoint")
     if payload.get("version") != VERSION:
         raise CheckpointError(f"checkpoint {path} has version {payload.get('version')}; this vae-pyro reads {VERSION}")
+    problem = structure_problem(payload)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} is damaged: {problem}")
     return payload
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_rng_state(v) -> bool:
+    return isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.dim() == 1
+
+
+#: what each field of a checkpoint must be (the format tag and version are checked first)
+FIELDS = {
+    "model_config": lambda v: isinstance(v, dict) and all(
+        check(v.get(k)) for k, check in CONFIG_FIELDS.items()),
+    "model_state": lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items()),
+    "optimizer_state": lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("state"), dict)
+                                               and isinstance(v.get("param_groups"), list)),
+    "epoch": lambda v: _is_int(v) and v >= 0,
+    "estimator": lambda v: isinstance(v, str),
+    "history": lambda v: isinstance(v, list) and all(_history_entry_ok(h) for h in v),
+    "torch_rng": _is_rng_state,
+    "extra": lambda v: isinstance(v, dict) and ("generator" not in v or _is_rng_state(v["generator"])),
+}
+CONFIG_FIELDS = {
+    "x_dim": lambda v: _is_int(v) and v >= 1,
+    "hidden": lambda v: isinstance(v, (list, tuple)) and all(_is_int(h) and h >= 1 for h in v),
+    "z_dim": lambda v: _is_int(v) and v >= 1,
+    "prior": lambda v: isinstance(v, str),
+    "likelihood": lambda v: isinstance(v, str),
+    "prior_options": lambda v: isinstance(v, dict),
+    "likelihood_options": lambda v: isinstance(v, dict),
+    "kl_weight": _is_number,
+}
+HISTORY_FIELDS = {"epoch": _is_int, "train_neg_elbo": _is_number, "seconds": _is_number,
+                  "test_neg_elbo": lambda v: v is None or _is_number(v), "kl_weight": _is_number}
+
+
+def _history_entry_ok(h) -> bool:
+    return isinstance(h, dict) and set(h) == set(HISTORY_FIELDS) and all(
+        check(h[k]) for k, check in HISTORY_FIELDS.items())
+
+
+def structure_problem(payload: dict) -> str | None:
+    """The first field of ``payload`` that is missing or of the wrong kind, as words; None if whole."""
+    for key, ok in FIELDS.items():
+        if key not in payload:
+            return f"field {key!r} is missing"
+        if not ok(payload[key]):
+            if key == "model_config" and isinstance(payload[key], dict):
+                bad = next(k for k, check in CONFIG_FIELDS.items() if not check(payload[key].get(k)))
+                return f"model_config.{bad} is {payload[key].get(bad)!r}"
+            return f"field {key!r} is not a valid {key.replace('_', ' ')}"
+    return None
 
 
 def restore(payload: dict, vae, optimizer=None, path: str | os.PathLike = "checkpoint") -> None:
@@ -86,6 +143,23 @@ def restore(payload: dict, vae, optimizer=None, path: str | os.PathLike = "check
     if differing:
         parts = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in differing.items())
         raise CheckpointError(f"checkpoint {path} was saved for another model ({parts})")
-    vae.load_state_dict({k: v.to(vae.device) for k, v in payload["model_state"].items()})
+    state, expected = payload["model_state"], vae.state_dict()
+    for name, tensor in expected.items():
+        if name not in state:
+            raise CheckpointError(f"checkpoint {path} is damaged: tensor {name!r} is missing")
+        if state[name].shape != tensor.shape:
+            raise CheckpointError(f"checkpoint {path} is damaged: tensor {name!r} has shape "
+                                  f"{tuple(state[name].shape)}, the model needs {tuple(tensor.shape)}")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise CheckpointError(f"checkpoint {path} is damaged: unexpected tensor {extra[0]!r}")
+    vae.load_state_dict({k: v.to(vae.device) for k, v in state.items()})
     if optimizer is not None and payload.get("optimizer_state") is not None:
-        optimizer.load_state_dict(payload["optimizer_state"])
+        try:
+            optimizer.load_state_dict(payload["optimizer_state"])
+            fits = all(v.shape == p.shape for p, st in optimizer.state.items() for v in st.values()
+                       if isinstance(v, torch.Tensor) and v.dim() > 0)  # Adam's moments: one per weight
+        except (ValueError, KeyError, TypeError, RuntimeError, AttributeError):
+            fits = False
+        if not fits:
+            raise CheckpointError(f"checkpoint {path} is damaged: its optimizer state does not fit this model")

@@ -17,7 +17,9 @@ SECTION.KEY=VALUE``. Precedence, lowest first: the command's own defaults, the s
 
 Errors in the input (unknown names, bad numbers, missing files, non-binary data, bad specs, a
 checkpoint of another model) end the program with one line on stderr that names the bad value and
-the allowed ones, and exit status 2.
+the allowed ones, and exit status 2. Outputs (``--json``, ``train --checkpoint``, ``experiment --out``)
+and the run's memory are checked by the library before any work; an existing result is refused
+unless ``--force`` (:func:`vae_pyro.runs.check_before_work`).
 """
 
 from __future__ import annotations
@@ -35,9 +37,13 @@ from .spec import SpecError, load_spec, shipped_specs
 from .train import TrainingError
 
 
-def _write_json(args, result: dict) -> None:
+def _outputs(args) -> dict:
+    """The outputs the library writes and checks before any work (--json, --force)."""
+    return {"json": args.json, "force": args.force}
+
+
+def _wrote_json(args) -> None:
     if args.json:
-        report.write_json(args.json, result)
         print(f"wrote {args.json}")
 
 
@@ -53,9 +59,10 @@ def _evaluated_spec(args, command: str):
 
 
 def cmd_compare(args) -> int:
-    result = api.compare(_evaluated_spec(args, "compare"), checkpoint=args.checkpoint, progress=not args.no_progress)
+    result = api.compare(_evaluated_spec(args, "compare"), checkpoint=args.checkpoint, progress=not args.no_progress,
+                         **_outputs(args))
     print(report.compare_table(result))
-    _write_json(args, result)
+    _wrote_json(args)
     return 0 if result["verdict"] != "fail" else 1
 
 
@@ -66,28 +73,30 @@ def cmd_check(args) -> int:
         raise ValueError("--toy models have their own prior and likelihood; drop --spec/--prior/--likelihood/--set/"
                          "--checkpoint, or drop --toy to check the MNIST VAE they describe")
     if args.toy:
-        result = api.check(spec_from_args(args), toy=args.toy, progress=not args.no_progress, epochs=args.epochs)
+        result = api.check(spec_from_args(args), toy=args.toy, progress=not args.no_progress, epochs=args.epochs,
+                           **_outputs(args))
     else:
-        result = api.check(_evaluated_spec(args, "check"), checkpoint=args.checkpoint, progress=not args.no_progress)
+        result = api.check(_evaluated_spec(args, "check"), checkpoint=args.checkpoint, progress=not args.no_progress,
+                           **_outputs(args))
     print(check_table(result))
-    _write_json(args, result)
+    _wrote_json(args)
     return 1 if result["verdict"] == "fail" else 0
 
 
 def cmd_nll(args) -> int:
     result = api.nll(_evaluated_spec(args, "nll"), k=args.k, examples=args.examples, chunk=args.chunk,
-                     checkpoint=args.checkpoint, progress=not args.no_progress)
+                     checkpoint=args.checkpoint, progress=not args.no_progress, **_outputs(args))
     print(report.nll_lines(result))
-    _write_json(args, result)
+    _wrote_json(args)
     return 0
 
 
 def cmd_train(args) -> int:
     result = api.train(spec_from_args(args), eval_estimator=args.eval_estimator, checkpoint=args.checkpoint,
                        resume=args.resume, progress=not args.no_progress, capture_step=args.capture_step,
-                       explicit_estimator=args.estimator is not None)
+                       explicit_estimator=args.estimator is not None, **_outputs(args))
     print(report.train_lines(result))
-    _write_json(args, result)
+    _wrote_json(args)
     return 0
 
 
@@ -96,11 +105,10 @@ def cmd_experiment(args) -> int:
 
     estimators, args.estimators = args.estimators, None  # the models to train, not the spec's compare list
     result = api.experiment(spec_from_args(args), out=args.out, estimators=estimators,
-                            variance_draws=args.variance_draws, nll_k=args.nll_k, progress=not args.no_progress)
+                            variance_draws=args.variance_draws, nll_k=args.nll_k, progress=not args.no_progress,
+                            **_outputs(args))
     print(experiment_table(result))
     print(f"wrote {args.out}/report.md, metrics.json, metrics.csv and {len(result['plots'])} plots")
-    if args.json:
-        report.write_json(args.json, result)
     return 0
 
 

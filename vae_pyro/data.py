@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -52,7 +53,18 @@ DATA_KINDS = {
     "open_unit_interval": "open_unit",  # x in (0, 1)
     "counts": "counts",             # x in {0, 1, ..., 255}
 }
+#: the data each kind may be made from: (binarizations, transforms) whose output lies in its support.
+#: Binary pixels clamped into (0, 1) lie inside a Beta's support only formally (the density is huge
+#: at 0.5/255 and the numbers are meaningless), so the open interval takes grey levels only.
+DATA_SOURCES = {
+    "binary": (("static", "dynamic", "threshold"), ("unit",)),
+    "unit_interval": (BINARIZATIONS, ("unit", "open_unit")),
+    "open_unit_interval": (("none",), ("open_unit",)),
+    "counts": (("none",), ("counts",)),
+}
 OPEN_UNIT_EPS = 0.5 / 255
+#: the image size the networks are built for (VAEConfig.x_dim = 784)
+MNIST_IMAGE_SHAPE = (28, 28)
 MAX_COUNT = 255
 STATIC_BINARIZATION_SEED = 0
 SPLIT_SEED = 0
@@ -154,11 +166,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if raw[2] != 0x08:
         raise DataError(f"malformed IDX file {path}: data type 0x{raw[2]:02x}, expected 0x08 (unsigned byte)")
     ndim = raw[3]
+    if ndim not in (1, 3):
+        raise DataError(f"malformed IDX file {path}: {ndim} dimensions, expected 1 (labels) or 3 (images)")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"malformed IDX file {path}: truncated header")
     shape = struct.unpack(">" + "i" * ndim, raw[4:header])
-    expected = int(np.prod(shape))
+    if min(shape) < 0:
+        raise DataError(f"malformed IDX file {path}: negative size in the header {shape}")
+    if shape[0] == 0:
+        raise DataError(f"IDX file {path} holds no {'images' if ndim == 3 else 'labels'} (header {shape})")
+    expected = math.prod(shape)  # Python ints: a forged header cannot overflow
     if len(raw) - header != expected:
         raise DataError(
             f"malformed IDX file {path}: header says {shape} = {expected} bytes, file has {len(raw) - header}"
@@ -173,7 +191,12 @@ def load_mnist_idx(folder: str | os.PathLike) -> Dataset:
         raise DataError(f"MNIST folder {folder} does not exist")
     arrays = {}
     for key, stem in IDX_FILES.items():
-        arrays[key] = read_idx(_find_idx(folder, stem))
+        path = _find_idx(folder, stem)
+        arrays[key] = read_idx(path)
+        if key.endswith("images") and arrays[key].shape[1:] != MNIST_IMAGE_SHAPE:
+            h, w = arrays[key].shape[1:] if arrays[key].ndim == 3 else ("?", "?")
+            raise DataError(f"IDX file {path} holds {h}x{w} images; vae-pyro's networks take "
+                            f"{MNIST_IMAGE_SHAPE[0]}x{MNIST_IMAGE_SHAPE[1]} MNIST digits (784 pixels)")
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -255,7 +278,21 @@ def resolve_data(binarization: str, transform: str, data_kind: str) -> tuple[str
     if transform == "counts" and binarization != "none":
         raise DataError(f"transform 'counts' takes the raw intensities 0..255, so binarization must be "
                         f"'none' or 'auto', got {binarization!r}")
+    check_data_source(binarization, transform, data_kind)
     return binarization, transform
+
+
+def check_data_source(binarization: str, transform: str, data_kind: str) -> None:
+    """Refuse a (binarization, transform) whose data a likelihood of ``data_kind`` cannot take
+    (:data:`DATA_SOURCES`), naming the ones that fit; run on the resolved options, i.e. after
+    every override, so no path of options reaches a density outside its support."""
+    binarizations, transforms = DATA_SOURCES[data_kind]
+    if binarization == "dynamic" and transform == "open_unit":
+        binarizations = tuple(b for b in binarizations if b != "dynamic")
+    if binarization not in binarizations or transform not in transforms:
+        raise DataError(f"{data_kind.replace('_', ' ')} data cannot come from binarization {binarization!r} "
+                        f"with transform {transform!r}; use binarization {' or '.join(map(repr, binarizations))} "
+                        f"(or 'auto') with transform {' or '.join(map(repr, transforms))} (or 'auto')")
 
 
 def prepare(x_uint8: torch.Tensor, binarization: str, transform: str = "unit") -> torch.Tensor:
@@ -333,7 +370,7 @@ class Batches:
                  drop_last: bool = True, generator: torch.Generator | None = None):
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
-        if dynamic and (not x.is_floating_point() or bool(((x < 0) | (x > 1)).any())):
+        if dynamic and (not x.is_floating_point() or not bool(((x >= 0) & (x <= 1)).all())):  # NaN fails too
             raise DataError("dynamic binarization needs grey levels in [0, 1]: pass prepare(x, 'dynamic')")
         self.x, self.batch_size, self.shuffle = x, batch_size, shuffle
         self.dynamic, self.drop_last, self.generator = dynamic, drop_last, generator

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import checks, plots
+from . import checks, outputs, plots
 from .data import load_dataset, prepare, resolve_data
 from .estimators import ESTIMATORS, build_estimator
 from .estimators.iwae import iwae_log_likelihood
@@ -48,13 +48,15 @@ class ExperimentConfig(RunSettings):
     #: a slightly looser, i.e. higher, NLL estimate).
     nll_k: int = 1000
     model: VAEConfig = field(default_factory=VAEConfig)
+    #: replace an existing run folder (whole, atomically); without it a folder holding files is refused
+    force: bool = False
 
     @classmethod
     def from_spec(cls, spec, out: str, estimators=None, variance_draws: int = 50, nll_k: int = 1000,
-                  progress: bool = True) -> "ExperimentConfig":
+                  progress: bool = True, force: bool = False) -> "ExperimentConfig":
         return cls(**RunSettings.fields_of(spec, progress), out=out,
                    estimators=tuple(estimators or DEFAULT_EXPERIMENT_ESTIMATORS), variance_draws=variance_draws,
-                   nll_k=nll_k, model=spec.model_config())
+                   nll_k=nll_k, model=spec.model_config(), force=force)
 
     def resolved_data(self) -> tuple[str, str]:
         from .likelihoods import LIKELIHOODS
@@ -171,8 +173,16 @@ def _check_estimators(cfg: ExperimentConfig) -> VAE:
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict:
+    """Train, measure and write the run folder ``cfg.out``. The folder is built beside it and renamed
+    into place when complete (:func:`vae_pyro.outputs.staged_folder`): an existing run is replaced
+    whole, and only with ``cfg.force``; a failed run leaves the old folder as it was."""
     cfg.validate()
-    out = Path(cfg.out)
+    outputs.check_run_folder(cfg.out, force=cfg.force)
+    with outputs.staged_folder(cfg.out) as out:
+        return _run_experiment(cfg, out)
+
+
+def _run_experiment(cfg: ExperimentConfig, out: Path) -> dict:
     device = resolve_device(cfg.device)
     binarization, transform = cfg.resolved_data()
     probe = _check_estimators(cfg)

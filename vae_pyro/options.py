@@ -41,11 +41,25 @@ def positive_float(text: str) -> float:
     return value
 
 
+def seed(text: str) -> int:
+    from .spec import SEED_MAX
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in 0..{SEED_MAX}, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in 0..{SEED_MAX}, got {value}")
+    return value
+
+
 def int_list(text: str) -> tuple[int, ...]:
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
+        values = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 400 or 512,256, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one hidden layer size like 400 or 512,256, got {text!r}")
     if any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
     return values
@@ -128,7 +142,8 @@ def add_run_options(p: argparse.ArgumentParser, epochs: int) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--device", choices=DEVICES, default=None,
                    help="where tensors live: auto = CUDA when available, else CPU (default: auto)")
-    g.add_argument("--seed", type=int, default=None, help="seed for torch, Pyro, NumPy and the data order (default: 0)")
+    g.add_argument("--seed", type=seed, default=None,
+                   help="seed for torch, Pyro, NumPy and the data order, 0..2**32-1 (default: 0)")
     g.add_argument("--epochs", type=non_negative_int, default=None, help=f"training epochs (default: {epochs})")
     g.add_argument("--batch-size", type=positive_int, default=None, help="training batch size (default: 128)")
     g.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default: 1e-3)")
@@ -149,6 +164,7 @@ def add_run_options(p: argparse.ArgumentParser, epochs: int) -> None:
     d.add_argument("--hidden", type=int_list, default=None, help="hidden layer sizes, e.g. 400 or 512,256 (default: 400)")
     d.add_argument("--z-dim", type=positive_int, default=None, help="latent dimensions (default: 20)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    add_force_option(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,7 +206,8 @@ def _add_compare_and_train(sub) -> None:
     p.add_argument("--checkpoint", metavar="PATH",
                    help="save model and optimizer here after every epoch (atomically; a NaN leaves the last good one)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from --checkpoint up to --epochs (the model options must match it)")
+                   help="continue from --checkpoint up to --epochs (the model options must match it; --lr, "
+                        "--batch-size, --estimator given now apply from there on)")
     p.add_argument("--capture-step", action="store_true",
                    help="run each full-size batch's whole step (loss, backward, Adam) as one captured step: "
                         "a CUDA-graph replay on CUDA (analytic, trace, tmf and their *_graph twins)")
@@ -262,7 +279,7 @@ def _add_check_and_nll(sub) -> None:
     add_spec_options(p)
     p.add_argument("--device", choices=DEVICES, default=None,
                    help="auto = CUDA when available, else CPU; toys always run on the CPU (default: auto)")
-    p.add_argument("--seed", type=int, default=None, help="seed for fitting, data order and every draw (default: 0)")
+    p.add_argument("--seed", type=seed, default=None, help="seed for fitting, data order and every draw (default: 0)")
     p.add_argument("--particles", type=positive_int, default=None,
                    help="samples of z per ELBO estimate (default: 1)")
     p.add_argument("--epochs", type=non_negative_int, default=None,
@@ -273,6 +290,7 @@ def _add_check_and_nll(sub) -> None:
                    help="independent gradient draws per estimator (default: 40)")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
+    add_force_option(p)
     add_checkpoint_option(p)
 
     p = _training_command(sub, "nll", 10, "test-set negative log-likelihood by IWAE with k samples (Burda et al. 2015)",
@@ -285,6 +303,13 @@ def _add_check_and_nll(sub) -> None:
     p.add_argument("--chunk", type=positive_int, default=500,
                    help="samples per example held in memory at once (default: 500)")
     add_checkpoint_option(p)
+
+
+def add_force_option(p: argparse.ArgumentParser) -> None:
+    """``--force``: on every command that writes results (``--json``, ``--checkpoint``, ``--out``)."""
+    p.add_argument("--force", action="store_true",
+                   help="replace existing results (--json, --checkpoint, --out: the whole run folder, atomically); "
+                        "without it an existing one is refused")
 
 
 def add_checkpoint_option(p: argparse.ArgumentParser) -> None:

@@ -53,8 +53,11 @@ class Option:
 
     ``low`` is inclusive for ints and exclusive for floats (a scale must be > 0, a count >= 1)."""
 
-    def __init__(self, type_: type, default, low=None, help: str = "", choices=None, item: type | None = None):
+    def __init__(self, type_: type, default, low=None, help: str = "", choices=None, item: type | None = None,
+                 high=None):
         self.type, self.default, self.low, self.help = type_, default, low, help
+        #: inclusive upper bound (a seed fits in 32 bits)
+        self.high = high
         #: allowed values (a str option), or a callable returning them (a registry's names)
         self.choices = choices
         #: element type of a list option
@@ -82,6 +85,8 @@ class Option:
             if bad:
                 rule = f">= {self.low}" if self.type is int else f"> {self.low:g}"
                 raise ValueError(f"{where} must be {rule}, got {value!r}")
+        if self.high is not None and value > self.high:
+            raise ValueError(f"{where} must be <= {self.high}, got {value!r}")
         return value
 
 

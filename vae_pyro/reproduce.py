@@ -47,6 +47,7 @@ from .checkpoint import save_checkpoint
 from .data import load_dataset, prepare, validation_split
 from .estimators import build_estimator
 from .estimators.iwae import log_mean_exp, log_weights
+from . import outputs
 from .model import VAE
 from .report import atomic_write_text, fmt, table, write_json
 from .runs import Run, prepare_run, result_header, training_estimator
@@ -164,7 +165,8 @@ def iwae_bounds_at(vae, x: torch.Tensor, ks, chunk: int = 500, batch_size: int =
     k_max = max(ks)
 
     def one_batch(xb):
-        lw = torch.cat([log_weights(vae, xb, min(chunk, k_max - j)) for j in range(0, k_max, chunk)])
+        eps = torch.randn((k_max, len(xb), vae.config.z_dim), dtype=vae.dtype, device=xb.device)
+        lw = torch.cat([log_weights(vae, xb, min(chunk, k_max - j), eps[j:j + chunk]) for j in range(0, k_max, chunk)])
         return [log_mean_exp(lw[:k], dim=0) for k in ks]
 
     with tqdm(total=-(-len(x) // batch_size), desc=desc, unit="batch", disable=not progress, leave=False) as bar:
@@ -282,14 +284,6 @@ def run_row(row: Row, spec, cfg: ReproduceConfig, out: Path) -> tuple[dict, Data
 # The run
 
 
-def check_out(out: Path, force: bool) -> None:
-    """Refuse to write into a non-empty folder unless ``force``: a user's earlier results stay."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ValueError(f"--out {out} is not empty; pass --force to write into it, or choose another folder")
-
-
 def row_spec(target: Target, row: Row, cfg: ReproduceConfig):
     """``row``'s resolved spec, refused (one line) when it cannot give a bound on log p(x) or its
     estimator does not apply to its model (the training-estimator rule, the row naming its estimator)."""
@@ -329,8 +323,12 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     if cfg.fast:
         cfg.apply_fast()
     cfg.apply_paper_setting()
-    out = Path(cfg.out)
-    check_out(out, cfg.force)
+    outputs.check_run_folder(cfg.out, force=cfg.force)
+    with outputs.staged_folder(cfg.out) as out:  # built beside, renamed into place whole when complete
+        return _run_rows(cfg, out)
+
+
+def _run_rows(cfg: ReproduceConfig, out: Path) -> dict:
     rows = row_specs(cfg)
     first = rows[0][1]  # the rows differ in estimator, k and binarization only: data and device are shared
     ds, device, t = load_dataset(first.data.dataset), resolve_device(first.training.device), first.training

@@ -94,10 +94,27 @@ def prepare_run(spec, binarization: str | None = None, checkpoint: str | None = 
     return Run(spec, device, generator, vae, ds, binarization, transform, x_train, x_test)
 
 
+def check_before_work(spec, *, json=None, checkpoint=None, resume: bool = False, out=None, force: bool = False,
+                      k: int | None = None, chunk: int | None = None) -> None:
+    """What every command checks before it loads data or allocates a model, so a bad output or an
+    impossible size is one clear error instead of a traceback after the work: every output can be
+    written and none is an earlier result unless ``force`` (:func:`vae_pyro.outputs.check_outputs`;
+    ``checkpoint`` here is a training checkpoint to write or, with ``resume``, to continue), and the
+    run's sizes fit the device's free memory (:func:`vae_pyro.memory.check_fits`; ``k``/``chunk``:
+    the IWAE test NLL's). ``spec`` None: no model of the spec's (a toy) to size."""
+    from . import memory, outputs
+
+    outputs.check_outputs(json=json, checkpoint=checkpoint, resume=resume, out=out, force=force)
+    if spec is not None:
+        spec.resolved_data()  # the likelihood's support holds for the data options, after every override
+        memory.check_fits(spec, resolve_device(spec.training.device), k=k, chunk=chunk)
+
+
 def training_estimator(vae, requested: str, explicit: bool = False) -> tuple[str, str | None]:
     """``(name, note)``: the estimator to train with, the same rule for every command. ``requested``
-    when it applies to this VAE. Else, when it came from a spec (or its default), the one the checks
-    use as reference (``analytic`` with a closed-form KL, else ``tmf``), with a note saying why that
+    when it applies to this VAE. Else, when it came from a spec (or its default), the trainer of
+    :func:`~vae_pyro.checks.agreement.reference_for` (``analytic`` with a closed-form KL, else ``tmf``;
+    the checks' reference there is ``hand_mc``), with a note saying why that
     every training command prints and writes to its JSON; when the user named it (``explicit``), a
     ``ValueError`` naming it, why, and a valid one."""
     from .checks.agreement import reference_for
@@ -105,7 +122,7 @@ def training_estimator(vae, requested: str, explicit: bool = False) -> tuple[str
     valid = build_estimator(requested).validity(vae)
     if valid.valid:
         return requested, None
-    chosen = reference_for(vae).estimator
+    chosen = reference_for(vae).trainer
     if explicit:
         raise ValueError(f"estimator {requested!r} is invalid for prior {vae.prior.name!r}: {valid.reason} "
                          f"(e.g. --estimator {chosen})")

@@ -41,6 +41,10 @@ from .registry import Option, resolve_options
 from .train import DEVICES
 
 
+#: NumPy's seeds are 32-bit
+SEED_MAX = 2**32 - 1
+
+
 class SpecError(ValueError):
     """A bad spec; ``str()`` is one line naming the spec, the bad key or value and the allowed ones."""
 
@@ -66,7 +70,7 @@ FIELDS: dict[str, dict[str, Option]] = {
         "epochs": Option(int, 10, low=0),
         "batch_size": Option(int, 128, low=1),
         "lr": Option(float, 1e-3, low=0.0),
-        "seed": Option(int, 0),
+        "seed": Option(int, 0, low=0, high=SEED_MAX),
         "estimator": Option(str, "analytic", choices=estimator_names),
         "kl_weight": Option(float, 1.0, low=0.0, help="beta: weight of KL(q || p), the same in every estimator"),
         "kl_anneal_epochs": Option(int, 0, low=0, help="linear warm-up of beta from ~0 over this many epochs"),
@@ -77,7 +81,7 @@ FIELDS: dict[str, dict[str, Option]] = {
         "draws": Option(int, 100, low=2),
         "grad_draws": Option(int, 50, low=2),
         "grad_batch": Option(int, 256, low=1),
-        "reference_particles": Option(int, 8, low=1, help="particles of the tmf reference where analytic is invalid"),
+        "reference_particles": Option(int, 8, low=1, help="particles of the hand_mc reference where analytic is invalid"),
         "timing_steps": Option(int, 20, low=1),
         "z_tol": Option(float, 4.0, low=0.0),
         "same_noise_tol": Option(float, 1e-8, low=0.0),
@@ -225,8 +229,15 @@ def read_spec_text(name_or_path: str) -> tuple[str, str]:
     if name_or_path in shipped_specs():
         return (_specs_dir() / f"{name_or_path}.toml").read_text(), name_or_path
     path = Path(name_or_path)
+    if path.is_dir():
+        raise SpecError(f"spec file {name_or_path} is a folder; give a .toml file")
     if path.is_file():
-        return path.read_text(), str(path)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as err:
+            raise SpecError(f"spec file {name_or_path} is not UTF-8 text (byte {err.start}); TOML files are UTF-8") from None
+        except OSError as err:
+            raise SpecError(f"spec file {name_or_path} cannot be read ({err.strerror or err})") from None
     if path.suffix == ".toml" or "/" in name_or_path:
         raise SpecError(f"spec file {name_or_path} does not exist")
     raise SpecError(f"unknown spec {name_or_path!r}; allowed: {', '.join(shipped_specs())} or a path to a .toml file")
@@ -313,6 +324,8 @@ def _validate(raw: dict) -> VAESpec:
                 raise ValueError(f"unknown key {key!r} in [{section}]; allowed: {', '.join(fields)}")
         out[section] = {k: opt.check(f"{section}.{k}", table.get(k, copy.deepcopy(opt.default)))
                         for k, opt in fields.items()}
+    if not out["networks"]["hidden"]:
+        raise ValueError("networks.hidden must list at least one layer size, e.g. [400] or [512, 256]")
     if not _dataset_ok(out["data"]["dataset"]):
         raise ValueError(f"data.dataset: unknown dataset {out['data']['dataset']!r}; allowed: 'mnist5k', 'idx:FOLDER'")
     components = {}

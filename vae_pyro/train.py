@@ -98,7 +98,9 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
 
     ``checkpoint``: a path written (atomically) after every epoch; a NaN therefore leaves the last good
     epoch's checkpoint intact. ``resume=True`` continues from it up to ``epochs`` (the returned history
-    includes the resumed epochs).
+    includes the resumed epochs). The options of the resuming call apply from there on (``lr``, batch
+    size, estimator, annealing); the model must match the checkpoint's; the data order and random
+    draws continue from the checkpoint's saved generator states, not from a new seed.
 
     ``kl_anneal_epochs`` > 0 anneals beta linearly (:func:`kl_weight_at`) from ~0 to the model's
     ``config.kl_weight`` over that many epochs, by setting ``vae.kl_weight`` before each step: every
@@ -109,6 +111,7 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
     ``capture=True``: full-size batches go through one :class:`vae_pyro.captured_step.CapturedTrainStep`
     (on CUDA the whole step, Adam included, is one CUDA-graph replay; the optimiser must then be
     ``Adam(capturable=True)``, which the default one is), other batches through :func:`train_step`."""
+    own_optimizer = optimizer is None
     optimizer = optimizer or make_optimizer(vae, lr, capturable=capture)
     target = float(vae.config.kl_weight)
     batches = Batches(x_train, batch_size, dynamic=dynamic, generator=generator)
@@ -121,6 +124,8 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
             raise ValueError("resume needs a checkpoint path")
         payload = load_checkpoint(checkpoint)
         restore(payload, vae, optimizer, checkpoint)
+        for group in optimizer.param_groups if own_optimizer else ():
+            group["lr"] = lr  # the saved state brings back the saved rate; this call's applies
         history = [EpochLog(**h) for h in payload["history"]]
         first_epoch = payload["epoch"] + 1
         torch.set_rng_state(payload["torch_rng"])

@@ -24,6 +24,10 @@ gradient      max |z| over parameters and 4 fixed directions of the projected me
               gradient (:func:`vae_pyro.checks.gradient_check`), ``grad_draws`` each
 ============  ======================================================================  =========
 
+A check that could not run is not a pass: when an estimator raises, its checks have verdict
+``error`` with the exception's message, and when the reference raises, every check does; either way
+``report.ok`` is false. (There is no deliberate "not applicable" case here, so no ``skip``.)
+
 Gradients are taken with respect to the (unconstrained) parameters in Pyro's param store that the
 model and guide use. ``seed``, ``draws``, ``grad_draws``, ``estimators`` and ``progress`` are
 keyword arguments of this function; every other argument goes to the model and guide.
@@ -41,7 +45,7 @@ from tqdm.auto import tqdm
 
 from ..estimators.iwae import DifferentiableRenyiELBO
 from .agreement import gradient_check, monte_carlo_check
-from .result import FAIL, PASS, SKIP, Z_TOL, CheckResult
+from .result import ERROR, FAIL, PASS, Z_TOL, CheckResult
 from .stats import GradStats, MCStats, grad_moments, unit_directions
 
 SAME_SEED_TOL = 1e-5
@@ -50,7 +54,9 @@ SAME_SEED_TOL = 1e-5
 @dataclass
 class EstimatorReport:
     """The result of :func:`check_estimators`: ``checks`` (a list of
-    :class:`~vae_pyro.checks.CheckResult`), ``ok`` (no check failed), and a printable table."""
+    :class:`~vae_pyro.checks.CheckResult`), ``ok`` (every check ran and none failed: a check whose
+    estimator or reference raised has verdict ``error``, with the exception's message, and makes
+    ``ok`` false), and a printable table."""
 
     checks: list[CheckResult] = field(default_factory=list)
     params: list[str] = field(default_factory=list)
@@ -58,7 +64,7 @@ class EstimatorReport:
 
     @property
     def ok(self) -> bool:
-        return all(c.verdict != FAIL for c in self.checks)
+        return bool(self.checks) and all(c.verdict not in (FAIL, ERROR) for c in self.checks)
 
     def table(self) -> str:
         from ..report import fmt, table
@@ -114,20 +120,18 @@ def check_estimators(model, guide, *args, seed: int = 0, draws: int = 100, grad_
 
     # --- same seed: Trace_ELBO and RenyiELBO(k=1) see the same z ----------------------------------
     if "RenyiELBO(k=1)" in estimators and ref_name == "Trace_ELBO":
-        values = []
-        for name in (ref_name, "RenyiELBO(k=1)"):
-            pyro.set_rng_seed(seed + 1)
-            values.append(float(estimators[name].loss(model, guide, *args, **kwargs)))
-        rel = abs(values[1] - values[0]) / (1 + abs(values[0]))
-        report.checks.append(CheckResult("same_seed", "RenyiELBO(k=1)", rel, SAME_SEED_TOL,
-                                         PASS if rel <= SAME_SEED_TOL else FAIL, values[0],
-                                         {"against": ref_name, "values": values}))
+        report.checks.append(_same_seed_check(estimators, ref_name, model, guide, args, kwargs, seed))
 
     # --- Monte Carlo values and gradients -------------------------------------------------------
-    directions = _directions(estimators[ref_name], model, guide, args, kwargs, params, seed)
-    mc, grads = {}, {}
+    mc, grads, errors = {}, {}, {}
+    try:
+        directions = _directions(estimators[ref_name], model, guide, args, kwargs, params, seed)
+    except Exception as err:  # noqa: BLE001  (any crash is reported, never hidden)
+        errors[ref_name] = _crash(ref_name, err)
     for i, (name, elbo) in enumerate(estimators.items()):
         pyro.set_rng_seed(seed + 100 + i)
+        if name in errors:
+            continue
         try:
             values = []
             for _ in range(draws):
@@ -136,20 +140,48 @@ def check_estimators(model, guide, *args, seed: int = 0, draws: int = 100, grad_
             mc[name] = MCStats.of(name, values, getattr(elbo, "num_particles", 1))
             grads[name] = _grad_draws(name, elbo, model, guide, args, kwargs, params, names, directions,
                                       grad_draws, bar)
-        except (NotImplementedError, ValueError, RuntimeError) as err:
-            reason = f"{name} could not run on this model: {type(err).__name__}: {str(err).splitlines()[0]}"
-            for check in ("monte_carlo", "gradient"):
-                report.checks.append(CheckResult(check, name, None, None, SKIP, details={"reason": reason}))
+        except Exception as err:  # noqa: BLE001  (any crash is reported, never hidden)
+            errors[name] = _crash(name, err)
     bar.close()
-    for name in estimators:
+    _judge(report, list(estimators), ref_name, mc, grads, errors, bool(params))
+    return report
+
+
+def _judge(report, names, ref_name, mc, grads, errors, has_params: bool) -> None:
+    """Each estimator against the reference; an estimator that raised, or every one when the
+    reference raised, gets verdict ERROR with the exception's message (never a pass, never a skip)."""
+    for name in names:
         if name in mc:
             report.means[name] = {"mean": mc[name].mean, "se": mc[name].se}
-        if name == ref_name or name not in mc or ref_name not in mc:
+        if name in errors or (name != ref_name and ref_name in errors):
+            why = errors.get(name) or f"the reference {ref_name} could not run: {errors[ref_name]}"
+            report.checks.extend(CheckResult(check, name, None, None, ERROR, details={"reason": why})
+                                 for check in ("monte_carlo", "gradient"))
+            continue
+        if name == ref_name:
             continue
         report.checks.append(monte_carlo_check(mc[name], mc[ref_name]))
-        if params:
+        if has_params:
             report.checks.append(gradient_check(grads[name], grads[ref_name]))
-    return report
+
+
+def _crash(name: str, err: Exception) -> str:
+    return f"{name} could not run on this model: {type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+
+
+def _same_seed_check(estimators, ref_name, model, guide, args, kwargs, seed) -> CheckResult:
+    """RenyiELBO(k=1) and Trace_ELBO at one seed: the same z, so the same value (module docstring)."""
+    values = []
+    for name in (ref_name, "RenyiELBO(k=1)"):
+        pyro.set_rng_seed(seed + 1)
+        try:
+            values.append(float(estimators[name].loss(model, guide, *args, **kwargs)))
+        except Exception as err:  # noqa: BLE001  (any crash is reported, never hidden)
+            return CheckResult("same_seed", "RenyiELBO(k=1)", None, SAME_SEED_TOL, ERROR,
+                               details={"reason": _crash(name, err), "against": ref_name})
+    rel = abs(values[1] - values[0]) / (1 + abs(values[0]))
+    return CheckResult("same_seed", "RenyiELBO(k=1)", rel, SAME_SEED_TOL, PASS if rel <= SAME_SEED_TOL else FAIL,
+                       values[0], {"against": ref_name, "values": values})
 
 
 def _directions(elbo, model, guide, args, kwargs, params, seed, pilot: int = 8, num_random: int = 3):

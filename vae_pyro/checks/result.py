@@ -23,6 +23,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
+#: a check that could not run (the estimator or its reference raised): never a pass; ``skip`` is kept
+#: for deliberate, documented not-applicable cases (an invalid estimator, no CUDA)
+ERROR = "error"
 
 SAME_NOISE_TOL = 1e-8
 GRAD_REL_TOL = 1e-6
@@ -65,9 +68,9 @@ def skipped(name: str, estimator: str, reason: str, tolerance=None) -> CheckResu
 
 
 def overall(results) -> str:
-    """FAIL if any check failed, else PASS if any passed, else SKIP."""
+    """FAIL if any check failed or could not run (ERROR), else PASS if any passed, else SKIP."""
     verdicts = {r.verdict for r in results}
-    return FAIL if FAIL in verdicts else (PASS if PASS in verdicts else SKIP)
+    return FAIL if verdicts & {FAIL, ERROR} else (PASS if PASS in verdicts else SKIP)
 
 
 @contextlib.contextmanager

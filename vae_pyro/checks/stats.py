@@ -127,8 +127,14 @@ def gradient_directions(vae, x: torch.Tensor, num_random: int = 3, pilot_particl
     """Per parameter tensor, fixed unit directions to test gradients along: the direction of a pilot
     gradient of the ``reference`` estimator (``pilot_particles`` samples, drawn independently of the
     draws that are tested, so the direction does not favour them) and ``num_random`` seeded Gaussian
-    directions (:func:`unit_directions`)."""
+    directions (:func:`unit_directions`). Every draw is seeded by ``seed``: the pilot's noise comes
+    from a seed drawn from ``torch.Generator().manual_seed(seed)``, inside ``fork_rng``, so the
+    directions depend on ``seed`` only (not on what ran before) and the caller's stream is untouched."""
     _, params = trainable(vae)
     est = build_estimator(reference, pilot_particles)
-    pilot = torch.autograd.grad(est.differentiable_loss(vae, x) / x.shape[0], params, allow_unused=True)
+    pilot_seed = int(torch.randint(2 ** 62, (1,), generator=torch.Generator().manual_seed(seed)))
+    cuda = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(pilot_seed)
+        pilot = torch.autograd.grad(est.differentiable_loss(vae, x) / x.shape[0], params, allow_unused=True)
     return unit_directions(list(pilot), params, num_random, seed)

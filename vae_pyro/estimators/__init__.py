@@ -17,6 +17,9 @@ name               what                                       KL term
 ``stl``            path-derivative ELBO (Roeder et al. 2017)  Monte Carlo
 ``*_graph``        ``analytic``, ``trace``, ``tmf`` captured:     as the twin
                    CUDA graphs (TorchScript on the CPU)
+``hand_mc``        hand-written log p(x|z) + log p(z) - log q,  Monte Carlo (any prior)
+                   no Pyro: the checks' reference where
+                   there is no closed-form KL
 =================  =========================================  ==============================
 
 Laid out like ``pyro/infer``: :mod:`.base` (the interface, :class:`Validity`, the registry; imports
@@ -47,10 +50,11 @@ from .pyro_elbos import PyroEstimator, mean_field_kl_kind  # noqa: E402  (trace,
 from .iwae import IWAEEstimator, RenyiEstimator  # noqa: E402  (iwae, renyi0)
 from .stl import STLEstimator  # noqa: E402  (stl)
 from .graph import GraphEstimator  # noqa: E402  (analytic_graph, trace_graph, tmf_graph)
+from .hand_reference import HandMonteCarloEstimator  # noqa: E402  (hand_mc, the reference without a closed-form KL)
 
 __all__ = [
     "DEFAULT_ESTIMATORS", "ELBO_BOUND", "ESTIMATORS", "EXACT_KL", "INVALID", "IWAE_BOUND", "MONTE_CARLO_KL",
     "Estimator", "PyroEstimator", "Validity", "AnalyticEstimator", "IWAEEstimator", "RenyiEstimator",
-    "STLEstimator", "GraphEstimator", "NoClosedFormError", "build_estimator", "estimator_names", "mean_field_kl_kind",
+    "STLEstimator", "GraphEstimator", "HandMonteCarloEstimator", "NoClosedFormError", "build_estimator", "estimator_names", "mean_field_kl_kind",
     "register_estimator", "checked_estimator_names", "validity", "validity_table",
 ]

@@ -196,8 +196,9 @@ def iwae_log_likelihood(vae, x: torch.Tensor, k: int = 5000, chunk: int = 500, b
     """One IWAE_k estimate of log p(x_i) per example (nats), k = 5,000 as in Burda et al. 2015.
 
     Memory: the decoder's output for ``batch_size * chunk`` samples at a time (100 * 500 * 784
-    floats = 157 MB for MNIST); the k log-weights of a batch are kept (k * batch_size floats) and
-    reduced with one logsumexp, so the result does not depend on the chunking. Returns a tensor of
+    floats = 157 MB for MNIST); a batch's noise is drawn at once (k * batch_size * z_dim floats, 16 MB
+    for z_dim 8) and its k log-weights are kept and reduced with one logsumexp, so at one seed the
+    result does not depend on the chunking (the same noise, the same reduction). Returns a tensor of
     shape (N,); -mean is the test negative log-likelihood estimate (an upper bound on the true NLL
     in expectation, since IWAE_k <= log p(x)). Each batch of examples is seeded by its index (see
     below), so the estimates do not depend on how many processes computed them."""
@@ -207,9 +208,10 @@ def iwae_log_likelihood(vae, x: torch.Tensor, k: int = 5000, chunk: int = 500, b
                leave=False)
 
     def one_batch(xb):
+        eps = torch.randn((k, len(xb), vae.config.z_dim), dtype=vae.dtype, device=xb.device)
         parts = []
         for j in range(0, k, chunk):
-            parts.append(log_weights(vae, xb, min(chunk, k - j)))
+            parts.append(log_weights(vae, xb, min(chunk, k - j), eps[j:j + chunk]))
             bar.update(distributed.world_size())  # all processes advance alike
         return [log_mean_exp(torch.cat(parts), dim=0)]
 

@@ -111,7 +111,9 @@ class PyroEstimator(Estimator):
         ``vae.model`` is a new object at every attribute access, and Pyro's JIT keys its compiled
         graphs on ``id(model)``, so passing ``vae.model`` afresh would recompile on every step."""
         per_vae = self._elbos.setdefault(vae, {})
-        key = (tuple(x.shape), x.dtype, str(x.device)) if self.jit else None
+        # grad mode is part of a compiled graph's key: a graph traced under no_grad (for ``loss``)
+        # is not the one to differentiate through
+        key = (tuple(x.shape), x.dtype, str(x.device), torch.is_grad_enabled()) if self.jit else None
         if key not in per_vae:
             per_vae[key] = (self.make_elbo(), vae.model, vae.guide)
         return per_vae[key]
@@ -124,7 +126,11 @@ class PyroEstimator(Estimator):
         return elbo.differentiable_loss(model, guide, x, beta)
 
     def loss(self, vae, x):
-        # Pyro's own ``loss`` (never compiled), so evaluation does not trigger a JIT trace.
+        # A compiled estimator's value must come from its compiled code: in pyro 1.9.2
+        # ``JitTrace_ELBO.loss is Trace_ELBO.loss`` (likewise the mean-field pair), so Pyro's ``loss``
+        # would report the uncompiled twin's number. Uncompiled ones use Pyro's ``loss``.
+        if self.jit:
+            return super().loss(vae, x)
         elbo, model, guide = self.elbo_for(vae, x)
         with torch.no_grad():
             return float(elbo.loss(model, guide, x, vae.kl_weight))
