@@ -117,49 +117,23 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
     batches = Batches(x_train, batch_size, dynamic=dynamic, generator=generator)
     if not dynamic:
         vae.check_data(x_train)
-    history: list[EpochLog] = []
-    first_epoch = 1
-    if resume:
-        if checkpoint is None:
-            raise ValueError("resume needs a checkpoint path")
-        payload = load_checkpoint(checkpoint)
-        restore(payload, vae, optimizer, checkpoint)
-        for group in optimizer.param_groups if own_optimizer else ():
-            group["lr"] = lr  # the saved state brings back the saved rate; this call's applies
-        history = [EpochLog(**h) for h in payload["history"]]
-        first_epoch = payload["epoch"] + 1
-        torch.set_rng_state(payload["torch_rng"])
-        if generator is not None and "generator" in payload["extra"]:
-            generator.set_state(payload["extra"]["generator"])
+    history, first_epoch = _resume(checkpoint, vae, optimizer, generator, lr if own_optimizer else None) \
+        if resume else ([], 1)
     whole_step = _captured_step(vae, estimator, optimizer, x_train, batch_size) if capture else None
     remaining = max(epochs - first_epoch + 1, 0)
     bar = tqdm(total=remaining * len(batches), desc=f"train[{estimator.name}]", disable=not progress,
                unit="step", leave=False)
-    warmup_steps, global_step = kl_anneal_epochs * len(batches), (first_epoch - 1) * len(batches)
+    anneal = (target, kl_anneal_epochs * len(batches))
     shared_rng = distributed.shared_rng_state()  # several processes: each draws its own noise, then back
     try:
         for epoch in range(first_epoch, epochs + 1):
             start = time.perf_counter()
             distributed.seed_epoch(generator, epoch)
-            losses = torch.zeros(len(batches), dtype=torch.float64, device=vae.device)
-            for step, x in enumerate(batches, 1):
-                global_step += 1
-                vae.kl_weight = kl_weight_at(global_step, target, warmup_steps)
-                with step_without_validation(global_step == 1):
-                    if whole_step is not None and whole_step.fits(x):
-                        losses[step - 1] = whole_step.step(x, vae.kl_weight)
-                    else:
-                        losses[step - 1] = train_step(vae, estimator, optimizer, x)
-                bar.update(1)
-                if step % READ_EVERY == 0 or step == len(batches):
-                    _read_losses(losses, step, epoch, estimator, bar)
+            losses = _epoch_steps(vae, estimator, optimizer, batches, whole_step, epoch, anneal, bar)
             seconds = time.perf_counter() - start
-            running = float(losses.sum())
             beta, vae.kl_weight = vae.kl_weight, target  # the test -ELBO is always of the target objective
-            test = None
-            if x_test is not None:
-                test = evaluate(vae, eval_estimator or estimator, x_test)
-            history.append(EpochLog(epoch, running / max(len(batches), 1), test, seconds, beta))
+            test = evaluate(vae, eval_estimator or estimator, x_test) if x_test is not None else None
+            history.append(EpochLog(epoch, float(losses.sum()) / max(len(batches), 1), test, seconds, beta))
             if checkpoint is not None and distributed.is_main():
                 save_checkpoint(checkpoint, vae=vae, optimizer=optimizer, epoch=epoch, estimator=estimator.name,
                                 history=[asdict(h) for h in history],
@@ -169,6 +143,42 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
         distributed.restore_rng_state(shared_rng)
         bar.close()
     return history
+
+
+def _resume(checkpoint, vae, optimizer, generator, lr: float | None) -> tuple[list[EpochLog], int]:
+    """Load ``checkpoint`` into the model and optimiser (and the random states); returns the saved
+    history and the first epoch still to run. ``lr``: the rate of the resuming call, which replaces
+    the saved one (None: a caller's own optimiser keeps its state as loaded)."""
+    if checkpoint is None:
+        raise ValueError("resume needs a checkpoint path")
+    payload = load_checkpoint(checkpoint)
+    restore(payload, vae, optimizer, checkpoint)
+    for group in optimizer.param_groups if lr is not None else ():
+        group["lr"] = lr  # the saved state brings back the saved rate; this call's applies
+    torch.set_rng_state(payload["torch_rng"])
+    if generator is not None and "generator" in payload["extra"]:
+        generator.set_state(payload["extra"]["generator"])
+    return [EpochLog(**h) for h in payload["history"]], payload["epoch"] + 1
+
+
+def _epoch_steps(vae, estimator, optimizer, batches, whole_step, epoch: int, anneal, bar) -> torch.Tensor:
+    """One epoch of steps; returns each step's loss, kept on the device (read every ``READ_EVERY``
+    steps and at the end by :func:`_read_losses`). ``anneal``: (target beta, warm-up steps)."""
+    target, warmup_steps = anneal
+    losses = torch.zeros(len(batches), dtype=torch.float64, device=vae.device)
+    global_step = (epoch - 1) * len(batches)
+    for step, x in enumerate(batches, 1):
+        global_step += 1
+        vae.kl_weight = kl_weight_at(global_step, target, warmup_steps)
+        with step_without_validation(global_step == 1):
+            if whole_step is not None and whole_step.fits(x):
+                losses[step - 1] = whole_step.step(x, vae.kl_weight)
+            else:
+                losses[step - 1] = train_step(vae, estimator, optimizer, x)
+        bar.update(1)
+        if step % READ_EVERY == 0 or step == len(batches):
+            _read_losses(losses, step, epoch, estimator, bar)
+    return losses
 
 
 def _captured_step(vae, estimator, optimizer, x_train, batch_size: int):
