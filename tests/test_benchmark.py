@@ -14,13 +14,18 @@ import pytest
 SCRIPT = Path(__file__).parent.parent / "scripts" / "benchmark.py"
 
 
-def test_benchmark_json_is_consistent(tmp_path):
+def run_cpu_benchmark(tmp_path, *options: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """The benchmark on the CPU without the memory probes, one repeat; (process, its JSON)."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--batch-sizes", "8,16",
-                           "--estimators", "trace,tmf_graph,pytorch_example", "--steps", "2", "--repeats", "1", "--no-memory",
-                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--repeats", "1", "--no-memory",
+                           *options, "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+def test_benchmark_json_is_consistent(tmp_path):
+    proc, result = run_cpu_benchmark(tmp_path, "--batch-sizes", "8,16", "--estimators",
+                                     "trace,tmf_graph,pytorch_example", "--steps", "2")
     assert result["device"] == "cpu" and result["device_name"]
     rows = result["results"]
     assert {(r["batch_size"], r["estimator"]) for r in rows} == {
@@ -37,12 +42,8 @@ def test_benchmark_json_is_consistent(tmp_path):
 def test_benchmark_times_whole_epochs_of_tiled_digits(tmp_path):
     """--epoch-examples: each timing is one epoch over that many examples (more than the 4,000
     embedded digits, so they are tiled); epoch seconds = steps x ms/step."""
-    out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--batch-sizes", "2048",
-                           "--estimators", "analytic", "--epoch-examples", "6144", "--repeats", "1", "--no-memory",
-                           "--json", str(out)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
+    _, result = run_cpu_benchmark(tmp_path, "--batch-sizes", "2048", "--estimators", "analytic",
+                                  "--epoch-examples", "6144")
     assert result["epoch_examples"] == 6144
     for r in result["results"]:
         assert r["steps"] == 3 and r["epoch_s"] == pytest.approx(r["ms_per_step"] * 3 / 1e3)
@@ -99,13 +100,9 @@ def test_a_capture_that_fails_is_isolated_and_reported():
 
 def test_benchmark_whole_step_rows_run_on_the_cpu(tmp_path):
     """The whole-step rows (on the CPU the same step, eager) run and get ratios like every row."""
-    out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--batch-sizes", "8",
-                           "--estimators", "analytic_step_graph,trace_step_graph,tmf_step_graph", "--steps", "2",
-                           "--repeats", "1", "--no-memory", "--json", str(out)], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    rows = {r["estimator"]: r for r in json.loads(out.read_text())["results"]}
+    _, result = run_cpu_benchmark(tmp_path, "--batch-sizes", "8", "--estimators",
+                                  "analytic_step_graph,trace_step_graph,tmf_step_graph", "--steps", "2")
+    rows = {r["estimator"]: r for r in result["results"]}
     assert set(rows) == {"analytic", "analytic_graph", "analytic_step_graph", "trace_step_graph", "tmf_step_graph"}
     for r in rows.values():
         assert r["ratio_to_analytic"] == pytest.approx(r["ms_per_step"] / rows["analytic"]["ms_per_step"])
