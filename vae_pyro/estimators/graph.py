@@ -42,7 +42,7 @@ import pyro
 import torch
 from torch import nn
 
-from .analytic import neg_elbo_terms
+from .analytic import neg_elbo_from_terms, neg_elbo_terms
 from .base import Estimator, build_estimator, register_estimator
 from .syncfree import SyncFreeTrace_ELBO, SyncFreeTraceMeanField_ELBO
 
@@ -114,7 +114,7 @@ class AnalyticGraphEstimator(GraphEstimator):
     def loss_fn(self, vae, x, beta):
         """recon + beta KL, as :func:`vae_pyro.estimators.analytic.neg_elbo` with beta a tensor input."""
         recon, kl, *_ = neg_elbo_terms(vae, x, self.num_particles)
-        return (recon.mean(0) + beta * kl).sum()
+        return neg_elbo_from_terms(recon, kl, beta)
 
 
 class PyroGraphEstimator(GraphEstimator):
