@@ -32,7 +32,6 @@ import warnings
 import pyro
 import torch
 
-# Absolute imports, so the module can move into a package unchanged.
 from vae_pyro.estimators import ESTIMATORS, Estimator, build_estimator
 from vae_pyro.train import neutralise_nonfinite
 

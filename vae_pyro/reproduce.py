@@ -160,7 +160,7 @@ def iwae_bounds_at(vae, x: torch.Tensor, ks, chunk: int = 500, batch_size: int =
     """``{k: IWAE_k estimate of log p(x_i) per example}`` for every k in ``ks``, all from one draw of
     max(ks) importance samples per digit: IWAE_k uses the first k of them (each is an unbiased draw of
     IWAE_k; they share samples, so the curve is smooth). The draws are made in the order of
-    :func:`vae_pyro.iwae.iwae_log_likelihood` (batch b seeded by its index, split across processes
+    :func:`vae_pyro.estimators.iwae.iwae_log_likelihood` (batch b seeded by its index, split across processes
     under torchrun), so the largest k gives exactly its value at the same seed."""
     k_max = max(ks)
 
