@@ -28,8 +28,8 @@ def test_the_documented_example_runs_and_passes_and_its_wrong_estimator_fails(ca
     printed = capsys.readouterr().out
     assert "overall: PASS" in printed and "overall: FAIL" in printed
     failed = [c for c in bad.checks if c.verdict == "fail"]
-    # the value shift is ~14 nats at s.e. ~0.25 (z ~ -58); the gradient's largest |z| is ~7.5 at these seeds
-    assert {c.name for c in failed} == {"monte_carlo", "gradient"} and all(abs(c.value) > 6 for c in failed)
+    # the value shift is ~14 nats at s.e. ~0.22 (z ~ -64); the gradient's largest |z| is ~6.2 at these seeds
+    assert {c.name for c in failed} == {"monte_carlo", "gradient"} and all(abs(c.value) > c.tolerance for c in failed)
 
 
 def test_our_vae_passes_through_the_generic_api(small_vae, binary_test):
@@ -37,8 +37,11 @@ def test_our_vae_passes_through_the_generic_api(small_vae, binary_test):
     x = binary_test[:32]
     report = vae_pyro.check_estimators(small_vae.model, small_vae.guide, x, draws=30, grad_draws=30)
     assert report.ok, report.table()
-    same = next(c for c in report.checks if c.name == "same_seed")
-    assert same.value < 1e-6
+    same = next(c for c in report.checks if c.name == "same_seed" and c.estimator == "RenyiELBO(k=1)")
+    assert same.value < 1e-6 and same.verdict == "pass"
+    # TraceMeanField_ELBO computes the KL in closed form: no same-seed twin, a reported skip
+    assert next(c for c in report.checks if c.name == "same_seed" and c.estimator == "TraceMeanField_ELBO"
+                ).verdict == "skip"
     assert any(name.startswith("vae") for name in report.params)
 
 
@@ -51,7 +54,8 @@ def test_a_model_without_params_checks_values_only():
 
     report = vae_pyro.check_estimators(model, guide, draws=50, grad_draws=2)
     assert report.ok and report.params == []
-    assert {c.name for c in report.checks} == {"same_seed", "monte_carlo"}
+    assert {c.name for c in report.checks if c.verdict != "skip"} == {"same_seed", "monte_carlo"}
+    assert {c.details["reason"] for c in report.checks if c.name == "gradient"} == {"no parameters to differentiate"}
 
 
 def test_bad_draws_is_a_clear_error():

@@ -27,7 +27,7 @@ from dataclasses import asdict
 
 from . import distributed
 from .estimators import build_estimator
-from .runs import check_before_work, prepare_run, result_header, spec_for_checkpoint, training_estimator
+from .runs import check_before_work, fit_run, prepare_run, result_header, spec_for_checkpoint, training_estimator
 from .spec import VAESpec, load_spec
 
 #: keyword setting -> spec field: what the entry points (and the command-line options) may set
@@ -81,7 +81,9 @@ def compare(spec=None, *, checkpoint: str | None = None, progress: bool = False,
 
     spec = _loaded(resolve_spec(spec, "compare", settings), checkpoint)
     check_before_work(spec, json=json, force=force)
-    return _written(run_comparison(CompareConfig.from_spec(spec, progress=progress), checkpoint=checkpoint), json)
+    cfg = CompareConfig.from_spec(spec, progress=progress)
+    cfg.validate()
+    return _written(run_comparison(cfg, prepare_run(spec, checkpoint=checkpoint), checkpoint), json)
 
 
 def check(spec=None, *, toy: str | None = None, checkpoint: str | None = None, progress: bool = False,
@@ -99,19 +101,6 @@ def check(spec=None, *, toy: str | None = None, checkpoint: str | None = None, p
         return _written(run_mnist(cfg), json)
     dynamic = spec.resolved_data()[0] == "dynamic"
     return _written(run_mnist(cfg, prepare_run(spec, "static" if dynamic else None, checkpoint)), json)
-
-
-def _fit(run, trainer: str, note: str | None, progress: bool, **train_kwargs):
-    """Train ``run.vae`` as its spec says, with ``trainer`` (chosen by :func:`training_estimator`)."""
-    from .train import train as fit
-
-    t = run.spec.training
-    history = fit(run.vae, build_estimator(trainer, run.spec.checks.particles), run.x_train, epochs=t.epochs,
-                  batch_size=t.batch_size, lr=t.lr, dynamic=run.dynamic, generator=run.generator,
-                  progress=progress, kl_anneal_epochs=t.kl_anneal_epochs, **train_kwargs)
-    return history, {"estimator": trainer, "requested_estimator": t.estimator, "estimator_note": note,
-                     "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
-                     "kl_anneal_epochs": t.kl_anneal_epochs}
 
 
 def _header(command: str, run) -> dict:
@@ -134,7 +123,7 @@ def nll(spec=None, *, k: int = 5000, examples: int = 1000, chunk: int = 500, che
     x_test = run.x_test[:: max(len(run.x_test) // examples, 1)][:examples]
     run.vae.check_data(x_test)
     if checkpoint is None:
-        _, training = _fit(run, *training_estimator(run.vae, spec.training.estimator), progress)
+        _, training = fit_run(run, *training_estimator(run.vae, spec.training.estimator), progress)
     else:
         training = {"checkpoint": str(checkpoint), "epochs": 0, "estimator": None, "estimator_note": None}
     log_px = iwae_log_likelihood(run.vae, x_test, k=k, chunk=chunk, progress=progress)
@@ -173,7 +162,7 @@ def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | Non
     run = prepare_run(spec)
     run.vae.check_data(run.x_test)
     eval_est = build_estimator(eval_estimator or trainer, spec.checks.particles)
-    history, training = _fit(run, trainer, note, progress, x_test=run.x_test, eval_estimator=eval_est,
+    history, training = fit_run(run, trainer, note, progress, x_test=run.x_test, eval_estimator=eval_est,
                              checkpoint=checkpoint, resume=resume, capture=capture_step)
     out = _header("train", run)
     out.update({"particles": spec.checks.particles, "estimator": training["estimator"],

@@ -17,17 +17,14 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from . import checks
 from .checks.agreement import AgreementSetup, run_agreement
-from .checkpoint import load_checkpoint, restore
-from .data import load_dataset, prepare, resolve_data
-from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, build_estimator
-from .model import VAE, VAEConfig
-from .runs import RunSettings, result_header, training_estimator
 from .checks.tolerances import z_tolerances
-from .train import evaluate, resolve_device, seed_all, time_steps, train
+from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, build_estimator
+from .model import VAEConfig
+from .runs import Run, RunSettings, fit_run, result_header, training_estimator
+from .train import evaluate, time_steps
 
 @dataclass
 class CompareConfig(RunSettings):
@@ -80,61 +77,39 @@ def _record(name, est, valid, mc, results, vae, ref, x_time, cfg) -> dict:
     }
 
 
-def run_comparison(cfg: CompareConfig, checkpoint: str | None = None) -> dict:
-    """Train (or load ``checkpoint``: its weights, no training), then :func:`run_agreement` for every
-    estimator of ``cfg``; the result is the JSON of the module docstring."""
-    cfg.validate()
-    device = resolve_device(cfg.device)
-    generator = seed_all(cfg.seed)
+def run_comparison(cfg: CompareConfig, run: Run, checkpoint: str | None = None) -> dict:
+    """Train ``run.vae`` (:func:`~vae_pyro.runs.prepare_run`; with ``checkpoint``, the weights saved
+    there, evaluated without training), then :func:`run_agreement` for every estimator of ``cfg``;
+    the result is the JSON of the module docstring. A dynamically binarized run is checked on
+    ``run.x_test``, one static draw of the test set: the checks need one fixed data set."""
     started = time.perf_counter()
-
-    vae = VAE(cfg.model).to(device)
-    binarization, transform = resolve_data(cfg.binarization, cfg.transform, vae.likelihood.data_kind)
-    trainer, trainer_note = training_estimator(vae, cfg.train_estimator)
-    ds = load_dataset(cfg.dataset)
-    dynamic = binarization == "dynamic"
-    x_train = prepare(ds.train_x, binarization, transform).to(device)
-    # Checks need one fixed data set: a dynamic run is checked on a static binarization of the test set.
-    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
+    vae, x_test = run.vae, run.x_test
     vae.check_data(x_test)
-
     if checkpoint is not None:
-        restore(load_checkpoint(checkpoint), vae, path=checkpoint)
-        history, trainer, trainer_note = [], None, f"evaluated the model saved in {checkpoint} (no training)"
+        history, training = [], {"estimator": None, "requested_estimator": cfg.train_estimator, "epochs": 0,
+                                 "estimator_note": f"evaluated the model saved in {checkpoint} (no training)"}
     else:
-        history = train(vae, build_estimator(trainer, cfg.particles), x_train, epochs=cfg.epochs,
-                        batch_size=cfg.batch_size, lr=cfg.lr, dynamic=dynamic, generator=generator,
-                        progress=cfg.progress, kl_anneal_epochs=cfg.kl_anneal_epochs)
+        history, training = fit_run(run, *training_estimator(vae, cfg.train_estimator), cfg.progress)
     ref = checks.reference_for(vae, cfg.particles, cfg.reference_particles)
     trained = cfg.epochs or checkpoint is not None
-    trained_test = evaluate(vae, build_estimator(ref.estimator, ref.particles), x_test) if trained else None
-
-    x_time = x_train[:cfg.batch_size] if not dynamic else torch.bernoulli(x_train[:cfg.batch_size])
+    # (in this order: both draw random numbers, and the checks' draws follow)
+    training.update(checkpoint=checkpoint, history=[asdict(h) for h in history], test_neg_elbo=(
+        evaluate(vae, build_estimator(ref.estimator, ref.particles), x_test) if trained else None))
+    x_time = run.x_train[:cfg.batch_size]
+    x_time = torch.bernoulli(x_time) if run.dynamic else x_time
     setup = AgreementSetup(vae, x_test, x_test[:cfg.grad_batch], x_test, cfg.particles, cfg.draws, cfg.grad_draws,
                            cfg.reference_particles, cfg.seed, cfg.z_tol, cfg.same_noise_tol)
     records = []
     agreement = run_agreement(setup, cfg.estimators, cfg.progress, "checks", on_estimator=lambda name, *entry:
                               records.append(_record(name, *entry, vae, ref, x_time, cfg)))
-    ref_mc = agreement.reference_mc
     return {
-        **result_header("compare", cfg.spec, device, cfg.seed),
-        "dataset": ds.name,
-        "binarization": binarization,
-        "transform": transform,
-        "particles": cfg.particles,
-        "draws": cfg.draws,
-        "grad_draws": cfg.grad_draws,
-        "eval_examples": int(x_test.shape[0]),
-        "timing_batch_size": int(x_time.shape[0]),
-        "model": cfg.model.to_dict(),
-        "kl_weight": cfg.model.kl_weight,
-        "training": {
-            "estimator": trainer, "requested_estimator": cfg.train_estimator, "estimator_note": trainer_note,
-            "epochs": 0 if checkpoint is not None else cfg.epochs, "checkpoint": checkpoint, "batch_size": cfg.batch_size,
-            "lr": cfg.lr, "kl_anneal_epochs": cfg.kl_anneal_epochs,
-            "history": [asdict(h) for h in history], "test_neg_elbo": trained_test,
-        },
-        "reference": {**ref.to_dict(), "neg_elbo_mean": ref_mc.mean, "neg_elbo_se": ref_mc.se},
+        **result_header("compare", cfg.spec, run.device, cfg.seed),
+        "dataset": run.dataset.name, "binarization": run.binarization, "transform": run.transform,
+        "particles": cfg.particles, "draws": cfg.draws, "grad_draws": cfg.grad_draws,
+        "eval_examples": int(x_test.shape[0]), "timing_batch_size": int(x_time.shape[0]),
+        "model": cfg.model.to_dict(), "kl_weight": cfg.model.kl_weight, "training": training,
+        "reference": {**ref.to_dict(), "neg_elbo_mean": agreement.reference_mc.mean,
+                      "neg_elbo_se": agreement.reference_mc.se},
         # the |z| each check applied: cfg.z_tol as a t-tolerance at the draws' degrees of freedom
         "tolerances": {**z_tolerances(cfg.z_tol, cfg.draws, cfg.grad_draws), "same_noise": cfg.same_noise_tol},
         "estimators": records,

@@ -18,7 +18,7 @@ from .data import load_dataset, prepare
 from .estimators import build_estimator
 from .checkpoint import CheckpointError, load_checkpoint, restore
 from .model import VAE
-from .train import resolve_device, seed_all
+from .train import resolve_device, seed_all, train
 
 #: version of the JSON layout every command writes (the header below plus its own fields)
 SCHEMA_VERSION = 2
@@ -92,6 +92,19 @@ def prepare_run(spec, binarization: str | None = None, checkpoint: str | None = 
     x_train = prepare(ds.train_x, binarization, transform).to(device)
     x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
     return Run(spec, device, generator, vae, ds, binarization, transform, x_train, x_test)
+
+
+def fit_run(run: Run, trainer: str, note: str | None, progress: bool, **train_kwargs):
+    """Train ``run.vae`` as its spec says, with ``trainer`` (chosen by :func:`training_estimator`);
+    returns the epoch history and the training record every command's JSON carries."""
+
+    t = run.spec.training
+    history = train(run.vae, build_estimator(trainer, run.spec.checks.particles), run.x_train, epochs=t.epochs,
+                  batch_size=t.batch_size, lr=t.lr, dynamic=run.dynamic, generator=run.generator,
+                  progress=progress, kl_anneal_epochs=t.kl_anneal_epochs, **train_kwargs)
+    return history, {"estimator": trainer, "requested_estimator": t.estimator, "estimator_note": note,
+                     "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
+                     "kl_anneal_epochs": t.kl_anneal_epochs}
 
 
 def check_before_work(spec, *, json=None, checkpoint=None, resume: bool = False, out=None, force: bool = False,

@@ -21,9 +21,11 @@ hand-written recon + log q - log p at reparameterised z, no Pyro code (:mod:`vae
 
 **The engine.** :func:`run_agreement` runs the checks named in :data:`AGREEMENT_CHECKS` (one function
 each) for a list of estimators against the reference and returns their :class:`CheckResult`s;
-``vae-pyro compare`` and ``vae-pyro check`` on the MNIST VAE both call it, and
-:func:`~vae_pyro.checks.any_model.check_estimators` uses the same statistics for any Pyro model. A new
-agreement check is one function ``(ctx, est, mc) -> CheckResult`` and one entry in that dict.
+``vae-pyro compare`` and ``vae-pyro check`` call it on the MNIST VAE (:class:`AgreementSetup`), and
+:func:`~vae_pyro.checks.any_model.check_estimators` on any Pyro model and guide
+(:class:`~vae_pyro.checks.any_model.PyroProgram`): both are a :class:`~vae_pyro.checks.subject.Subject`,
+the few things the engine asks of a model. A new agreement check is one function
+``(ctx, est, mc) -> CheckResult`` and one entry in that dict (:func:`agreement_check`).
 
 Tolerances and why (the constants live in :mod:`vae_pyro.checks.result`):
 
@@ -44,7 +46,6 @@ Tolerances and why (the constants live in :mod:`vae_pyro.checks.result`):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -54,8 +55,9 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..estimators import ELBO_BOUND, build_estimator
 from ..estimators.analytic import closed_form_kl_reason, neg_elbo, neg_elbo_from_terms, neg_elbo_terms
-from .result import GRAD_DETERMINISTIC_REL, GRAD_REL_TOL, SAME_NOISE_TOL, SKIP, Z_TOL, CheckResult, skipped, verdict_of
-from .stats import GradStats, MCStats, gradient_directions, gradient_draws, loss_draws, z_score
+from .result import ERROR, GRAD_DETERMINISTIC_REL, GRAD_REL_TOL, SAME_NOISE_TOL, Z_TOL, CheckResult, skipped, verdict_of
+from .stats import GradStats, MCStats, gradient_directions, loss_draws, trainable, value_draws, z_score
+from .subject import Subject
 from .tolerances import t_tolerance, welch_df
 
 
@@ -271,14 +273,15 @@ def device_check(vae, x: torch.Tensor, estimator: str, draws: int, num_particles
 
 
 # ----------------------------------------------------------------------------------------------
-# The engine: every agreement check, for a list of estimators, against one reference
+# The VAE as the engine's subject
 
 
 @dataclass
-class AgreementSetup:
-    """What the agreement checks run on: the VAE, the data (``x`` for values, ``x_grad`` for
-    gradients, ``x_same_noise`` for the float64 identities), the draws and tolerances, and which
-    checks of :data:`AGREEMENT_CHECKS` to run."""
+class AgreementSetup(Subject):
+    """The MNIST VAE as the engine's :class:`~vae_pyro.checks.subject.Subject`: the VAE, the data
+    (``x`` for values, ``x_grad`` for gradients, ``x_same_noise`` for the float64 identities), the
+    draws and tolerances, and which checks of :data:`AGREEMENT_CHECKS` to run. Values are nats per
+    example; the reference is :func:`reference_for`'s; estimators come from the registry."""
 
     vae: object
     x: torch.Tensor
@@ -293,25 +296,50 @@ class AgreementSetup:
     same_noise_tol: float = SAME_NOISE_TOL
     checks: tuple[str, ...] = ("monte_carlo", "same_noise", "gradient", "device")
 
+    def reference(self) -> Reference:
+        return reference_for(self.vae, self.particles, self.reference_particles)
+
+    def estimator(self, name: str, num_particles: int | None = None):
+        return build_estimator(name, num_particles or self.particles)
+
+    def validity(self, est):
+        return est.validity(self.vae)
+
+    def value(self, est) -> float:
+        return est.loss(self.vae, self.x) / self.x.shape[0]
+
+    def grad_loss(self, est) -> torch.Tensor:
+        return est.differentiable_loss(self.vae, self.x_grad) / self.x_grad.shape[0]
+
+    def parameters(self):
+        return trainable(self.vae)
+
+    def directions(self, reference: Reference) -> list[torch.Tensor]:
+        # the pilot is the reference's own estimator with 32 particles (gradient_directions)
+        return gradient_directions(self.vae, self.x_grad, seed=self.seed, reference=reference.estimator)
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine: every agreement check, for a list of estimators, against one reference
+
 
 @dataclass
 class Agreement:
-    """The engine's result: the reference and its Monte Carlo statistics, and per estimator its
-    validity, Monte Carlo statistics (None when invalid) and check results."""
+    """The engine's result: the reference and its Monte Carlo statistics (None when the reference
+    raised and the subject reports crashes), and per estimator ``(est, validity, mc, results)``:
+    its validity, Monte Carlo statistics (None when invalid or crashed) and check results."""
 
     reference: Reference
-    reference_mc: MCStats
+    reference_mc: MCStats | None
     estimators: dict
 
 
-def _context(setup: AgreementSetup, bar) -> dict:
-    ref = reference_for(setup.vae, setup.particles, setup.reference_particles)
-    ref_est = build_estimator(ref.estimator, ref.particles)
-    ref_mc = MCStats.of(ref.estimator, loss_draws(ref_est, setup.vae, setup.x, setup.draws, bar), ref.particles)
-    directions = gradient_directions(setup.vae, setup.x_grad, seed=setup.seed, reference=ref.estimator)
-    directions = distributed.broadcast_tensors(directions)  # every process projects on the same ones
-    ref_grad = gradient_draws(ref_est, setup.vae, setup.x_grad, setup.grad_draws, directions, bar)
-    return {"setup": setup, "reference": ref, "ref_mc": ref_mc, "directions": directions, "ref_grad": ref_grad,
+def _context(subject: Subject, ref: Reference, bar) -> dict:
+    ref_est = subject.estimator(ref.estimator, ref.particles)
+    ref_mc = MCStats.of(ref.estimator, value_draws(lambda: subject.value(ref_est), subject.draws, bar), ref.particles)
+    directions = distributed.broadcast_tensors(subject.directions(ref))  # every process projects on the same ones
+    ref_grad = subject.gradient_draws(ref_est, directions, bar)
+    return {"setup": subject, "reference": ref, "ref_mc": ref_mc, "directions": directions, "ref_grad": ref_grad,
             "bar": bar}
 
 
@@ -326,7 +354,9 @@ def _same_noise(ctx, est, mc) -> CheckResult:
 
 def _gradient(ctx, est, mc) -> CheckResult:
     s = ctx["setup"]
-    stats = gradient_draws(est, s.vae, s.x_grad, s.grad_draws, ctx["directions"], ctx["bar"])
+    if not ctx["directions"]:
+        return skipped("gradient", est.name, "no parameters to differentiate", s.z_tol)
+    stats = s.gradient_draws(est, ctx["directions"], ctx["bar"])
     return gradient_check(stats, ctx["ref_grad"], s.z_tol)
 
 
@@ -335,45 +365,84 @@ def _device(ctx, est, mc) -> CheckResult:
     return device_check(s.vae, s.x, est.name, max(s.draws // 2, 2), s.particles, s.z_tol)
 
 
-#: The engine's list: check name -> function ``(ctx, est, mc) -> CheckResult``, run in this order.
+#: The engine's list: check name -> function ``(ctx, est, mc) -> CheckResult``. A subject names the
+#: ones it runs (``Subject.checks``); :func:`agreement_check` adds one.
 AGREEMENT_CHECKS = {"monte_carlo": _monte_carlo, "same_noise": _same_noise, "gradient": _gradient,
                     "device": _device}
+
+
+def agreement_check(name: str):
+    """Register ``fn(ctx, est, mc) -> CheckResult`` as the agreement check ``name`` (a decorator)."""
+    def register(fn):
+        AGREEMENT_CHECKS[name] = fn
+        return fn
+    return register
 
 
 def _all_skipped(checks, name: str, reason: str) -> list[CheckResult]:
     return [skipped(check, name, reason) for check in checks]
 
 
-def run_agreement(setup: AgreementSetup, names, progress: bool = True, desc: str = "checks",
+def crash_reason(name: str, err: Exception) -> str:
+    """The one line an ``error`` verdict carries: who raised, the exception and its first line."""
+    return f"{name} could not run on this model: {type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+
+
+def _errors(checks, name: str, reason: str) -> list[CheckResult]:
+    return [CheckResult(check, name, None, None, ERROR, details={"reason": reason}) for check in checks]
+
+
+def _check_one(ctx, name: str, est, valid, subject: Subject) -> tuple:
+    """One estimator: its value draws, then its checks (or the reason they are skipped)."""
+    bar, per_estimator = ctx["bar"], subject.draws + subject.grad_draws
+    if not valid.valid:
+        bar.update(per_estimator)
+        return est, valid, None, _all_skipped(subject.checks, name, f"{name} is invalid here: {valid.reason}")
+    mc = MCStats.of(name, value_draws(lambda: subject.value(est), subject.draws, bar), est.num_particles)
+    if est.bound != ELBO_BOUND:
+        bar.update(subject.grad_draws)
+        reason = (f"{name} estimates the {est.bound.upper()}_k bound, not the ELBO; it is checked against "
+                  "exact log p(x) and its twin by `vae-pyro check`")
+        return est, valid, mc, _all_skipped(subject.checks, name, reason)
+    return est, valid, mc, [AGREEMENT_CHECKS[check](ctx, est, mc) for check in subject.checks]
+
+
+def _guarded(subject: Subject, name: str, fn, *args):
+    """``fn(*args)``, or, when the subject reports crashes and it raises, the crash's one line."""
+    if not subject.report_crashes:
+        return fn(*args), None
+    try:
+        return fn(*args), None
+    except Exception as err:  # noqa: BLE001  (a crash of a user's model is a verdict, never hidden)
+        return None, crash_reason(name, err)
+
+
+def run_agreement(subject: Subject, names, progress: bool = True, desc: str = "checks",
                   validities: dict | None = None, on_estimator=None) -> Agreement:
-    """Every check of ``setup.checks`` for each estimator in ``names`` against the reference
-    (:func:`reference_for`). An estimator invalid for the VAE is not run (its checks are skipped
-    with the reason); one of another bound than the ELBO (IWAE_k) has its value drawn but is not
-    judged against the ELBO. ``validities``: the estimators' :class:`Validity`, where the caller
-    has already asked (asking ``tmf`` traces the guide once, which draws random numbers).
-    ``on_estimator(name, est, validity, mc, results)`` is called after each estimator's checks,
-    before the next one's (e.g. to time it)."""
-    per_estimator = setup.draws + setup.grad_draws
+    """Every check of ``subject.checks`` for each estimator in ``names`` against the subject's
+    reference (for the VAE, :func:`reference_for`). An estimator invalid here is not run (its checks
+    are skipped with the reason); one of another bound than the ELBO (IWAE_k) has its value drawn but
+    is not judged against the ELBO. Where the subject reports crashes, an estimator that raises gets
+    verdict ``error`` on every check, and every estimator does when the reference raises.
+    ``validities``: the estimators' :class:`Validity`, where the caller has already asked (asking
+    ``tmf`` traces the guide once, which draws random numbers). ``on_estimator(name, est, validity,
+    mc, results)`` is called after each estimator's checks, before the next one's (e.g. to time it)."""
+    per_estimator = subject.draws + subject.grad_draws
     bar = tqdm(total=per_estimator * (len(names) + 1), desc=desc, unit="draw", disable=not progress, leave=False)
-    ctx = _context(setup, bar)
+    ref = subject.reference()
+    ctx, ref_crash = _guarded(subject, ref.estimator, _context, subject, ref, bar)
     out = {}
     for name in names:
         bar.set_postfix(estimator=name)
-        est = build_estimator(name, setup.particles)
-        valid = validities[name] if validities else est.validity(setup.vae)
-        if not valid.valid:
-            bar.update(per_estimator)
-            out[name] = (est, valid, None, _all_skipped(setup.checks, name, f"{name} is invalid here: {valid.reason}"))
-        elif est.bound != ELBO_BOUND:
-            mc = MCStats.of(name, loss_draws(est, setup.vae, setup.x, setup.draws, bar), setup.particles)
-            bar.update(setup.grad_draws)
-            reason = (f"{name} estimates the {est.bound.upper()}_k bound, not the ELBO; it is checked against "
-                      "exact log p(x) and its twin by `vae-pyro check`")
-            out[name] = (est, valid, mc, _all_skipped(setup.checks, name, reason))
+        est = subject.estimator(name)
+        if ref_crash:
+            out[name] = (est, None, None, _errors(subject.checks, name, f"the reference {ref.estimator} could "
+                                                                        f"not run: {ref_crash}"))
         else:
-            mc = MCStats.of(name, loss_draws(est, setup.vae, setup.x, setup.draws, bar), setup.particles)
-            out[name] = (est, valid, mc, [AGREEMENT_CHECKS[check](ctx, est, mc) for check in setup.checks])
+            valid = validities[name] if validities else subject.validity(est)
+            entry, crash = _guarded(subject, name, _check_one, ctx, name, est, valid, subject)
+            out[name] = entry or (est, valid, None, _errors(subject.checks, name, crash))
         if on_estimator is not None:
             on_estimator(name, *out[name])
     bar.close()
-    return Agreement(ctx["reference"], ctx["ref_mc"], out)
+    return Agreement(ref, ctx["ref_mc"] if ctx else None, out)

@@ -26,7 +26,15 @@ gradient      max |z| over parameters and 4 fixed directions of the projected me
 
 A check that could not run is not a pass: when an estimator raises, its checks have verdict
 ``error`` with the exception's message, and when the reference raises, every check does; either way
-``report.ok`` is false. (There is no deliberate "not applicable" case here, so no ``skip``.)
+``report.ok`` is false. A check that does not apply is ``skip``, with the reason: ``same_seed`` for an
+estimator with no same-seed twin among those given (``TraceMeanField_ELBO`` computes the KL in closed
+form, a different number at the same seed), ``gradient`` for a model without parameters.
+
+The checks run in the one engine, :func:`vae_pyro.checks.agreement.run_agreement`, the one ``vae-pyro
+compare`` and ``vae-pyro check`` run on the VAE: :class:`PyroProgram` is the model, guide and ELBO
+objects as the engine's :class:`~vae_pyro.checks.subject.Subject`. Draw r of every estimator is seeded
+by its index from a base drawn from torch's generator (:func:`vae_pyro.distributed.seeded_draws`), so
+the estimators' draws are independent of each other and the whole report depends on ``seed`` only.
 
 Gradients are taken with respect to the (unconstrained) parameters in Pyro's param store that the
 model and guide use. ``seed``, ``draws``, ``grad_draws``, ``estimators`` and ``progress`` are
@@ -40,15 +48,19 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from tqdm.auto import tqdm
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
+from ..estimators import ELBO_BOUND, MONTE_CARLO_KL, Validity
 from ..estimators.iwae import DifferentiableRenyiELBO
-from .agreement import gradient_check, monte_carlo_check
-from .result import ERROR, FAIL, PASS, Z_TOL, CheckResult
-from .stats import GradStats, MCStats, grad_moments, unit_directions
+from .agreement import Reference, agreement_check, crash_reason, run_agreement
+from .result import ERROR, FAIL, PASS, Z_TOL, CheckResult, skipped
+from .stats import pilot_directions
+from .subject import Subject
 
 SAME_SEED_TOL = 1e-5
+#: the pilot gradient direction is the sum of this many reference gradients (a user's model has no
+#: "more particles" knob to make one low-noise draw)
+PILOT_DRAWS = 8
 
 
 @dataclass
@@ -90,6 +102,70 @@ def default_estimators() -> dict:
     }
 
 
+def same_seed_twin(elbo) -> type | None:
+    """The Pyro ELBO class that computes exactly ``elbo``'s number at the same seed, or None.
+    RenyiELBO with one particle is log of the mean of one weight, log w = log p(x, z) - log q(z),
+    at the z its guide draws, as Trace_ELBO draws it (whatever alpha: with k = 1 the power cancels)."""
+    if isinstance(elbo, RenyiELBO) and elbo.num_particles == 1:
+        return Trace_ELBO
+    return None
+
+
+@dataclass
+class PyroELBO:
+    """A Pyro ELBO object (``loss``, ``differentiable_loss``) as one of the engine's estimators."""
+
+    name: str
+    elbo: object
+    bound = ELBO_BOUND
+
+    @property
+    def num_particles(self) -> int:
+        return getattr(self.elbo, "num_particles", 1)
+
+
+class PyroProgram(Subject):
+    """Any Pyro ``model``/``guide`` with its arguments and named ELBO objects (the first is the
+    reference), as the engine's :class:`~vae_pyro.checks.subject.Subject`. Values are the loss as the
+    model sums it; gradients are taken with respect to the unconstrained param-store entries the model
+    and guide read (found by tracing both once)."""
+
+    checks = ("same_seed", "monte_carlo", "gradient")
+    report_crashes = True
+
+    def __init__(self, model, guide, args: tuple, kwargs: dict, elbos: dict, *, draws: int, grad_draws: int,
+                 seed: int, z_tol: float = Z_TOL):
+        self.model, self.guide, self.args, self.kwargs, self.elbos = model, guide, args, kwargs, elbos
+        self.draws, self.grad_draws, self.seed, self.z_tol = draws, grad_draws, seed, z_tol
+        self._params = _used_params(model, guide, args, kwargs)
+
+    def reference(self) -> Reference:
+        name = next(iter(self.elbos))
+        return Reference(name, self.estimator(name).num_particles, "the first of the estimators given", trainer=name)
+
+    def estimator(self, name: str, num_particles: int | None = None) -> PyroELBO:
+        return PyroELBO(name, self.elbos[name])
+
+    def validity(self, est) -> Validity:
+        return Validity(MONTE_CARLO_KL, "any Pyro ELBO estimates the ELBO of any model and guide")
+
+    def value(self, est) -> float:
+        return float(est.elbo.loss(self.model, self.guide, *self.args, **self.kwargs))
+
+    def grad_loss(self, est) -> torch.Tensor:
+        return est.elbo.differentiable_loss(self.model, self.guide, *self.args, **self.kwargs)
+
+    def parameters(self):
+        return self._params
+
+    def directions(self, reference: Reference) -> list[torch.Tensor]:
+        _, params = self._params
+        if not params:
+            return []
+        ref = self.estimator(reference.estimator)
+        return pilot_directions(lambda: self.grad_loss(ref), params, self.seed + 7, pilot_draws=PILOT_DRAWS)
+
+
 def _used_params(model, guide, args, kwargs) -> tuple[list[str], list[torch.Tensor]]:
     """Names and unconstrained tensors of the param-store entries the model and guide read."""
     with poutine.block():
@@ -99,6 +175,31 @@ def _used_params(model, guide, args, kwargs) -> tuple[list[str], list[torch.Tens
     names = list(dict.fromkeys(names))
     store = pyro.get_param_store()
     return names, [store.get_param(n).unconstrained() for n in names]
+
+
+@agreement_check("same_seed")
+def same_seed_check(ctx, est, mc) -> CheckResult:
+    """``est`` and its same-seed twin (:func:`same_seed_twin`) at one seed: the same z, so the same
+    value, |a - b| / (1 + |b|) <= ``SAME_SEED_TOL`` (float32 rounding, eps 1.2e-7, over ~10^2 terms)."""
+    program: PyroProgram = ctx["setup"]
+    twin_type = same_seed_twin(est.elbo)
+    twin = next((n for n, e in program.elbos.items() if twin_type is not None and type(e) is twin_type), None)
+    if twin is None:
+        return skipped("same_seed", est.name, "no estimator given computes its number at the same seed",
+                       SAME_SEED_TOL)
+    values = []
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    for name in (twin, est.name):
+        with torch.random.fork_rng(devices=cuda):  # the engine's own stream is left where it was
+            pyro.set_rng_seed(program.seed + 1)
+            try:
+                values.append(program.value(program.estimator(name)))
+            except Exception as err:  # noqa: BLE001  (any crash is reported, never hidden)
+                return CheckResult("same_seed", est.name, None, SAME_SEED_TOL, ERROR,
+                                   details={"reason": crash_reason(name, err), "against": twin})
+    rel = abs(values[1] - values[0]) / (1 + abs(values[0]))
+    return CheckResult("same_seed", est.name, rel, SAME_SEED_TOL, PASS if rel <= SAME_SEED_TOL else FAIL,
+                       values[0], {"against": twin, "values": values})
 
 
 def check_estimators(model, guide, *args, seed: int = 0, draws: int = 100, grad_draws: int = 50,
@@ -112,96 +213,17 @@ def check_estimators(model, guide, *args, seed: int = 0, draws: int = 100, grad_
         raise ValueError(f"draws and grad_draws must be >= 2, got {draws} and {grad_draws}")
     estimators = estimators or default_estimators()
     pyro.set_rng_seed(seed)
-    names, params = _used_params(model, guide, args, kwargs)
-    report = EstimatorReport(params=names)
+    program = PyroProgram(model, guide, args, kwargs, estimators, draws=draws, grad_draws=grad_draws, seed=seed)
     ref_name = next(iter(estimators))
-    bar = tqdm(total=len(estimators) * (draws + grad_draws), desc="check_estimators", unit="draw",
-               disable=not progress, leave=False)
-
-    # --- same seed: Trace_ELBO and RenyiELBO(k=1) see the same z ----------------------------------
-    if "RenyiELBO(k=1)" in estimators and ref_name == "Trace_ELBO":
-        report.checks.append(_same_seed_check(estimators, ref_name, model, guide, args, kwargs, seed))
-
-    # --- Monte Carlo values and gradients -------------------------------------------------------
-    mc, grads, errors = {}, {}, {}
-    try:
-        directions = _directions(estimators[ref_name], model, guide, args, kwargs, params, seed)
-    except Exception as err:  # noqa: BLE001  (any crash is reported, never hidden)
-        errors[ref_name] = _crash(ref_name, err)
-    for i, (name, elbo) in enumerate(estimators.items()):
-        pyro.set_rng_seed(seed + 100 + i)
-        if name in errors:
-            continue
-        try:
-            values = []
-            for _ in range(draws):
-                values.append(float(elbo.loss(model, guide, *args, **kwargs)))
-                bar.update(1)
-            mc[name] = MCStats.of(name, values, getattr(elbo, "num_particles", 1))
-            grads[name] = _grad_draws(name, elbo, model, guide, args, kwargs, params, names, directions,
-                                      grad_draws, bar)
-        except Exception as err:  # noqa: BLE001  (any crash is reported, never hidden)
-            errors[name] = _crash(name, err)
-    bar.close()
-    _judge(report, list(estimators), ref_name, mc, grads, errors, bool(params))
+    agreement = run_agreement(program, [n for n in estimators if n != ref_name], progress, "check_estimators")
+    report = EstimatorReport(params=program.parameters()[0])
+    if agreement.reference_mc is not None:
+        report.means[ref_name] = {"mean": agreement.reference_mc.mean, "se": agreement.reference_mc.se}
+    for name, (_, _, mc, results) in agreement.estimators.items():
+        if mc is not None:
+            report.means[name] = {"mean": mc.mean, "se": mc.se}
+        report.checks.extend(results)
     return report
 
 
-def _judge(report, names, ref_name, mc, grads, errors, has_params: bool) -> None:
-    """Each estimator against the reference; an estimator that raised, or every one when the
-    reference raised, gets verdict ERROR with the exception's message (never a pass, never a skip)."""
-    for name in names:
-        if name in mc:
-            report.means[name] = {"mean": mc[name].mean, "se": mc[name].se}
-        if name in errors or (name != ref_name and ref_name in errors):
-            why = errors.get(name) or f"the reference {ref_name} could not run: {errors[ref_name]}"
-            report.checks.extend(CheckResult(check, name, None, None, ERROR, details={"reason": why})
-                                 for check in ("monte_carlo", "gradient"))
-            continue
-        if name == ref_name:
-            continue
-        report.checks.append(monte_carlo_check(mc[name], mc[ref_name]))
-        if has_params:
-            report.checks.append(gradient_check(grads[name], grads[ref_name]))
-
-
-def _crash(name: str, err: Exception) -> str:
-    return f"{name} could not run on this model: {type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
-
-
-def _same_seed_check(estimators, ref_name, model, guide, args, kwargs, seed) -> CheckResult:
-    """RenyiELBO(k=1) and Trace_ELBO at one seed: the same z, so the same value (module docstring)."""
-    values = []
-    for name in (ref_name, "RenyiELBO(k=1)"):
-        pyro.set_rng_seed(seed + 1)
-        try:
-            values.append(float(estimators[name].loss(model, guide, *args, **kwargs)))
-        except Exception as err:  # noqa: BLE001  (any crash is reported, never hidden)
-            return CheckResult("same_seed", "RenyiELBO(k=1)", None, SAME_SEED_TOL, ERROR,
-                               details={"reason": _crash(name, err), "against": ref_name})
-    rel = abs(values[1] - values[0]) / (1 + abs(values[0]))
-    return CheckResult("same_seed", "RenyiELBO(k=1)", rel, SAME_SEED_TOL, PASS if rel <= SAME_SEED_TOL else FAIL,
-                       values[0], {"against": ref_name, "values": values})
-
-
-def _directions(elbo, model, guide, args, kwargs, params, seed, pilot: int = 8, num_random: int = 3):
-    """Per parameter, a pilot gradient direction (the sum of ``pilot`` reference draws, made apart
-    from the tested ones) and ``num_random`` seeded Gaussian directions, as unit vectors."""
-    if not params:
-        return []
-    pyro.set_rng_seed(seed + 7)
-    total = [torch.zeros_like(p) for p in params]
-    for _ in range(pilot):
-        for t, g in zip(total, torch.autograd.grad(elbo.differentiable_loss(model, guide, *args, **kwargs), params,
-                                                  allow_unused=True)):
-            if g is not None:
-                t += g
-    return unit_directions(total, params, num_random, seed)
-
-
-def _grad_draws(name, elbo, model, guide, args, kwargs, params, names, directions, draws, bar) -> GradStats:
-    return grad_moments(name, lambda: elbo.differentiable_loss(model, guide, *args, **kwargs), names, params,
-                        draws, directions, bar)
-
-
-__all__ = ["check_estimators", "EstimatorReport", "Z_TOL"]
+__all__ = ["check_estimators", "EstimatorReport", "PyroProgram", "Z_TOL"]

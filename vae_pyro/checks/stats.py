@@ -21,16 +21,21 @@ def mean_se(values) -> tuple[float, float]:
     return float(t.mean()), float(t.std(unbiased=True) / math.sqrt(len(t)))
 
 
-def loss_draws(est, vae, x: torch.Tensor, draws: int, progress=None) -> list[float]:
-    """``draws`` independent values of the estimate, in nats/example. Draw r is seeded by its index
+def value_draws(draw: Callable[[], float], draws: int, progress=None) -> list[float]:
+    """``draws`` independent values of ``draw()``. Draw r is seeded by its index
     (:func:`~vae_pyro.distributed.seeded_draws`), so the draws can be split across processes and
     gathered into the same list one process makes."""
     out = []
-    for _ in distributed.seeded_draws(draws, warmup=lambda: est.loss(vae, x)):
-        out.append(est.loss(vae, x) / x.shape[0])
+    for _ in distributed.seeded_draws(draws, warmup=draw):
+        out.append(float(draw()))
         if progress is not None:
             progress.update(distributed.world_size())  # the draws of all processes, alike
     return distributed.gather_draws(out, draws)
+
+
+def loss_draws(est, vae, x: torch.Tensor, draws: int, progress=None) -> list[float]:
+    """``draws`` independent values of the estimate, in nats/example (:func:`value_draws`)."""
+    return value_draws(lambda: est.loss(vae, x) / x.shape[0], draws, progress)
 
 
 @dataclass
@@ -122,19 +127,30 @@ def unit_directions(pilot: list[torch.Tensor | None], params: list[torch.Tensor]
     return out
 
 
-def gradient_directions(vae, x: torch.Tensor, num_random: int = 3, pilot_particles: int = 32,
-                        seed: int = 0, reference: str = "analytic") -> list[torch.Tensor]:
-    """Per parameter tensor, fixed unit directions to test gradients along: the direction of a pilot
-    gradient of the ``reference`` estimator (``pilot_particles`` samples, drawn independently of the
-    draws that are tested, so the direction does not favour them) and ``num_random`` seeded Gaussian
-    directions (:func:`unit_directions`). Every draw is seeded by ``seed``: the pilot's noise comes
-    from a seed drawn from ``torch.Generator().manual_seed(seed)``, inside ``fork_rng``, so the
-    directions depend on ``seed`` only (not on what ran before) and the caller's stream is untouched."""
-    _, params = trainable(vae)
-    est = build_estimator(reference, pilot_particles)
+def pilot_directions(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor], seed: int,
+                     pilot_draws: int = 1, num_random: int = 3) -> list[torch.Tensor]:
+    """Per parameter tensor, fixed unit directions to test gradients along (:func:`unit_directions`):
+    the direction of a pilot gradient, the sum of ``pilot_draws`` gradients of ``loss_fn()`` drawn
+    independently of the draws that are tested (so the direction does not favour them), and
+    ``num_random`` seeded Gaussian directions. Every draw is seeded by ``seed``: the pilot's noise
+    comes from a seed drawn from ``torch.Generator().manual_seed(seed)``, inside ``fork_rng``, so
+    the directions depend on ``seed`` only (not on what ran before) and the caller's stream is untouched."""
     pilot_seed = int(torch.randint(2 ** 62, (1,), generator=torch.Generator().manual_seed(seed)))
-    cuda = [x.device.index or 0] if x.device.type == "cuda" else []
+    cuda = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
+    total: list[torch.Tensor | None] = [None] * len(params)
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(pilot_seed)
-        pilot = torch.autograd.grad(est.differentiable_loss(vae, x) / x.shape[0], params, allow_unused=True)
-    return unit_directions(list(pilot), params, num_random, seed)
+        for _ in range(pilot_draws):
+            grads = torch.autograd.grad(loss_fn(), params, allow_unused=True)
+            total = [t if g is None else (g if t is None else t + g) for t, g in zip(total, grads)]
+    return unit_directions(total, params, num_random, seed)
+
+
+def gradient_directions(vae, x: torch.Tensor, num_random: int = 3, pilot_particles: int = 32,
+                        seed: int = 0, reference: str = "analytic") -> list[torch.Tensor]:
+    """:func:`pilot_directions` for the VAE: the pilot is one gradient of the ``reference``
+    estimator with ``pilot_particles`` samples per example."""
+    _, params = trainable(vae)
+    est = build_estimator(reference, pilot_particles)
+    return pilot_directions(lambda: est.differentiable_loss(vae, x) / x.shape[0], params, seed,
+                            num_random=num_random)
