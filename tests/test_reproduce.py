@@ -158,6 +158,7 @@ def test_refuses_a_non_empty_out_before_any_work(tmp_path, capsys):
     (["reproduce", "nature2030"], "invalid choice: 'nature2030'"),
     (["reproduce", "burda2015", "--rows", "vae,bogus"], "unknown row 'bogus' for burda2015; allowed: vae, iwae-k1"),
     (["reproduce", "burda2015", "--set", "networks.activation=elu"], "networks.activation"),
+    (["reproduce", "best-nll", "--refine-steps", "-1"], "expected a non-negative integer, got -1"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
     try:
@@ -206,6 +207,8 @@ def test_fast_run_writes_the_folder_and_table(tmp_path, capsys):
         result["rows"][2]["test_nll"] - result["rows"][0]["test_nll"])
     report = (out / "report.md").read_text()
     assert "NOT full MNIST" in report and "| vae | analytic k=1 | dynamic |" in report and "86.76" in report
+    # the paper's table is amortized: no refined proposal unless asked for
+    assert all(r["test_nll_refined"] is None for r in result["rows"]) and "refined proposal" not in report
     # a second run into the same folder needs --force
     assert main(["reproduce", "burda2015", "--out", str(out), "--fast", "--no-progress"]) == 2
 
@@ -283,3 +286,16 @@ def test_patience_stops_and_keeps_the_best_checkpoint(digits):
     # dynamic training keeps grey levels to redraw; validation and test digits are one fixed 0/1 draw
     assert data.dynamic and not bool(((data.x_train == 0) | (data.x_train == 1)).all())
     assert bool(((data.x_val == 0) | (data.x_val == 1)).all()) and bool(((data.x_test == 0) | (data.x_test == 1)).all())
+
+
+def test_best_nll_reports_the_refined_proposal_beside_the_amortized_estimate(tmp_path):
+    from vae_pyro import api
+    from vae_pyro.reproduce import REFINED_HEADER, text_table
+
+    result = api.reproduce("best-nll", out=tmp_path / "run", fast=True)
+    (row,) = result["rows"]
+    assert row["refine_steps"] == 5 and row["refine_seconds"] > 0  # --fast: min(2,000, 5) steps
+    assert row["test_nll_refined"] > 0 and row["test_nll_refined_se"] > 0
+    assert REFINED_HEADER in text_table(result) and REFINED_HEADER in (tmp_path / "run" / "report.md").read_text()
+    # the saved checkpoint is the model, not the refined proposal: its encoder gives the amortized number
+    assert result["rows"][0]["test_nll"] == pytest.approx(row["nll_vs_k"]["20"])

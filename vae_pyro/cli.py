@@ -174,7 +174,8 @@ def cmd_reproduce(args) -> int:
     from .reproduce import data_label, text_table
 
     result = api.reproduce(args.target, out=args.out, dataset=args.dataset, epochs=args.epochs, k=args.k,
-                           rows=args.rows, lr_schedule=args.lr_schedule, device=args.device, seed=args.seed,
+                           rows=args.rows, lr_schedule=args.lr_schedule, refine_steps=args.refine_steps,
+                           device=args.device, seed=args.seed,
                            overrides=tuple(args.overrides), fast=args.fast, force=args.force,
                            progress=not args.no_progress)
     print(f"vae-pyro reproduce {args.target}: {data_label(result)}; test NLL by IWAE k={result['k']:,}")

@@ -342,6 +342,10 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                    help="constant, or the paper's 3^i-pass stages compressed into --epochs (default: burda "
                         "with --dataset idx:FOLDER, else constant)")
+    p.add_argument("--refine-steps", type=non_negative_int, default=None,
+                   help="Adam steps refining the encoder as a proposal on the test digits before a second test "
+                        "NLL (the amortization gap; the model is unchanged; 0: none; default: best-nll 2000, "
+                        "burda2015 0)")
     p.add_argument("--device", choices=DEVICES, default=None, help="auto, cpu or cuda (default: the spec's, auto)")
     p.add_argument("--seed", type=int, default=None, help="the seed of every row (default: the spec's, 0)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",

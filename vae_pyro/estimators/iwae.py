@@ -63,12 +63,15 @@ def iwae_validity(vae) -> Validity:
 
 
 def log_weights(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None,
-                stop_q_grad: bool = False) -> torch.Tensor:
+                stop_q_grad: bool = False, proposal=None) -> torch.Tensor:
     """log w = log p(x|z) + log p(z) - log q(z|x) at z = mu + sigma * eps, shape (num_particles, B).
 
     ``stop_q_grad=True`` evaluates log q with the encoder's outputs detached (z itself still carries
-    the gradient): the path-derivative of Roeder et al. 2017, used by :mod:`vae_pyro.estimators.stl`."""
-    mu, logvar = vae.encoder(x)
+    the gradient): the path-derivative of Roeder et al. 2017, used by :mod:`vae_pyro.estimators.stl`.
+    ``proposal``: an encoder to draw z from instead of the VAE's (q is only the importance
+    distribution: any q gives a bound on the same log p(x)); the model, p(x|z) p(z), is the VAE's,
+    including a VampPrior's use of the VAE's own encoder."""
+    mu, logvar = (vae.encoder if proposal is None else proposal)(x)
     z = reparameterize(mu, logvar, num_particles, eps)
     log_lik = vae.likelihood.log_prob(vae.decoder(z), x)
     log_prior = vae.prior.dist(z.shape[:-1]).log_prob(z)
