@@ -135,14 +135,19 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
             test = evaluate(vae, eval_estimator or estimator, x_test) if x_test is not None else None
             history.append(EpochLog(epoch, float(losses.sum()) / max(len(batches), 1), test, seconds, beta))
             if checkpoint is not None and distributed.is_main():
-                save_checkpoint(checkpoint, vae=vae, optimizer=optimizer, epoch=epoch, estimator=estimator.name,
-                                history=[asdict(h) for h in history],
-                                extra={"generator": generator.get_state()} if generator is not None else None)
+                _save_epoch(checkpoint, vae, optimizer, estimator, history, generator)
     finally:
         vae.kl_weight = target
         distributed.restore_rng_state(shared_rng)
         bar.close()
     return history
+
+
+def _save_epoch(checkpoint, vae, optimizer, estimator, history: list[EpochLog], generator) -> None:
+    """The checkpoint after an epoch whose losses were read and found finite (see :func:`train`)."""
+    save_checkpoint(checkpoint, vae=vae, optimizer=optimizer, epoch=history[-1].epoch, estimator=estimator.name,
+                    history=[asdict(h) for h in history],
+                    extra={"generator": generator.get_state()} if generator is not None else None)
 
 
 def _resume(checkpoint, vae, optimizer, generator, lr: float | None) -> tuple[list[EpochLog], int]:
