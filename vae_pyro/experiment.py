@@ -23,13 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checks, outputs, plots
-from .data import load_dataset, prepare, resolve_data
+from .data import resolve_data
 from .estimators import ESTIMATORS, build_estimator
 from .estimators.iwae import iwae_log_likelihood
 from .model import VAE, VAEConfig
-from .runs import RunSettings, result_header
+from .runs import Run, RunSettings, prepare_run, result_header, spec_of
 from .report import atomic_write_text, fmt, table, write_json
-from .train import resolve_device, seed_all, train
+from .train import seed_all, train
 
 DEFAULT_EXPERIMENT_ESTIMATORS = ("analytic", "trace", "tmf")
 
@@ -79,15 +79,14 @@ class ExperimentConfig(RunSettings):
                 raise ValueError(f"{key} must be >= {2 if key == 'variance_draws' else 1}, got {getattr(self, key)}")
 
 
-def _train_one(name: str, cfg: ExperimentConfig, x_train, x_test, dynamic: bool, device,
-               out: Path) -> tuple[VAE, dict]:
-    generator = seed_all(cfg.seed)  # same initial weights and data order for every estimator
-    vae = VAE(cfg.model).to(device)
+def _train_one(name: str, cfg: ExperimentConfig, run: Run, out: Path) -> tuple[VAE, dict]:
+    vae = run.restart()  # same initial weights and data order for every estimator
+    x_train, x_test = run.x_train, run.x_test
     ref = checks.reference_for(vae, particles=16, reference_particles=16)
     start = time.perf_counter()
     history = train(vae, build_estimator(name, cfg.particles), x_train, epochs=cfg.epochs,
-                    batch_size=cfg.batch_size, lr=cfg.lr, dynamic=dynamic, x_test=x_test,
-                    eval_estimator=build_estimator(ref.estimator, ref.particles), generator=generator,
+                    batch_size=cfg.batch_size, lr=cfg.lr, dynamic=run.dynamic, x_test=x_test,
+                    eval_estimator=build_estimator(ref.estimator, ref.particles), generator=run.generator,
                     progress=cfg.progress, kl_anneal_epochs=cfg.kl_anneal_epochs,
                     checkpoint=str(out / "checkpoints" / f"{name}.pt"))
     record = {
@@ -118,15 +117,15 @@ def _variance(vae, x, names, draws, particles) -> dict:
     return out
 
 
-def _train_all(cfg: ExperimentConfig, x_train, x_test, dynamic: bool, device, out: Path) -> tuple[dict, list]:
+def _train_all(cfg: ExperimentConfig, run: Run, out: Path) -> tuple[dict, list]:
     """One model per estimator, each ending with its test NLL (IWAE_k per digit, an upper bound on
     -log p(x) in expectation, tightening as k grows; Burda et al. 2015) where beta = 1."""
     models, records = {}, []
     for name in tqdm(cfg.estimators, desc="estimators", disable=not cfg.progress, leave=False):
-        models[name], record = _train_one(name, cfg, x_train, x_test, dynamic, device, out)
+        models[name], record = _train_one(name, cfg, run, out)
         if cfg.nll_k and float(cfg.model.kl_weight) == 1.0:
             torch.manual_seed(cfg.seed)
-            log_px = iwae_log_likelihood(models[name], x_test, k=cfg.nll_k, progress=cfg.progress,
+            log_px = iwae_log_likelihood(models[name], run.x_test, k=cfg.nll_k, progress=cfg.progress,
                                          desc=f"test NLL [{name}]")
             record["test_nll"] = float(-log_px.mean())
             record["test_nll_se"] = float(log_px.std() / len(log_px) ** 0.5)
@@ -173,26 +172,23 @@ def _check_estimators(cfg: ExperimentConfig) -> VAE:
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict:
-    """Train, measure and write the run folder ``cfg.out``. The folder is built beside it and renamed
+    """Train, measure and write the run folder ``cfg.out``, set up by :func:`~vae_pyro.runs.prepare_run`
+    (the spec of ``cfg``: :func:`~vae_pyro.runs.spec_of`). The folder is built beside it and renamed
     into place when complete (:func:`vae_pyro.outputs.staged_folder`): an existing run is replaced
     whole, and only with ``cfg.force``; a failed run leaves the old folder as it was."""
     cfg.validate()
+    _check_estimators(cfg)
     outputs.check_run_folder(cfg.out, force=cfg.force)
+    run = prepare_run(spec_of(cfg, cfg.model), binarization=cfg.resolved_data()[0])
+    run.vae.check_data(run.x_test)
     with outputs.staged_folder(cfg.out) as out:
-        return _run_experiment(cfg, out)
+        return _run_experiment(cfg, run, out)
 
 
-def _run_experiment(cfg: ExperimentConfig, out: Path) -> dict:
-    device = resolve_device(cfg.device)
-    binarization, transform = cfg.resolved_data()
-    probe = _check_estimators(cfg)
-    ds = load_dataset(cfg.dataset)
-    dynamic = binarization == "dynamic"
-    x_train = prepare(ds.train_x, binarization, transform).to(device)
-    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
-    probe.check_data(x_test)
-    models, records = _train_all(cfg, x_train, x_test, dynamic, device, out)
-    files = _pictures(cfg, models, records, x_test, ds.test_y, transform, out)
+def _run_experiment(cfg: ExperimentConfig, run: Run, out: Path) -> dict:
+    x_test, ds = run.x_test, run.dataset
+    models, records = _train_all(cfg, run, out)
+    files = _pictures(cfg, models, records, x_test, ds.test_y, run.transform, out)
     # Estimator spread, all measured at the same trained model (the first estimator's).
     variance = _variance(models[cfg.estimators[0]], x_test, cfg.estimators, cfg.variance_draws, cfg.particles)
     files["variance"] = plots.estimator_variance(
@@ -204,11 +200,11 @@ def _run_experiment(cfg: ExperimentConfig, out: Path) -> dict:
         record.update(variance[record["name"]])
 
     result = {
-        **result_header("experiment", cfg.spec, device, cfg.seed),
+        **result_header("experiment", cfg.spec, run.device, cfg.seed),
         "dataset": ds.name,
-        "binarization": binarization,
-        "transform": transform,
-        "test_binarization": "static" if dynamic else binarization,
+        "binarization": run.binarization,
+        "transform": run.transform,
+        "test_binarization": run.test_binarization,
         "particles": cfg.particles,
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,

@@ -71,6 +71,13 @@ class Run:
     def dynamic(self) -> bool:
         return self.binarization == "dynamic"
 
+    def restart(self) -> VAE:
+        """Seed again and build a new VAE, as :func:`prepare_run` did: another model from the same
+        start (the same initial weights and data order) on the same data, e.g. one per estimator."""
+        self.generator = seed_all(self.spec.training.seed)
+        self.vae = VAE(self.spec.model_config()).to(self.device)
+        return self.vae
+
     @property
     def test_binarization(self) -> str:
         return "static" if self.dynamic else self.binarization
@@ -156,26 +163,47 @@ def result_header(command: str, spec_source: str, device, seed: int) -> dict:
             "processes": distributed.world_size()}
 
 
+def with_model(spec, model: dict):
+    """A copy of ``spec`` with its model (networks and their activation, prior, likelihood, KL weight)
+    replaced by ``model``, a :meth:`VAEConfig.to_dict` (saved in a checkpoint, or built in Python)."""
+    import copy
+
+    from .spec import ComponentSpec
+
+    spec = copy.deepcopy(spec)
+    spec.networks.hidden, spec.networks.z_dim = list(model["hidden"]), model["z_dim"]
+    spec.networks.activation = model.get("activation", "relu")  # saved before the option: ReLU
+    spec.prior = ComponentSpec(model["prior"], dict(model["prior_options"]))
+    spec.likelihood = ComponentSpec(model["likelihood"], dict(model["likelihood_options"]))
+    spec.training.kl_weight = model["kl_weight"]
+    return spec
+
+
+def spec_of(settings: RunSettings, model):
+    """The spec of a command's flat settings and model (a :class:`VAEConfig`), for a config built in
+    Python (``ExperimentConfig(...)``) to be set up by :func:`prepare_run` like a spec is."""
+    from .spec import load_spec
+
+    spec = with_model(load_spec(None), model.to_dict())
+    d, t = spec.data, spec.training
+    d.dataset, d.binarization, d.transform = settings.dataset, settings.binarization, settings.transform
+    t.device, t.seed, t.epochs, t.batch_size = settings.device, settings.seed, settings.epochs, settings.batch_size
+    t.lr, t.kl_anneal_epochs, spec.checks.particles = settings.lr, settings.kl_anneal_epochs, settings.particles
+    spec.source = settings.spec
+    return spec
+
+
 def spec_for_checkpoint(spec, path: str, prior: str | None = None, z_dim: int | None = None):
     """``spec`` with its model (networks and their activation, prior, likelihood, KL weight) replaced by the one saved in
     the checkpoint at ``path``, so that the data, the checks and the reports all describe the loaded
     model. A ``prior`` or ``z_dim`` the user asked for that differs from the checkpoint's is a
     :class:`~vae_pyro.checkpoint.CheckpointError` (one line, exit 2 from the CLI)."""
-    import copy
-
-    from .spec import ComponentSpec
-
     saved = load_checkpoint(path)["model_config"]
     for key, asked in (("prior", prior), ("z_dim", z_dim)):
         if asked is not None and asked != saved[key]:
             raise CheckpointError(f"checkpoint {path} holds a model with {key} {saved[key]!r}, not {asked!r}; "
                                   f"drop --{key.replace('_', '-')} (the model's settings come from the checkpoint)")
-    spec = copy.deepcopy(spec)
-    spec.networks.hidden, spec.networks.z_dim = list(saved["hidden"]), saved["z_dim"]
-    spec.networks.activation = saved.get("activation", "relu")  # saved before the option: ReLU
-    spec.prior = ComponentSpec(saved["prior"], dict(saved["prior_options"]))
-    spec.likelihood = ComponentSpec(saved["likelihood"], dict(saved["likelihood_options"]))
-    spec.training.kl_weight = saved["kl_weight"]
+    spec = with_model(spec, saved)
     if saved.get("x_dim", 784) != spec.model_config().x_dim:
         raise CheckpointError(f"checkpoint {path} holds a model of {saved['x_dim']} pixels; this data has "
                               f"{spec.model_config().x_dim}")
