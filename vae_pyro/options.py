@@ -336,7 +336,7 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--dataset", default=None, help="'mnist5k' (embedded, default) or 'idx:FOLDER' (full MNIST)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="epochs per row, the budget (default: 3,280 as in the paper with --dataset idx:FOLDER, "
-                        "where batch 20 is the default too; else the spec's 100)")
+                        "where batch 20 is the default too; else the spec's: burda2015 100, best-nll 300)")
     p.add_argument("--k", type=positive_int, default=5000, help="importance samples per test digit (default: 5000)")
     p.add_argument("--rows", type=name_list, default=None, help="comma-separated subset of the rows (default: all)")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
