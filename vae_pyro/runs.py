@@ -74,8 +74,7 @@ class Run:
     def restart(self) -> VAE:
         """Seed again and build a new VAE, as :func:`prepare_run` did: another model from the same
         start (the same initial weights and data order) on the same data, e.g. one per estimator."""
-        self.generator = seed_all(self.spec.training.seed)
-        self.vae = VAE(self.spec.model_config()).to(self.device)
+        self.generator, self.vae = seeded_model(self.spec, self.device)
         return self.vae
 
     @property
@@ -83,13 +82,19 @@ class Run:
         return "static" if self.dynamic else self.binarization
 
 
+def seeded_model(spec, device) -> tuple[torch.Generator, VAE]:
+    """Every generator seeded by the spec's seed (:func:`~vae_pyro.train.seed_all`; the returned one
+    orders the data), then the spec's VAE on ``device``: the same initial weights every time."""
+    generator = seed_all(spec.training.seed)
+    return generator, VAE(spec.model_config()).to(device)
+
+
 def prepare_run(spec, binarization: str | None = None, checkpoint: str | None = None) -> Run:
     """Device, seeds, VAE and data for ``spec`` (``binarization`` overrides the spec's resolved one).
     ``checkpoint``: the VAE is the one saved there (its weights; ``spec`` must describe its model,
     see :func:`spec_for_checkpoint`)."""
     device = resolve_device(spec.training.device)
-    generator = seed_all(spec.training.seed)
-    vae = VAE(spec.model_config()).to(device)
+    generator, vae = seeded_model(spec, device)
     if checkpoint is not None:
         restore(load_checkpoint(checkpoint), vae, path=checkpoint)
     resolved, transform = spec.resolved_data()
@@ -104,7 +109,6 @@ def prepare_run(spec, binarization: str | None = None, checkpoint: str | None = 
 def fit_run(run: Run, trainer: str, note: str | None, progress: bool, **train_kwargs):
     """Train ``run.vae`` as its spec says, with ``trainer`` (chosen by :func:`training_estimator`);
     returns the epoch history and the training record every command's JSON carries."""
-
     t = run.spec.training
     history = train(run.vae, build_estimator(trainer, run.spec.checks.particles), run.x_train, epochs=t.epochs,
                   batch_size=t.batch_size, lr=t.lr, dynamic=run.dynamic, generator=run.generator,

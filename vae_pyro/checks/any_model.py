@@ -53,7 +53,7 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from ..estimators import ELBO_BOUND, MONTE_CARLO_KL, Validity
 from ..estimators.iwae import DifferentiableRenyiELBO
 from .agreement import Reference, agreement_check, crash_reason, run_agreement
-from .result import ERROR, FAIL, PASS, Z_TOL, CheckResult, skipped
+from .result import ERROR, FAIL, Z_TOL, CheckResult, skipped, verdict_of
 from .stats import pilot_directions
 from .subject import Subject
 
@@ -198,8 +198,8 @@ def same_seed_check(ctx, est, mc) -> CheckResult:
                 return CheckResult("same_seed", est.name, None, SAME_SEED_TOL, ERROR,
                                    details={"reason": crash_reason(name, err), "against": twin})
     rel = abs(values[1] - values[0]) / (1 + abs(values[0]))
-    return CheckResult("same_seed", est.name, rel, SAME_SEED_TOL, PASS if rel <= SAME_SEED_TOL else FAIL,
-                       values[0], {"against": twin, "values": values})
+    return CheckResult("same_seed", est.name, rel, SAME_SEED_TOL, verdict_of(rel <= SAME_SEED_TOL), values[0],
+                       {"against": twin, "values": values})
 
 
 def check_estimators(model, guide, *args, seed: int = 0, draws: int = 100, grad_draws: int = 50,
@@ -214,7 +214,7 @@ def check_estimators(model, guide, *args, seed: int = 0, draws: int = 100, grad_
     estimators = estimators or default_estimators()
     pyro.set_rng_seed(seed)
     program = PyroProgram(model, guide, args, kwargs, estimators, draws=draws, grad_draws=grad_draws, seed=seed)
-    ref_name = next(iter(estimators))
+    ref_name = program.reference().estimator
     agreement = run_agreement(program, [n for n in estimators if n != ref_name], progress, "check_estimators")
     report = EstimatorReport(params=program.parameters()[0])
     if agreement.reference_mc is not None:

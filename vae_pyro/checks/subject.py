@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .result import Z_TOL
 from .stats import GradStats, grad_moments
 
 
@@ -34,7 +35,7 @@ class Subject:
     draws: int = 100
     grad_draws: int = 50
     seed: int = 0
-    z_tol: float = 4.0
+    z_tol: float = Z_TOL
     report_crashes: bool = False
 
     def reference(self):
