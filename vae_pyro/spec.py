@@ -310,15 +310,15 @@ def _validate(raw: dict) -> VAESpec:
     if not isinstance(description, str):
         raise SpecError(f"description must be a string, got {description!r}")
     out = {}
-    for section, fields in FIELDS.items():
+    for section, declared in FIELDS.items():
         table = raw.get(section, {})
         if not isinstance(table, dict):
             raise SpecError(f"[{section}] must be a table, got {table!r}")
         for key in table:
-            if key not in fields:
-                raise SpecError(f"unknown key {key!r} in [{section}]; allowed: {', '.join(fields)}")
+            if key not in declared:
+                raise SpecError(f"unknown key {key!r} in [{section}]; allowed: {', '.join(declared)}")
         out[section] = {k: opt.check(f"{section}.{k}", table.get(k, copy.deepcopy(opt.default)))
-                        for k, opt in fields.items()}
+                        for k, opt in declared.items()}
     if not out["networks"]["hidden"]:
         raise SpecError("networks.hidden must list at least one layer size, e.g. [400] or [512, 256]")
     if not _dataset_ok(out["data"]["dataset"]):
