@@ -236,3 +236,27 @@ def test_spec_folder_and_non_utf8_spec_are_named(tmp_path, capsys):
 def test_checkpoint_folder_is_named(tmp_path, capsys):
     assert main(["train", "--checkpoint", str(tmp_path), "--resume", "--no-progress"]) == 2
     _one_error_line(capsys, f"checkpoint {tmp_path} is a folder")
+
+
+def test_a_value_error_from_our_code_is_a_traceback_not_bad_input(monkeypatch):
+    """Only the library's own errors (VaePyroError) are bad input, exit 2; a ValueError raised inside
+    our code is a bug: it propagates (a traceback, exit 1), never printed as one line."""
+    import vae_pyro.cli as cli
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr(cli, "spec_from_args", broken)
+    with pytest.raises(ValueError, match="a bug, not bad input"):
+        main(["estimators"])
+
+
+def test_library_errors_name_settings_and_the_cli_names_the_flag(capsys):
+    from vae_pyro import api
+    from vae_pyro.errors import VaePyroError
+
+    with pytest.raises(VaePyroError, match=r"^training.estimator 'analytic' is invalid") as err:
+        api.train(load_spec(None, prior="mog"), epochs=0, explicit_estimator=True, estimator="analytic")
+    assert "--" not in str(err.value)
+    assert main(["train", "--prior", "mog", "--estimator", "analytic", "--epochs", "0", "--no-progress"]) == 2
+    _one_error_line(capsys, "--estimator 'analytic' is invalid", "e.g. --estimator 'tmf'")

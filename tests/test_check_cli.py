@@ -78,7 +78,7 @@ def test_check_exits_1_when_an_estimator_is_wrong(tmp_path, capsys, monkeypatch)
 
 @pytest.mark.parametrize("args, needle", [
     (["check", "--toy", "gaussian_3d"], "invalid choice: 'gaussian_3d' (choose from 'linear_gaussian', 'bernoulli_2d', 'bernoulli_1d')"),
-    (["check", "--toy", "bernoulli_1d", "--device", "cuda"], "--toy models run on the CPU"),
+    (["check", "--toy", "bernoulli_1d", "--device", "cuda"], "toy models run on the CPU"),
     (["check", "--draws", "1"], "expected an integer >= 2, got 1"),
     (["nll", "--k", "0"], "expected a positive integer, got 0"),
 ])

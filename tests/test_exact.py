@@ -15,7 +15,8 @@ from vae_pyro.estimators.analytic import neg_elbo_terms
 from vae_pyro.estimators import Estimator, build_estimator
 from vae_pyro.checks.toys import build_toy, pooled_digits
 from vae_pyro.checks import torch_threads
-from vae_pyro.checks.ground_truth import CheckConfig, toy_checks
+from vae_pyro.checks.ground_truth import checks_of, toy_checks
+from vae_pyro.spec import load_spec
 
 F64 = torch.float64
 
@@ -153,7 +154,7 @@ def _by(results, name, estimator=None):
 @pytest.fixture(scope="module")
 def bern2_report(bern2):
     toy, x = bern2
-    cfg = CheckConfig(toy="bernoulli_2d", draws=20, grad_draws=10, progress=False)
+    cfg = checks_of(load_spec(overrides=["checks.draws=20", "checks.grad_draws=10"]), toy="bernoulli_2d")
     torch.manual_seed(0)
     ests = {n: build_estimator(n) for n in ("analytic", "trace", "tmf", "stl")}
     ests["flipped_kl"] = FlippedKL()
@@ -182,7 +183,7 @@ def test_a_flipped_kl_fails_the_ground_truth_checks(bern2_report):
 
 def test_linear_gaussian_report_is_tight_at_the_posterior_and_stl_has_no_encoder_noise(linear):
     toy, x = linear
-    cfg = CheckConfig(toy="linear_gaussian", draws=20, grad_draws=10, progress=False)
+    cfg = checks_of(load_spec(overrides=["checks.draws=20", "checks.grad_draws=10"]), toy="linear_gaussian")
     torch.manual_seed(0)
     with torch_threads(1):
         rep = toy_checks(toy, x, cfg, {n: build_estimator(n) for n in ("trace", "tmf")})

@@ -9,16 +9,17 @@ import re
 
 import pytest
 
-from vae_pyro.experiment import ExperimentConfig, run_experiment
-from vae_pyro.model import VAEConfig
+from vae_pyro import api
+from vae_pyro.errors import SpecError
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("exp")
-    cfg = ExperimentConfig(out=str(out), estimators=("analytic", "tmf", "trace"), epochs=2, variance_draws=6, nll_k=20,
-                           binarization="static", transform="unit", model=VAEConfig(hidden=(64,), z_dim=2), progress=False)
-    return out, run_experiment(cfg)
+    result = api.experiment(None, out=str(out), train_estimators=("analytic", "tmf", "trace"), epochs=2,
+                            variance_draws=6, nll_k=20, binarization="static", transform="unit", hidden=(64,),
+                            z_dim=2, force=True)
+    return out, result
 
 
 def test_run_folder_has_every_file(run):
@@ -72,6 +73,6 @@ def test_training_improves_and_analytic_equals_tmf_at_the_same_seed(run):
 
 
 def test_bad_experiment_config_is_refused_before_any_work(tmp_path):
-    with pytest.raises(KeyError, match="unknown estimator 'nope'"):
-        run_experiment(ExperimentConfig(out=str(tmp_path / "x"), estimators=("nope",)))
+    with pytest.raises(SpecError, match="unknown estimator 'nope'"):
+        api.experiment(None, out=str(tmp_path / "x"), train_estimators=("nope",))
     assert not (tmp_path / "x").exists()

@@ -33,7 +33,7 @@ def test_parameter_count_is_the_real_models(prior, likelihood):
     (["train", "--hidden", HUGE], "--hidden"),
     (["train", "--batch-size", HUGE], "--batch-size"),
     (["train", "--prior", "mog", "--estimator", "trace", "--set", f"prior.components={HUGE}"], "prior.components"),
-    (["experiment", "--prior", "vamp", "--estimators", "trace", "--set", f"prior.components={HUGE}"],
+    (["experiment", "--prior", "vamp", "--train-estimators", "trace", "--set", f"prior.components={HUGE}"],
      "prior.components"),
 ])
 def test_runs_that_cannot_fit_are_one_line_naming_the_option(args, option, tmp_path, capsys):
@@ -52,6 +52,6 @@ def test_the_default_runs_fit():
 
 
 def test_refusal_is_a_value_error_with_the_biggest_part():
-    spec = load_spec(overrides=[f"checks.particles={HUGE}"])
+    spec = load_spec(overrides=[f"training.particles={HUGE}"])
     with pytest.raises(MemoryBoundError, match="lower --particles"):
         check_fits(spec, torch.device("cpu"))

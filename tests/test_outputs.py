@@ -48,7 +48,7 @@ def test_experiment_force_replaces_the_whole_folder(tmp_path, capsys):
     (out / "checkpoints" / "old_estimator.pt").write_bytes(b"an earlier run")
     (out / "old_plot.png").write_bytes(b"an earlier plot")
     (out / "metrics.json").write_text("{}\n")
-    code = main(["experiment", *TINY, "--estimators", "analytic", "--nll-k", "0", "--variance-draws", "2",
+    code = main(["experiment", *TINY, "--train-estimators", "analytic", "--nll-k", "0", "--variance-draws", "2",
                  "--out", str(out), "--force"])
     assert code == 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["analytic.pt"]  # no mix of two runs

@@ -139,7 +139,7 @@ def test_every_target_row_is_a_valid_spec():
     best = load_spec("best-nll")
     assert (best.selection.validation, best.selection.patience, best.prior.name) == (0, 0, "vamp")
     est = {r.name: load_spec("burda2015", overrides=list(r.overrides)) for r in TARGETS["burda2015"].rows}
-    assert [(s.training.estimator, s.checks.particles, s.data.binarization) for s in est.values()] == [
+    assert [(s.training.estimator, s.training.particles, s.data.binarization) for s in est.values()] == [
         ("analytic", 1, "dynamic"), ("iwae", 1, "dynamic"), ("iwae", 5, "dynamic"), ("iwae", 50, "dynamic"),
         ("analytic", 1, "static")]
 
@@ -174,7 +174,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
 def test_api_reproduce_refuses_an_unknown_option_before_any_work(tmp_path):
     from vae_pyro import api
 
-    with pytest.raises(ValueError, match="unknown reproduce option 'epoch'; allowed: dataset, epochs, k,"):
+    with pytest.raises(ValueError, match="unknown reproduce option 'epoch'; allowed: dataset, epochs, device, seed, k,"):
         api.reproduce("burda2015", out=tmp_path / "run", epoch=3)
     with pytest.raises(ValueError, match="unknown row 'vea' for burda2015"):
         api.reproduce("burda2015", out=tmp_path / "run", rows=["vea"])
@@ -243,18 +243,19 @@ def test_a_tanh_checkpoint_is_evaluated_as_tanh(tmp_path):
 
 
 def test_full_mnist_defaults_to_the_papers_setting():
-    from vae_pyro.reproduce import ReproduceConfig
+    from vae_pyro.reproduce import apply_paper_setting, plan
 
-    full = ReproduceConfig(dataset="idx:/data/mnist", overrides=("training.batch_size=64",))
-    full.apply_paper_setting()
+    full = plan(settings={"data.dataset": "idx:/data/mnist"}, overrides=("training.batch_size=64",))
+    apply_paper_setting(full)
     assert (full.lr_schedule, full.epochs) == ("burda", 3280)
     # the paper's batch first, so the user's --set wins
     assert full.overrides == ("training.batch_size=20", "training.batch_size=64")
-    budget = ReproduceConfig(dataset="idx:/data/mnist", epochs=10, lr_schedule="constant")
-    budget.apply_paper_setting()
+    budget = plan(options={"lr_schedule": "constant"}, settings={"data.dataset": "idx:/data/mnist",
+                                                                 "training.epochs": 10})
+    apply_paper_setting(budget)
     assert (budget.lr_schedule, budget.epochs) == ("constant", 10)
-    embedded = ReproduceConfig()
-    embedded.apply_paper_setting()
+    embedded = plan()
+    apply_paper_setting(embedded)
     assert (embedded.lr_schedule, embedded.epochs, embedded.overrides) == ("constant", None, ())
 
 
@@ -270,7 +271,7 @@ def test_patience_stops_and_keeps_the_best_checkpoint(digits):
     """With lr = 0 the weights never change, and every evaluation uses the same noise (common random
     numbers), so every validation bound equals the first one exactly: the first checkpoint stays the
     best, and patience 2 (evaluations every epoch) stops the run after epoch 3."""
-    from vae_pyro.reproduce import ReproduceConfig, fit_row, split_data
+    from vae_pyro.reproduce import fit_row, plan, split_data
     from vae_pyro.runs import prepare_run
 
     spec = load_spec("burda2015", overrides=["networks.hidden=[16]", "networks.z_dim=4", "training.epochs=6",
@@ -279,7 +280,7 @@ def test_patience_stops_and_keeps_the_best_checkpoint(digits):
     spec.training.lr = 0.0  # a spec refuses lr = 0 (it must be > 0); set here to freeze the weights
     run = prepare_run(spec)
     data = split_data(run)
-    record = fit_row(run, data, ReproduceConfig(progress=False), "lr0")
+    record = fit_row(run, data, plan(progress=False), "lr0")
     assert (record["epochs_run"], record["selected_epoch"]) == (3, 1)
     vals = [p["val_bound"] for p in record["curve"]]
     assert len(vals) == 3 and vals[0] == vals[1] == vals[2]

@@ -67,13 +67,13 @@ def test_compare_with_a_prior_without_closed_form_kl_trains_with_a_valid_estimat
 
 
 def test_a_named_invalid_training_estimator_is_refused_the_same_way():
-    with pytest.raises(ValueError, match="estimator 'analytic' is invalid for prior 'mog'.*e.g. --estimator tmf"):
+    with pytest.raises(ValueError, match="training.estimator 'analytic' is invalid for prior 'mog'.*e.g. training.estimator 'tmf'"):
         api.train(load_spec(None, prior="mog"), epochs=0, explicit_estimator=True, estimator="analytic")
 
 
 def test_experiment_takes_its_epochs_from_the_spec_not_a_forced_default():
     assert load_spec(None, command="experiment").training.epochs == 20   # the command's default
-    assert load_spec(None, command="experiment", fields={"training.epochs": 2}).training.epochs == 2
+    assert load_spec(None, command="experiment", settings={"training.epochs": 2}).training.epochs == 2
     assert load_spec("default", command="experiment").training.epochs == 10   # the spec file says 10
     assert load_spec("beta-vae", command="check").training.epochs == 3        # beta-vae sets none
 

@@ -50,7 +50,7 @@ def test_resolved_spec_round_trips_through_toml(name):
 
 
 def test_precedence_spec_then_fields_then_component_then_set():
-    spec = load_spec("mog-bernoulli", fields={"training.epochs": 3, "networks.hidden": [64]},
+    spec = load_spec("mog-bernoulli", settings={"training.epochs": 3, "networks.hidden": [64]},
                      overrides=["prior.components=4", "networks.z_dim=5", "training.lr=0.01"])
     assert spec.training.epochs == 3 and spec.networks.hidden == [64] and spec.networks.z_dim == 5
     assert spec.prior.options == {"components": 4} and spec.training.lr == 0.01
@@ -102,7 +102,7 @@ BAD_SPECS = [
      "likelihood 'binomial' takes counts data (transform 'counts'): transform 'counts' takes the raw "
      "intensities 0..255, so binarization must be 'none' or 'auto', got 'static'"),
     ("unknown estimator", '[checks]\nestimators = ["trace", "Trace_ELBO"]\n',
-     "checks.estimators[1]: unknown value 'Trace_ELBO'; allowed: analytic, trace, tmf"),
+     "checks.estimators[1]: unknown estimator 'Trace_ELBO'; allowed: analytic, trace, tmf"),
     ("not TOML", '[prior\nname = "mog"\n', "not valid TOML"),
 ]
 
@@ -202,8 +202,8 @@ def test_precedence_at_every_level_for_every_command(command, tmp_path):
         spec = _resolved(argv)
         assert (spec.training.epochs, spec.prior.name, spec.likelihood.name) == (epochs, prior, likelihood), argv
     if command == "check":  # check's run reads its epochs from the same resolution
-        from vae_pyro.checks.ground_truth import CheckConfig
+        from vae_pyro.checks.ground_truth import checks_of
 
-        assert [CheckConfig.from_spec(_resolved(a)).epochs for a in (top, plain)] == [3, 2]
+        assert [checks_of(_resolved(a)).epochs for a in (top, plain)] == [3, 2]
     assert _resolved(plain).prior.options == {"components": 7}          # the spec's own option survives ...
     assert _resolved(component).prior.options == {"scale": 1.0}         # ... until --prior brings its defaults

@@ -32,6 +32,7 @@ import warnings
 import pyro
 import torch
 
+from vae_pyro.errors import SpecError
 from vae_pyro.estimators import ESTIMATORS, Estimator, build_estimator
 from vae_pyro.train import neutralise_nonfinite
 
@@ -50,7 +51,7 @@ def captured_loss_fn(estimator: Estimator):
         if cls.twin == estimator.name:
             return build_estimator(name, estimator.num_particles).loss_fn
     allowed = sorted({*captured, *(cls.twin for cls in captured.values())})
-    raise ValueError(f"estimator {estimator.name!r} has no captured loss; allowed: {', '.join(allowed)}")
+    raise SpecError(f"estimator {estimator.name!r} has no captured loss; allowed: {', '.join(allowed)}")
 
 
 class CapturedTrainStep:

@@ -20,13 +20,10 @@ import torch
 
 from . import distributed
 from .outputs import atomic_write
+from .errors import CheckpointError  # noqa: F401  (re-exported)
 
 FORMAT = "vae-pyro-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and what is wrong."""
 
 
 def save_checkpoint(path: str | os.PathLike, *, vae, optimizer=None, epoch: int, estimator: str,

@@ -17,24 +17,30 @@ SECTION.KEY=VALUE``. Precedence, lowest first: the command's own defaults, the s
 
 Errors in the input (unknown names, bad numbers, missing files, non-binary data, bad specs, a
 checkpoint of another model) end the program with one line on stderr that names the bad value and
-the allowed ones, and exit status 2. Outputs (``--json``, ``train --checkpoint``, ``experiment --out``)
+the allowed ones, and exit status 2: the library raises them as :class:`~vae_pyro.errors.VaePyroError`
+naming settings (``training.estimator``), and this module names the flag where one was given
+(``--estimator``). Anything else is a bug in our code: a traceback, exit status 1. Outputs (``--json``, ``train --checkpoint``, ``experiment --out``)
 and the run's memory are checked by the library before any work; an existing result is refused
 unless ``--force`` (:func:`vae_pyro.runs.check_before_work`).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from typing import Sequence
 
 from . import api, distributed, report
-from .checkpoint import CheckpointError
-from .data import DataError
-from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, NoClosedFormError, estimator_names
-from .options import build_parser, spec_from_args
-from .registry import UnknownNameError
-from .spec import SpecError, load_spec, shipped_specs
-from .train import TrainingError
+from .checks import validity
+from .checks.ground_truth import check_table
+from .errors import SpecError, VaePyroError
+from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, estimator_names
+from .experiment import experiment_table
+from .options import build_parser, given_settings, options_from_args, spec_from_args
+from .reproduce import data_label, text_table
+from .runs import spec_for_checkpoint
+from .spec import load_spec, shipped_specs
 
 
 def _outputs(args) -> dict:
@@ -50,11 +56,10 @@ def _wrote_json(args) -> None:
 def _evaluated_spec(args, command: str):
     """The spec of a command that may evaluate a checkpoint: the checkpoint's model, where given (a
     --prior or --z-dim that differs from it is one clear error)."""
-    from .runs import spec_for_checkpoint
-
     spec = spec_from_args(args)
     if getattr(args, "checkpoint", None):
-        spec = spec_for_checkpoint(spec, args.checkpoint, args.prior, getattr(args, "z_dim", None))
+        asked = {"prior.name": args.prior, "networks.z_dim": getattr(args, "z_dim", None)}
+        spec = spec_for_checkpoint(spec, args.checkpoint, asked)
     return spec
 
 
@@ -67,10 +72,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .checks.ground_truth import check_table
-
     if args.toy and (args.spec or args.prior or args.likelihood or args.overrides or args.checkpoint):
-        raise ValueError("--toy models have their own prior and likelihood; drop --spec/--prior/--likelihood/--set/"
+        raise SpecError("--toy models have their own prior and likelihood; drop --spec/--prior/--likelihood/--set/"
                          "--checkpoint, or drop --toy to check the MNIST VAE they describe")
     if args.toy:
         result = api.check(spec_from_args(args), toy=args.toy, progress=not args.no_progress, epochs=args.epochs,
@@ -84,8 +87,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_nll(args) -> int:
-    result = api.nll(_evaluated_spec(args, "nll"), k=args.k, examples=args.examples, chunk=args.chunk,
-                     checkpoint=args.checkpoint, progress=not args.no_progress, **_outputs(args))
+    result = api.nll(_evaluated_spec(args, "nll"), checkpoint=args.checkpoint, progress=not args.no_progress,
+                     **options_from_args(args), **_outputs(args))
     print(report.nll_lines(result))
     _wrote_json(args)
     return 0
@@ -101,24 +104,16 @@ def cmd_train(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from .experiment import experiment_table
-
-    estimators, args.estimators = args.estimators, None  # the models to train, not the spec's compare list
-    result = api.experiment(spec_from_args(args), out=args.out, estimators=estimators,
-                            variance_draws=args.variance_draws, nll_k=args.nll_k, progress=not args.no_progress,
-                            **_outputs(args))
+    options = options_from_args(args)
+    result = api.experiment(spec_from_args(args), progress=not args.no_progress, **options, **_outputs(args))
     print(experiment_table(result))
-    print(f"wrote {args.out}/report.md, metrics.json, metrics.csv and {len(result['plots'])} plots")
+    print(f"wrote {args.out or 'runs/experiment'}/report.md, metrics.json, metrics.csv and {len(result['plots'])} plots")
     return 0
 
 
 def _all_pairs(args) -> int:
-    import json
-
-    from .checks import validity
-
     if args.spec or args.prior or args.likelihood or args.overrides:
-        raise ValueError("--all-pairs covers every prior and likelihood; drop --spec, --prior, --likelihood, --set")
+        raise SpecError("--all-pairs covers every prior and likelihood; drop --spec, --prior, --likelihood, --set")
     records = validity.all_pairs()
     if args.json:
         print(json.dumps(records, indent=2))
@@ -134,10 +129,6 @@ def _all_pairs(args) -> int:
 
 
 def cmd_estimators(args) -> int:
-    import json
-
-    from .checks import validity
-
     if args.all_pairs:
         return _all_pairs(args)
     spec = spec_from_args(args)
@@ -171,13 +162,10 @@ def cmd_spec(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .reproduce import data_label, text_table
-
-    result = api.reproduce(args.target, out=args.out, dataset=args.dataset, epochs=args.epochs, k=args.k,
-                           rows=args.rows, lr_schedule=args.lr_schedule, refine_steps=args.refine_steps,
-                           device=args.device, seed=args.seed,
-                           overrides=tuple(args.overrides), fast=args.fast, force=args.force,
-                           progress=not args.no_progress)
+    result = api.reproduce(args.target, out=args.out, overrides=tuple(args.overrides), force=args.force,
+                           progress=not args.no_progress, **{k: v for k, v in vars(args).items()
+                                                             if k in ("dataset", "epochs", "device", "seed")},
+                           **options_from_args(args))
     print(f"vae-pyro reproduce {args.target}: {data_label(result)}; test NLL by IWAE k={result['k']:,}")
     print(text_table(result))
     print(f"wrote {args.out}/report.md, results.json, {len(result['plots'])} plots and checkpoints/")
@@ -187,7 +175,14 @@ def cmd_reproduce(args) -> int:
 COMMANDS = {"compare": cmd_compare, "train": cmd_train, "experiment": cmd_experiment,
             "estimators": cmd_estimators, "spec": cmd_spec, "check": cmd_check, "nll": cmd_nll,
             "reproduce": cmd_reproduce}
-ERRORS = (DataError, UnknownNameError, TrainingError, SpecError, NoClosedFormError, CheckpointError, ValueError)
+
+
+def in_flags(message: str, given: dict[str, str]) -> str:
+    """``message`` (the library's, naming settings) with each setting the user gave as a flag named
+    by that flag: "training.estimator 'x' ..." -> "--estimator 'x' ..."."""
+    for path, flag in given.items():
+        message = re.sub(rf"(?<![\w.]){re.escape(path)}(?![\w.])", flag, message)
+    return message
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -196,8 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except ERRORS as err:
-        print(f"vae-pyro: error: {err}", file=sys.stderr)
+    except VaePyroError as err:  # bad input only: a bug (ValueError, TypeError ...) is a traceback, exit 1
+        print(f"vae-pyro: error: {in_flags(str(err), given_settings(args))}", file=sys.stderr)
         return 2
 
 

@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import DataError  # noqa: F401  (re-exported)
+
 BINARIZATIONS = ("static", "dynamic", "threshold", "none")
 #: what a spec or the command line may name: ``auto`` resolves to one of BINARIZATIONS
 BINARIZATION_CHOICES = ("auto", *BINARIZATIONS)
@@ -77,10 +79,6 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-
-
-class DataError(ValueError):
-    """Bad or missing data; the message names the file or value and says what was expected."""
 
 
 @dataclass

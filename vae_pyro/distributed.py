@@ -46,6 +46,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .errors import SpecError
+
 TIMEOUT_ENV = "VAE_PYRO_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300
 
@@ -289,7 +291,7 @@ def reduce_gradients(params, loss: torch.Tensor) -> torch.Tensor:
 def refuse_in_several_processes(what: str) -> None:
     """A ``ValueError`` (exit 2, before any work) for a feature that runs in one process only."""
     if active():
-        raise ValueError(f"{what} runs in one process only, not under torchrun ({world_size()} processes); "
+        raise SpecError(f"{what} runs in one process only, not under torchrun ({world_size()} processes); "
                          f"drop {what} or run without torchrun")
 
 

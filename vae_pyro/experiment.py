@@ -16,78 +16,38 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from . import checks, outputs, plots
-from .data import resolve_data
-from .estimators import ESTIMATORS, build_estimator
+from .errors import SpecError
+from .estimators import build_estimator
 from .estimators.iwae import iwae_log_likelihood
-from .model import VAE, VAEConfig
-from .runs import Run, RunSettings, prepare_run, result_header, spec_of
+from .model import VAE
+from .runs import Run, prepare_run, result_header
 from .report import atomic_write_text, fmt, table, write_json
 from .train import seed_all, train
 
-DEFAULT_EXPERIMENT_ESTIMATORS = ("analytic", "trace", "tmf")
+
+def experiment_binarization(spec) -> str:
+    """The spec's resolved binarization, except that ``auto`` binary data is binarized *dynamically*
+    here (training for many epochs is where Burda et al.'s fresh draws pay off)."""
+    binarization = spec.resolved_data()[0]
+    return "dynamic" if spec.data.binarization == "auto" and binarization == "static" else binarization
 
 
-@dataclass
-class ExperimentConfig(RunSettings):
-    """``binarization = "auto"``: what the likelihood takes, except that binary data is binarized
-    *dynamically* here (training for many epochs is where Burda et al.'s fresh draws pay off)."""
-
-    out: str = "runs/experiment"
-    estimators: tuple[str, ...] = DEFAULT_EXPERIMENT_ESTIMATORS
-    epochs: int = 20
-    variance_draws: int = 50
-    #: importance samples per test digit for the final test NLL (IWAE_k; 0 = skip). Burda et al. use
-    #: 5,000 (``vae-pyro nll``); 1,000 keeps the default run inside its time budget (a smaller k gives
-    #: a slightly looser, i.e. higher, NLL estimate).
-    nll_k: int = 1000
-    model: VAEConfig = field(default_factory=VAEConfig)
-    #: replace an existing run folder (whole, atomically); without it a folder holding files is refused
-    force: bool = False
-
-    @classmethod
-    def from_spec(cls, spec, out: str, estimators=None, variance_draws: int = 50, nll_k: int = 1000,
-                  progress: bool = True, force: bool = False) -> "ExperimentConfig":
-        return cls(**RunSettings.fields_of(spec, progress), out=out,
-                   estimators=tuple(estimators or DEFAULT_EXPERIMENT_ESTIMATORS), variance_draws=variance_draws,
-                   nll_k=nll_k, model=spec.model_config(), force=force)
-
-    def resolved_data(self) -> tuple[str, str]:
-        from .likelihoods import LIKELIHOODS
-
-        binarization, transform = resolve_data(self.binarization, self.transform,
-                                               LIKELIHOODS[self.model.likelihood].data_kind)
-        if self.binarization == "auto" and binarization == "static":
-            binarization = "dynamic"
-        return binarization, transform
-
-    def validate(self) -> None:
-        for name in self.estimators:
-            ESTIMATORS[name]
-        if not self.estimators:
-            raise ValueError("estimators must name at least one estimator")
-        if self.nll_k < 0:
-            raise ValueError(f"nll_k must be >= 0 (0 skips the test NLL), got {self.nll_k}")
-        for key in ("epochs", "batch_size", "particles", "variance_draws"):
-            if getattr(self, key) < (2 if key == "variance_draws" else 1):
-                raise ValueError(f"{key} must be >= {2 if key == 'variance_draws' else 1}, got {getattr(self, key)}")
-
-
-def _train_one(name: str, cfg: ExperimentConfig, run: Run, out: Path) -> tuple[VAE, dict]:
+def _train_one(name: str, run: Run, out: Path, progress: bool) -> tuple[VAE, dict]:
     vae = run.restart()  # same initial weights and data order for every estimator
-    x_train, x_test = run.x_train, run.x_test
+    t = run.spec.training
     ref = checks.reference_for(vae, particles=16, reference_particles=16)
     start = time.perf_counter()
-    history = train(vae, build_estimator(name, cfg.particles), x_train, epochs=cfg.epochs,
-                    batch_size=cfg.batch_size, lr=cfg.lr, dynamic=run.dynamic, x_test=x_test,
+    history = train(vae, build_estimator(name, t.particles), run.x_train, epochs=t.epochs,
+                    batch_size=t.batch_size, lr=t.lr, dynamic=run.dynamic, x_test=run.x_test,
                     eval_estimator=build_estimator(ref.estimator, ref.particles), generator=run.generator,
-                    progress=cfg.progress, kl_anneal_epochs=cfg.kl_anneal_epochs,
+                    progress=progress, kl_anneal_epochs=t.kl_anneal_epochs,
                     checkpoint=str(out / "checkpoints" / f"{name}.pt"))
     record = {
         "name": name,
@@ -117,15 +77,16 @@ def _variance(vae, x, names, draws, particles) -> dict:
     return out
 
 
-def _train_all(cfg: ExperimentConfig, run: Run, out: Path) -> tuple[dict, list]:
+def _train_all(run: Run, options: dict, out: Path, progress: bool) -> tuple[dict, list]:
     """One model per estimator, each ending with its test NLL (IWAE_k per digit, an upper bound on
     -log p(x) in expectation, tightening as k grows; Burda et al. 2015) where beta = 1."""
     models, records = {}, []
-    for name in tqdm(cfg.estimators, desc="estimators", disable=not cfg.progress, leave=False):
-        models[name], record = _train_one(name, cfg, run, out)
-        if cfg.nll_k and float(cfg.model.kl_weight) == 1.0:
-            torch.manual_seed(cfg.seed)
-            log_px = iwae_log_likelihood(models[name], run.x_test, k=cfg.nll_k, progress=cfg.progress,
+    nll_k = options["nll_k"]
+    for name in tqdm(options["train_estimators"], desc="estimators", disable=not progress, leave=False):
+        models[name], record = _train_one(name, run, out, progress)
+        if nll_k and float(run.spec.training.kl_weight) == 1.0:
+            torch.manual_seed(run.spec.training.seed)
+            log_px = iwae_log_likelihood(models[name], run.x_test, k=nll_k, progress=progress,
                                          desc=f"test NLL [{name}]")
             record["test_nll"] = float(-log_px.mean())
             record["test_nll_se"] = float(log_px.std() / len(log_px) ** 0.5)
@@ -133,7 +94,7 @@ def _train_all(cfg: ExperimentConfig, run: Run, out: Path) -> tuple[dict, list]:
     return models, records
 
 
-def _pictures(cfg: ExperimentConfig, models: dict, records: list, x_test, test_y, transform: str, out: Path) -> dict:
+def _pictures(spec, models: dict, records: list, x_test, test_y, transform: str, out: Path) -> dict:
     """Curves, reconstructions of the same test digits, samples from each prior, the latent space."""
     scale = 255.0 if transform == "counts" else 1.0  # show every likelihood's mean on [0, 1]
 
@@ -141,7 +102,7 @@ def _pictures(cfg: ExperimentConfig, models: dict, records: list, x_test, test_y
         return (vae.likelihood.dist(vae.decoder(z)).mean / scale).clamp(0, 1)
 
     with torch.no_grad():
-        seed_all(cfg.seed)
+        seed_all(spec.training.seed)
         shown = x_test[:10]
         recon = {"data": shown / scale}
         samples = {}
@@ -155,42 +116,47 @@ def _pictures(cfg: ExperimentConfig, models: dict, records: list, x_test, test_y
                                             "test digits (top) and each model's reconstruction (decoder mean at z = mu)"),
         "samples": plots.image_grid(samples, out / "samples.png", "samples from each model's prior (pixel probabilities)"),
     }
-    if cfg.model.z_dim == 2:
+    if spec.networks.z_dim == 2:
         with torch.no_grad():
             latents = {name: vae.encoder(x_test)[0] for name, vae in models.items()}
         files["latent"] = plots.latent_scatter(latents, test_y, out / "latent.png")
     return files
 
 
-def _check_estimators(cfg: ExperimentConfig) -> VAE:
-    probe = VAE(cfg.model)
-    for name in cfg.estimators:
+def _check_estimators(spec, names) -> None:
+    """Every estimator to train with must apply to the spec's model: the rule of
+    :func:`~vae_pyro.runs.training_estimator` for an estimator the user named."""
+    probe = VAE(spec.model_config())
+    for name in names:
         v = build_estimator(name).validity(probe)
         if not v.valid:
-            raise ValueError(f"estimator {name!r} is invalid for prior {cfg.model.prior!r}: {v.reason}")
-    return probe
+            raise SpecError(f"experiment train_estimators: estimator {name!r} is invalid for prior "
+                            f"{spec.prior.name!r}: {v.reason}")
 
 
-def run_experiment(cfg: ExperimentConfig) -> dict:
-    """Train, measure and write the run folder ``cfg.out``, set up by :func:`~vae_pyro.runs.prepare_run`
-    (the spec of ``cfg``: :func:`~vae_pyro.runs.spec_of`). The folder is built beside it and renamed
-    into place when complete (:func:`vae_pyro.outputs.staged_folder`): an existing run is replaced
-    whole, and only with ``cfg.force``; a failed run leaves the old folder as it was."""
-    cfg.validate()
-    _check_estimators(cfg)
-    outputs.check_run_folder(cfg.out, force=cfg.force)
-    run = prepare_run(spec_of(cfg, cfg.model), binarization=cfg.resolved_data()[0])
+def run_experiment(spec, options: dict, progress: bool = False, force: bool = False) -> dict:
+    """Train, measure and write the run folder ``options["out"]``, set up by
+    :func:`~vae_pyro.runs.prepare_run`. ``options``: the command's own (``out``, ``train_estimators``,
+    ``variance_draws``, ``nll_k``; :data:`~vae_pyro.spec.COMMAND_OPTIONS`). The folder is built beside
+    it and renamed into place when complete (:func:`vae_pyro.outputs.staged_folder`): an existing run
+    is replaced whole, and only with ``force``; a failed run leaves the old folder as it was."""
+    if not options["train_estimators"]:
+        raise SpecError("experiment train_estimators must name at least one estimator")
+    _check_estimators(spec, options["train_estimators"])
+    outputs.check_run_folder(options["out"], force=force)
+    run = prepare_run(spec, binarization=experiment_binarization(spec))
     run.vae.check_data(run.x_test)
-    with outputs.staged_folder(cfg.out) as out:
-        return _run_experiment(cfg, run, out)
+    with outputs.staged_folder(options["out"]) as out:
+        return _run_experiment(run, options, out, progress)
 
 
-def _run_experiment(cfg: ExperimentConfig, run: Run, out: Path) -> dict:
-    x_test, ds = run.x_test, run.dataset
-    models, records = _train_all(cfg, run, out)
-    files = _pictures(cfg, models, records, x_test, ds.test_y, run.transform, out)
+def _run_experiment(run: Run, options: dict, out: Path, progress: bool) -> dict:
+    spec, x_test, ds, t = run.spec, run.x_test, run.dataset, run.spec.training
+    names = options["train_estimators"]
+    models, records = _train_all(run, options, out, progress)
+    files = _pictures(spec, models, records, x_test, ds.test_y, run.transform, out)
     # Estimator spread, all measured at the same trained model (the first estimator's).
-    variance = _variance(models[cfg.estimators[0]], x_test, cfg.estimators, cfg.variance_draws, cfg.particles)
+    variance = _variance(models[names[0]], x_test, names, options["variance_draws"], t.particles)
     files["variance"] = plots.estimator_variance(
         list(variance), [v["value_sd"] for v in variance.values()],
         {"encoder": [v["grad_var_encoder"] for v in variance.values()],
@@ -200,18 +166,18 @@ def _run_experiment(cfg: ExperimentConfig, run: Run, out: Path) -> dict:
         record.update(variance[record["name"]])
 
     result = {
-        **result_header("experiment", cfg.spec, run.device, cfg.seed),
+        **result_header("experiment", spec.source, run.device, t.seed),
         "dataset": ds.name,
         "binarization": run.binarization,
         "transform": run.transform,
         "test_binarization": run.test_binarization,
-        "particles": cfg.particles,
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "lr": cfg.lr,
-        "model": cfg.model.to_dict(),
-        "variance_measured_at": cfg.estimators[0],
-        "nll_k": cfg.nll_k,
+        "particles": t.particles,
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "lr": t.lr,
+        "model": spec.model_config().to_dict(),
+        "variance_measured_at": names[0],
+        "nll_k": options["nll_k"],
         "test_examples": int(len(x_test)),
         "estimators": records,
         "plots": {k: Path(v).name for k, v in files.items()},

@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import torch
 
+from .errors import MemoryBoundError  # noqa: F401  (re-exported)
+
 FLOAT = 4  # bytes of float32
 #: copies of each parameter held in training: the weight, its gradient, Adam's two moments
 PARAM_COPIES = 4
@@ -28,10 +30,6 @@ DATASET_EXAMPLES = {"mnist5k": 5_000}
 FULL_MNIST_EXAMPLES = 70_000
 #: test digits per batch in evaluation (vae_pyro.train.evaluate) and in the IWAE test NLL
 EVAL_BATCH, NLL_BATCH = 1000, 100
-
-
-class MemoryBoundError(ValueError):
-    """A run that cannot fit in the device's memory; the message names the option to lower."""
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -79,7 +77,7 @@ def estimate(spec, *, k: int | None = None, chunk: int | None = None) -> dict[st
     components = int(spec.prior.options.get("components", 0))
     width = 2 * sum(hidden) + x_dim * out + 4 * z  # floats per sample in one forward pass
     batch = max(spec.training.batch_size, EVAL_BATCH, spec.checks.grad_batch)
-    particles = spec.checks.particles
+    particles = max(spec.training.particles, spec.checks.particles)  # training's and the checks' draws
     examples = DATASET_EXAMPLES.get(spec.data.dataset, FULL_MNIST_EXAMPLES)
     parts = {
         "--hidden": PARAM_COPIES * FLOAT * params,

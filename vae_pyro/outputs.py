@@ -29,10 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import distributed
-
-
-class OutputError(ValueError):
-    """An output path that cannot be used; ``str()`` is one line naming the option and the path."""
+from .errors import OutputError  # noqa: F401  (re-exported)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,14 +6,9 @@ from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
+from .errors import SpecError, UnknownNameError  # noqa: F401  (UnknownNameError: re-exported)
+
 T = TypeVar("T")
-
-
-class UnknownNameError(KeyError):
-    """An unknown registry name; ``str()`` is a one-line message listing the allowed names."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return self.args[0]
 
 
 class Registry(Generic[T]):
@@ -47,46 +42,57 @@ class Registry(Generic[T]):
 
 
 class Option:
-    """One declared option of a registered class (a prior's ``components``, a likelihood's ``scale``):
-    its type, default and lower bound, so a spec file is validated against the class itself and
-    ``vae-pyro spec show`` can print every option with its value.
+    """One declared setting: a spec field (``training.epochs``), a registered class's option (a prior's
+    ``components``) or a command's own option (``nll``'s ``k``): its type, default, bounds or allowed
+    names and help, written once; validation, the command-line flag, ``vae-pyro spec show`` and the
+    API keywords are derived from it.
 
-    ``low`` is inclusive for ints and exclusive for floats (a scale must be > 0, a count >= 1)."""
+    ``low`` is inclusive for ints and exclusive for floats (a scale must be > 0, a count >= 1);
+    ``high`` is inclusive. ``choices``: the allowed values, or a callable returning them (a
+    registry's names), with ``kind`` naming what they are ("estimator"). ``item``: the element type
+    of a list. ``flag``: the command-line flag that sets it (None: only ``--set``); ``example``: a
+    value as the command line writes it, for messages."""
 
     def __init__(self, type_: type, default, low=None, help: str = "", choices=None, item: type | None = None,
-                 high=None):
-        self.type, self.default, self.low, self.help = type_, default, low, help
-        #: inclusive upper bound (a seed fits in 32 bits)
-        self.high = high
-        #: allowed values (a str option), or a callable returning them (a registry's names)
-        self.choices = choices
-        #: element type of a list option
-        self.item = item
+                 high=None, flag: str | None = None, kind: str | None = None, example: str | None = None):
+        self.type, self.default, self.low, self.high, self.help = type_, default, low, high, help
+        self.choices, self.item, self.flag, self.kind, self.example = choices, item, flag, kind, example
 
     def allowed(self) -> list | None:
         return list(self.choices() if callable(self.choices) else self.choices) if self.choices else None
 
+    def rule(self) -> str:
+        """The bounds in words: "an integer >= 1", "a number > 0", "an integer in 0..4294967295"."""
+        t = self.item if self.type is list else self.type
+        name = _type_name(t or str)
+        if self.low is not None and self.high is not None:
+            return f"{name} in {self.low}..{self.high}"
+        if self.low is not None:
+            return f"{name} >= {self.low}" if t is int else f"{name} > {self.low:g}"
+        return name
+
     def check(self, where: str, value):
-        """``value`` converted to the option's type, or ``ValueError`` naming ``where`` and the rule."""
+        """``value`` converted to the option's type, or a :class:`~vae_pyro.errors.SpecError` naming
+        ``where`` and the rule. None is the value of an option whose default is None (unset)."""
+        if value is None and self.default is None:
+            return None
         if self.type is list:
             if not isinstance(value, list):
-                raise ValueError(f"{where} must be a list, got {value!r} ({_type_name(type(value))})")
-            inner = Option(self.item or str, None, self.low, choices=self.choices)
+                raise SpecError(f"{where} must be a list, got {value!r} ({_type_name(type(value))})")
+            inner = Option(self.item or str, None, self.low, choices=self.choices, kind=self.kind)
             return [inner.check(f"{where}[{i}]", v) for i, v in enumerate(value)]
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # TOML writes 2 for 2.0; an int is an exact float here
         if not isinstance(value, self.type) or isinstance(value, bool) and self.type is not bool:
-            raise ValueError(f"{where} must be {_type_name(self.type)}, got {value!r} ({_type_name(type(value))})")
+            raise SpecError(f"{where} must be {_type_name(self.type)}, got {value!r} ({_type_name(type(value))})")
         allowed = self.allowed()
         if allowed is not None and value not in allowed:
-            raise ValueError(f"{where}: unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
-        if self.low is not None:
-            bad = value < self.low if self.type is int else not value > self.low
-            if bad:
-                rule = f">= {self.low}" if self.type is int else f"> {self.low:g}"
-                raise ValueError(f"{where} must be {rule}, got {value!r}")
+            raise SpecError(f"{where}: unknown {self.kind or 'value'} {value!r}; allowed: {', '.join(map(str, allowed))}")
+        if self.low is not None and (value < self.low if self.type is int else not value > self.low):
+            bound = f">= {self.low}" if self.type is int else f"> {self.low:g}"
+            raise SpecError(f"{where} must be {bound}, got {value!r}")
         if self.high is not None and value > self.high:
-            raise ValueError(f"{where} must be <= {self.high}, got {value!r}")
+            raise SpecError(f"{where} must be <= {self.high}, got {value!r}")
         return value
 
 
@@ -97,9 +103,9 @@ def _type_name(t: type) -> str:
 
 def resolve_options(kind: str, name: str, declared: dict[str, Option], given: dict) -> dict:
     """``given`` checked against ``declared`` and completed with the defaults. Unknown keys and wrong
-    types raise ``ValueError`` with one line that names the key and the allowed ones."""
+    types raise :class:`~vae_pyro.errors.SpecError` with one line that names the key and the allowed ones."""
     unknown = [k for k in given if k not in declared]
     if unknown:
         allowed = ", ".join(declared) if declared else "none (it takes no options)"
-        raise ValueError(f"unknown option {unknown[0]!r} for {kind} {name!r}; allowed: {allowed}")
+        raise SpecError(f"unknown option {unknown[0]!r} for {kind} {name!r}; allowed: {allowed}")
     return {k: opt.check(f"{kind}.{k}", given.get(k, opt.default)) for k, opt in declared.items()}

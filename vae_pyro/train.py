@@ -18,28 +18,13 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .data import Batches
+from .devices import DEVICES, resolve_device  # noqa: F401  (re-exported)
+from .errors import TrainingError  # noqa: F401  (re-exported)
 from .estimators import Estimator
 from .estimators.syncfree import step_without_validation
 
-DEVICES = ("auto", "cpu", "cuda")
 #: training steps between two reads of the loss from the device (progress bar and NaN check)
 READ_EVERY = 50
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss became NaN); the message says where and what to try."""
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU. Asking for ``cuda`` without it is an error, not a
-    silent fallback, so a benchmark never reports CPU numbers as GPU numbers."""
-    if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; allowed: {', '.join(DEVICES)}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available; allowed here: auto, cpu")
-    return torch.device(name)
 
 
 def seed_all(seed: int) -> torch.Generator:

@@ -41,16 +41,21 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import SpecError
 from ..estimators import ELBO_BOUND, ESTIMATORS, Estimator, build_estimator, checked_estimator_names, estimator_names
 from ..estimators.iwae import iwae_log_likelihood, iwae_same_noise, log_weights
 from . import exact
 from .result import EXACT_TOL, IWAE_GAP_TOL, QUAD_TOL, SAME_NOISE_TOL, SKIP, STL_RATIO_TOL, Z_TOL
 from .result import CheckResult, overall, result, torch_threads
+from ..report import fmt, table
+from ..runs import prepare_run, result_header, training_estimator
+from ..train import train
+from .agreement import AgreementSetup, reference_for, run_agreement
 from .gradquality import gradient_quality
 from .stats import loss_draws, mean_se
 from .tolerances import t_tolerance, z_tolerances
@@ -60,39 +65,23 @@ IWAE_KS = (1, 5, 50, 500, 5000)
 QUAD_POINTS = {1: 128, 2: 48}
 
 
-@dataclass
-class CheckConfig:
-    toy: str | None = None
-    device: str = "auto"
-    seed: int = 0
-    particles: int = 1
-    draws: int = 40
-    grad_draws: int = 40
-    epochs: int | None = None
-    examples: int = 100
-    progress: bool = True
-    #: the MNIST VAE's spec (prior, likelihood, data, networks; :mod:`vae_pyro.spec`); None = defaults
-    spec: object = None
+#: test digits the toys are checked on (every 10th: 10 of each class)
+TOY_EXAMPLES = 100
 
-    @classmethod
-    def from_spec(cls, spec, progress: bool = True) -> "CheckConfig":
-        """The MNIST VAE's checks as ``spec`` describes them: its [training] (device, seed, epochs) and
-        [checks] (particles, draws, grad_draws)."""
-        t, c = spec.training, spec.checks
-        return cls(device=t.device, seed=t.seed, particles=c.particles, draws=c.draws, grad_draws=c.grad_draws,
-                   epochs=t.epochs, progress=progress, spec=spec)
 
-    def validate(self) -> None:
-        if self.toy is not None and self.toy not in TOYS:
-            raise ValueError(f"unknown toy {self.toy!r}; allowed: {', '.join(TOYS)}")
-        if self.toy is not None and self.device not in ("auto", "cpu"):
-            raise ValueError(f"--toy models run on the CPU (tiny, float64 quadrature); got device {self.device!r}; "
-                             "allowed with --toy: auto, cpu")
-        for key, low in (("particles", 1), ("draws", 2), ("grad_draws", 2), ("examples", 2)):
-            if getattr(self, key) < low:
-                raise ValueError(f"{key} must be >= {low}, got {getattr(self, key)}")
-        if self.epochs is not None and self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+def checks_of(spec, toy: str | None = None, epochs: int | None = None, progress: bool = False) -> SimpleNamespace:
+    """What the checks read, from ``spec`` (its [training] seed, epochs and particles, its [checks]
+    particles and draws) and ``check``'s own choices: ``toy`` (None: the spec's MNIST VAE) and, for a
+    toy, its fitting ``epochs`` (None: the toy's own). Nothing here has a default of its own."""
+    if toy is not None and toy not in TOYS:
+        raise SpecError(f"unknown toy {toy!r}; allowed: {', '.join(TOYS)}")
+    if toy is not None and spec.training.device not in ("auto", "cpu"):
+        raise SpecError(f"toy models run on the CPU (tiny, float64 quadrature); got training.device "
+                        f"{spec.training.device!r}; allowed with a toy: auto, cpu")
+    c, t = spec.checks, spec.training
+    return SimpleNamespace(spec=spec, toy=toy, seed=t.seed, particles=c.particles, train_particles=t.particles,
+                           draws=c.draws, grad_draws=c.grad_draws, epochs=epochs if toy else t.epochs,
+                           examples=TOY_EXAMPLES, progress=progress)
 
 
 def _elbo_draws(est: Estimator, vae, x: torch.Tensor, draws: int, bar) -> torch.Tensor:
@@ -186,7 +175,7 @@ def _iwae_bounds(toy, x, log_px, cfg, bounds, results) -> None:
                           -Z_TOL * gap_se <= gap <= IWAE_GAP_TOL, log_px_mean, se=gap_se))
 
 
-def toy_checks(toy, x: torch.Tensor, cfg: CheckConfig, estimators: dict[str, Estimator] | None = None) -> dict:
+def toy_checks(toy, x: torch.Tensor, cfg: SimpleNamespace, estimators: dict[str, Estimator] | None = None) -> dict:
     """Every check of the module docstring on a fitted toy; ``estimators`` (name -> instance) are
     the ELBO estimators judged (default: :func:`elbo_estimators` at ``cfg.particles``)."""
     toy = toy.clone(dtype=torch.float64)
@@ -258,8 +247,10 @@ def _gradient_table(vae, x, cfg) -> list[dict]:
     return out
 
 
-def run_toy(cfg: CheckConfig, estimators: dict[str, Estimator] | None = None) -> dict:
-    cfg.validate()
+def run_toy(spec, toy: str, epochs: int | None = None, progress: bool = False,
+            estimators: dict[str, Estimator] | None = None) -> dict:
+    """Fit ``toy`` (``epochs``; None: its own) and run every toy check at ``spec``'s seed and draws."""
+    cfg = checks_of(spec, toy, epochs, progress)
     started = time.perf_counter()
     with torch_threads(1):
         x_train, x_test = pooled_digits(binary=cfg.toy != "linear_gaussian")
@@ -279,8 +270,6 @@ def run_toy(cfg: CheckConfig, estimators: dict[str, Estimator] | None = None) ->
 
 
 def _header(cfg, device, what, binarization, spec_source=None) -> dict:
-    from ..runs import result_header
-
     out = result_header("check", spec_source, device, cfg.seed)
     out.update({"toy": cfg.toy, "data": what, "binarization": binarization, "particles": cfg.particles,
                 "draws": cfg.draws, "grad_draws": cfg.grad_draws,
@@ -328,24 +317,18 @@ def _iwae_checks(vae, x_test, cfg) -> tuple[list[CheckResult], torch.Tensor | No
 
 
 def _train_for_check(run, cfg, reference) -> tuple[str, str | None]:
-    from ..runs import training_estimator
-    from ..train import train
-
     t = run.spec.training
     trainer, note = training_estimator(run.vae, t.estimator)
-    train(run.vae, build_estimator(trainer, cfg.particles), run.x_train, epochs=cfg.epochs, batch_size=t.batch_size,
+    train(run.vae, build_estimator(trainer, t.particles), run.x_train, epochs=cfg.epochs, batch_size=t.batch_size,
           lr=t.lr, generator=run.generator, progress=cfg.progress, kl_anneal_epochs=t.kl_anneal_epochs)
     return trainer, note
 
 
-def run_mnist(cfg: CheckConfig, run=None) -> dict:
+def run_mnist(spec, run=None, progress: bool = False) -> dict:
     """The agreement checks (:func:`~vae_pyro.checks.agreement.run_agreement`) and the IWAE checks on
-    the MNIST VAE of ``cfg.spec``, trained first (``cfg.epochs``) unless ``run`` holds a trained one.
+    the MNIST VAE of ``spec``, trained first (``training.epochs``) unless ``run`` holds a trained one.
     A dynamically binarized spec is trained and checked on one static draw: the checks need fixed data."""
-    from ..runs import prepare_run
-    from .agreement import AgreementSetup, reference_for, run_agreement
-
-    cfg.validate()
+    cfg = checks_of(spec, progress=progress)
     started = time.perf_counter()
     trained = run is not None
     run = run or prepare_run(cfg.spec, binarization="static" if cfg.spec.resolved_data()[0] == "dynamic" else None)
@@ -377,17 +360,11 @@ def run_mnist(cfg: CheckConfig, run=None) -> dict:
     return out
 
 
-def run_check(cfg: CheckConfig) -> dict:
-    return run_toy(cfg) if cfg.toy else run_mnist(cfg)
-
-
 # ----------------------------------------------------------------------------------------------
 # Report
 
 
 def check_table(result: dict) -> str:
-    from ..report import fmt, table
-
     rows = []
     for c in result["checks"]:
         rows.append([c["name"], c["estimator"], fmt(c["value"], ".4g"), fmt(c["reference"], ".6g"),

@@ -63,13 +63,9 @@ import torch.nn.functional as F
 
 from ..priors import gaussian_kl_diag, gaussian_kl_to_standard_normal, prior_kl  # noqa: F401  (the KL formulas)
 from .base import EXACT_KL, INVALID, Estimator, Validity, register_estimator
+from ..errors import NoClosedFormError  # noqa: F401  (re-exported)
 
 LOG_2PI = math.log(2 * math.pi)
-
-
-class NoClosedFormError(NotImplementedError):
-    """The analytic loss was asked for a KL that has no closed form; the message names the prior and
-    says which estimators to use instead."""
 
 
 def bernoulli_neg_log_lik(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
