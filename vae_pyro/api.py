@@ -33,7 +33,7 @@ from .spec import VAESpec, load_spec
 #: keyword setting -> spec field: what the entry points (and the command-line options) may set
 SETTINGS = {
     "dataset": "data.dataset", "binarization": "data.binarization", "transform": "data.transform",
-    "hidden": "networks.hidden", "z_dim": "networks.z_dim",
+    "hidden": "networks.hidden", "z_dim": "networks.z_dim", "network": "networks.network",
     "device": "training.device", "seed": "training.seed", "epochs": "training.epochs",
     "batch_size": "training.batch_size", "lr": "training.lr", "estimator": "training.estimator",
     "particles": "checks.particles", "draws": "checks.draws", "grad_draws": "checks.grad_draws",

