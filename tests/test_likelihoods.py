@@ -14,12 +14,14 @@ import pyro.distributions as pdist
 import pytest
 import torch
 
-from vae_pyro.data import DataError, MAX_COUNT, OPEN_UNIT_EPS, prepare, resolve_data
+from vae_pyro.data import DataError, open_unit_eps, prepare, resolve_data
 from vae_pyro.likelihoods import LIKELIHOODS, build_likelihood, continuous_bernoulli_log_norm
 from vae_pyro.model import VAE
 
 F64 = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-10)
+#: MNIST's largest grey level (its pixels are 0..255): the Binomial's trials on MNIST
+MNIST_MAX = 255
 
 
 def _gen(seed):
@@ -32,7 +34,7 @@ def _data_for(name, shape, seed):
     if kind == "binary":
         return torch.bernoulli(torch.full(shape, 0.3, dtype=F64), generator=g)
     if kind == "counts":
-        return torch.randint(0, MAX_COUNT + 1, shape, generator=g).to(F64)
+        return torch.randint(0, MNIST_MAX + 1, shape, generator=g).to(F64)
     u = torch.rand(shape, generator=g, dtype=F64)
     if kind == "unit_interval":
         u[..., :3] = torch.tensor([0.0, 1.0, 0.5], dtype=F64)  # the closed interval's ends are allowed
@@ -41,7 +43,7 @@ def _data_for(name, shape, seed):
 
 @pytest.mark.parametrize("name", LIKELIHOODS.names())
 def test_hand_written_log_prob_matches_the_distribution(name):
-    lik = build_likelihood(name, x_dim=20).to(F64)
+    lik = build_likelihood(name, x_dim=20, max_value=MNIST_MAX).to(F64)
     if name == "normal_learned":
         with torch.no_grad():  # per-pixel scales that differ, so a broadcast mistake would show
             lik.log_scale.copy_(torch.linspace(-3, 0.5, 20, dtype=F64))
@@ -97,7 +99,7 @@ def test_torch_continuous_bernoulli_normaliser_saturates_and_ours_does_not():
     # logit(1 - 2^-23) ~ 23 ln 2 = 15.942385, where l / tanh(l / 2) ~ l: log C saturates at log(23 ln 2)
     assert torch.allclose(torch_norm, torch.full((3,), math.log(23 * math.log(2))), atol=1e-3)  # saturated
     torch.testing.assert_close(continuous_bernoulli_log_norm(l32), torch.log(l32), rtol=1e-6, atol=1e-6)
-    lik = build_likelihood("continuous_bernoulli", x_dim=3)
+    lik = build_likelihood("continuous_bernoulli", x_dim=3, max_value=MNIST_MAX)
     x = torch.tensor([[0.2, 0.9, 1.0]])
     torch.testing.assert_close(lik.dist(l32[None]).log_prob(x), lik.log_prob(l32[None], x))
 
@@ -106,7 +108,7 @@ def test_continuous_bernoulli_integrates_to_one():
     """The normaliser is right: the density integrates to 1 over [0, 1] (trapezoid rule on 200,001
     points; error ~ h^2 * max|f''| / 12 < 1e-7 even at l = 40, where the density is ~40 e^{40 (x - 1)}),
     including at the large logits where torch's saturates."""
-    lik = build_likelihood("continuous_bernoulli", x_dim=1).to(F64)
+    lik = build_likelihood("continuous_bernoulli", x_dim=1, max_value=MNIST_MAX).to(F64)
     xs = torch.linspace(0, 1, 200_001, dtype=F64)
     for logit in (-40.0, -4.0, 0.0, 0.7, 6.0, 40.0):
         density = lik.log_prob(torch.full((len(xs), 1), logit, dtype=F64), xs[:, None]).exp()
@@ -115,13 +117,27 @@ def test_continuous_bernoulli_integrates_to_one():
 
 def test_binomial_log_prob_known_value():
     # n = 255, x = 0, p = 1/2: log p(x) = 255 log(1/2)
-    lik = build_likelihood("binomial", x_dim=1).to(F64)
+    lik = build_likelihood("binomial", x_dim=1, max_value=MNIST_MAX).to(F64)
     val = lik.log_prob(torch.zeros(1, 1, dtype=F64), torch.zeros(1, 1, dtype=F64))
     assert val.item() == pytest.approx(255 * math.log(0.5), rel=1e-14)
 
 
+def test_binomial_trials_are_the_datas_max_value():
+    """digits8x8's pixels are 0..16: a Binomial(16, p) count model, 16 trials, data entering the encoder as x/16."""
+    lik = build_likelihood("binomial", x_dim=2, max_value=16).to(F64)
+    assert lik.total_count == 16 and lik.input_scale == 1 / 16
+    val = lik.log_prob(torch.zeros(1, 2, dtype=F64), torch.tensor([[0.0, 16.0]], dtype=F64))
+    assert val.item() == pytest.approx(32 * math.log(0.5), rel=1e-14)
+    x = torch.tensor([[0.0, 16.0]], dtype=F64)
+    torch.testing.assert_close(val, lik.dist(torch.zeros(1, 2, dtype=F64)).log_prob(x))
+    with pytest.raises(DataError, match="integer counts 0..16 \\(found value 17\\)"):
+        lik.check_data(torch.tensor([[0.0, 17.0]]))
+    with pytest.raises(ValueError, match="needs its number of trials"):
+        build_likelihood("binomial", x_dim=2)
+
+
 def test_normal_fixed_scale_is_a_scaled_squared_error():
-    lik = build_likelihood("normal", x_dim=4, scale=0.2).to(F64)
+    lik = build_likelihood("normal", x_dim=4, max_value=MNIST_MAX, scale=0.2).to(F64)
     out = torch.tensor([[0.0, 1.0, -1.0, 2.0]], dtype=F64)
     x = torch.tensor([[0.5, 0.1, 0.9, 0.3]], dtype=F64)
     mean = torch.sigmoid(out)
@@ -138,7 +154,7 @@ def test_normal_fixed_scale_is_a_scaled_squared_error():
     ("binomial", 256.0, "must be integer counts 0..255 (found value 256)"),
 ])
 def test_mismatched_data_is_one_clear_error(name, bad, needle):
-    lik = build_likelihood(name, x_dim=3)
+    lik = build_likelihood(name, x_dim=3, max_value=MNIST_MAX)
     x = torch.tensor([[bad, bad, bad]])
     with pytest.raises(DataError) as err:
         lik.check_data(x)
@@ -147,20 +163,21 @@ def test_mismatched_data_is_one_clear_error(name, bad, needle):
 
 @pytest.mark.parametrize("name", LIKELIHOODS.names())
 def test_the_data_pipeline_produces_what_each_likelihood_takes(name, digits):
-    lik = build_likelihood(name)
+    lik = build_likelihood(name, 784, MNIST_MAX)
     binarization, transform = resolve_data("auto", "auto", lik.data_kind)
     x = prepare(digits.test_x[:50], binarization, transform)
     lik.check_data(x)  # raises if not
     if lik.data_kind == "counts":
         assert x.max().item() == 255 and torch.equal(x, digits.test_x[:50].float())
     if lik.data_kind == "open_unit_interval":
-        assert x.min().item() == pytest.approx(OPEN_UNIT_EPS) and x.max().item() == pytest.approx(1 - OPEN_UNIT_EPS)
+        eps = open_unit_eps(MNIST_MAX)
+        assert x.min().item() == pytest.approx(eps) and x.max().item() == pytest.approx(1 - eps)
     if lik.data_kind == "unit_interval":
         assert bool(((x > 0) & (x < 1)).any())  # real grey levels, not a binarization
 
 
 def test_binary_data_is_refused_by_the_binomial_pipeline():
-    with pytest.raises(DataError, match="transform 'counts' takes the raw intensities 0..255, so binarization "
+    with pytest.raises(DataError, match="transform 'counts' takes the raw intensities, so binarization "
                                         "must be 'none' or 'auto', got 'static'"):
         resolve_data("static", "auto", "counts")
 

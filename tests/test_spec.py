@@ -100,7 +100,7 @@ BAD_SPECS = [
      "unknown section 'model'; allowed: description, data, networks, prior, likelihood, training, checks"),
     ("likelihood/data mismatch", '[likelihood]\nname = "binomial"\n[data]\nbinarization = "static"\n',
      "likelihood 'binomial' takes counts data (transform 'counts'): transform 'counts' takes the raw "
-     "intensities 0..255, so binarization must be 'none' or 'auto', got 'static'"),
+     "intensities, so binarization must be 'none' or 'auto', got 'static'"),
     ("unknown estimator", '[checks]\nestimators = ["trace", "Trace_ELBO"]\n',
      "checks.estimators[1]: unknown estimator 'Trace_ELBO'; allowed: analytic, trace, tmf"),
     ("not TOML", '[prior\nname = "mog"\n', "not valid TOML"),

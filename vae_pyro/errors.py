@@ -36,6 +36,10 @@ class MemoryBoundError(VaePyroError, ValueError):
     """A run that cannot fit in the device's memory; the message names the setting to lower."""
 
 
+class NetworkError(VaePyroError, ValueError):
+    """A network that cannot be built for the images asked (the message names the shape and the rule)."""
+
+
 class DeviceError(VaePyroError, ValueError):
     """A device that is not there (``cuda`` without CUDA)."""
 

@@ -96,7 +96,8 @@ def _train_all(run: Run, options: dict, out: Path, progress: bool) -> tuple[dict
 
 def _pictures(spec, models: dict, records: list, x_test, test_y, transform: str, out: Path) -> dict:
     """Curves, reconstructions of the same test digits, samples from each prior, the latent space."""
-    scale = 255.0 if transform == "counts" else 1.0  # show every likelihood's mean on [0, 1]
+    images = next(iter(models.values())).config  # every model is of the run's images
+    scale = float(images.max_value) if transform == "counts" else 1.0  # show every likelihood's mean on [0, 1]
 
     def mean_image(vae, z):
         return (vae.likelihood.dist(vae.decoder(z)).mean / scale).clamp(0, 1)
@@ -112,9 +113,11 @@ def _pictures(spec, models: dict, records: list, x_test, test_y, transform: str,
             samples[name] = mean_image(vae, vae.prior.dist((10,)).sample())
     files = {
         "curves": plots.training_curves({r["name"]: r["history"] for r in records}, out / "curves.png"),
-        "reconstructions": plots.image_grid(recon, out / "reconstructions.png",
-                                            "test digits (top) and each model's reconstruction (decoder mean at z = mu)"),
-        "samples": plots.image_grid(samples, out / "samples.png", "samples from each model's prior (pixel probabilities)"),
+        "reconstructions": plots.image_grid(
+            recon, out / "reconstructions.png",
+            "test digits (top) and each model's reconstruction (decoder mean at z = mu)", images.image_shape),
+        "samples": plots.image_grid(samples, out / "samples.png",
+                                    "samples from each model's prior (pixel probabilities)", images.image_shape),
     }
     if spec.networks.z_dim == 2:
         with torch.no_grad():

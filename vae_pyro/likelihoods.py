@@ -1,4 +1,5 @@
-r"""Likelihoods p(x|z), by name. Each turns the decoder's output into a Pyro distribution with event
+r"""Likelihoods p(x|z), by name. Each is built for ``x_dim`` pixels with values 0..``max_value`` (both
+the dataset's, :mod:`vae_pyro.datasets`), turns the decoder's output into a Pyro distribution with event
 shape ``(x_dim,)``, writes its log-density out by hand (``log_prob``, the analytic loss's
 reconstruction term, tested against torch's to float64 precision), and says what data it takes
 (``data_kind``, one of :data:`vae_pyro.data.DATA_KINDS`), so bad data is caught before Pyro sees it.
@@ -12,8 +13,10 @@ name                      data                        log p(x|z), per pixel     
 ``normal_learned``        grey levels [0, 1]          log N(x; sigmoid(o), s_j^2), s_j     1
                                                       learnt per pixel
 ``beta``                  clamped into (0, 1)         log Beta(x; a, b)                    2 (a, b)
-``binomial``              counts 0..255               log C(255, x) + x l - 255 softplus(l)  1 (logit l)
+``binomial``              counts 0..n                 log C(n, x) + x l - n softplus(l)    1 (logit l)
 ========================  ==========================  ===================================  ===========
+
+The Binomial's n is the dataset's ``max_value`` (255 for MNIST, 16 for ``digits8x8``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import MAX_COUNT, check_binary, check_counts, check_open_unit_interval, check_unit_interval
+from .data import check_binary, check_counts, check_open_unit_interval, check_unit_interval
 from .registry import Option, Registry, resolve_options
 
 LIKELIHOODS: Registry[type["Likelihood"]] = Registry("likelihood")
@@ -42,12 +45,13 @@ class Likelihood(nn.Module):
     out_per_pixel = 1
     options: dict[str, Option] = {}
     summary = ""
-    #: what the encoder multiplies the data by (1/255 for raw counts), so it sees the [0, 1] scale
+    #: what the encoder multiplies the data by (1/n for counts of n trials), so it sees the [0, 1] scale
     input_scale = 1.0
 
-    def __init__(self, x_dim: int = 784, **options):
+    def __init__(self, x_dim: int, max_value: int | None = None, **options):
         super().__init__()
-        self.x_dim = x_dim
+        #: pixels per image, and the largest pixel value of the data (the dataset's)
+        self.x_dim, self.max_value = x_dim, max_value
         self.opts = resolve_options("likelihood", self.name, self.options, options)
 
     def dist(self, decoder_out: torch.Tensor) -> dist.TorchDistribution:
@@ -178,8 +182,8 @@ class LearnedNormalLikelihood(Likelihood):
     summary = "N(sigmoid(o), s_j^2), s_j learnt per pixel, grey levels"
     options = {"scale": Option(float, 0.1, low=0.0, help="initial pixel standard deviation")}
 
-    def __init__(self, x_dim=784, **options):
-        super().__init__(x_dim, **options)
+    def __init__(self, x_dim, max_value=None, **options):
+        super().__init__(x_dim, max_value, **options)
         self.log_scale = nn.Parameter(torch.full((x_dim,), math.log(self.opts["scale"])))
 
     def dist(self, out):
@@ -200,7 +204,7 @@ class BetaLikelihood(Likelihood):
 
     log Beta(x; a, b) = (a - 1) log x + (b - 1) log(1 - x) - [lgamma(a) + lgamma(b) - lgamma(a + b)].
     The density is 0 or infinite at exactly 0 and 1, so the data are clamped into
-    [0.5/255, 1 - 0.5/255] (``transform = "open_unit"``). The ``floor`` (default 1e-4) keeps a and b
+    [eps, 1 - eps], eps half a grey level (``transform = "open_unit"``). The ``floor`` (default 1e-4) keeps a and b
     positive after softplus underflows for very negative outputs (float32: below about -100)."""
 
     data_kind = "open_unit_interval"
@@ -227,27 +231,37 @@ class BetaLikelihood(Likelihood):
 
 @register_likelihood("binomial")
 class BinomialLikelihood(Likelihood):
-    r"""Raw intensities x_j in {0, ..., 255} as Binomial(255, sigmoid(l_j)) counts, one logit per pixel:
-    the 0-255 data modelled as they are stored, no binarization and no rescaling.
+    r"""Raw intensities x_j in {0, ..., n} as Binomial(n, sigmoid(l_j)) counts, one logit per pixel, n
+    the dataset's ``max_value`` (MNIST: 255; ``digits8x8``: 16): the data modelled as they are stored,
+    no binarization and no rescaling.
 
     log p(x|l) = log C(n, x) + x log p + (n - x) log(1 - p), and with log p = l - softplus(l),
     log(1 - p) = -softplus(l) this is log C(n, x) + x l - n softplus(l), stable for any l."""
 
     data_kind = "counts"
-    input_scale = 1.0 / MAX_COUNT
-    summary = "Binomial(255, sigmoid(l)), raw intensities 0..255"
+    summary = "Binomial(n, sigmoid(l)), raw intensities 0..n (n: the dataset's largest pixel value)"
+
+    def __init__(self, x_dim, max_value=None, **options):
+        super().__init__(x_dim, max_value, **options)
+        if not isinstance(max_value, int) or max_value < 1:
+            raise ValueError(f"the binomial likelihood needs its number of trials, the data's max_value, "
+                             f"as an integer >= 1; got {max_value!r}")
+        #: n, the number of trials
+        self.total_count = max_value
+        self.input_scale = 1.0 / max_value
 
     def dist(self, logits):
-        return dist.Binomial(total_count=MAX_COUNT, logits=logits).to_event(1)
+        return dist.Binomial(total_count=self.total_count, logits=logits).to_event(1)
 
     def check_data(self, x):
-        check_counts(x, self.what, MAX_COUNT)
+        check_counts(x, self.what, self.total_count)
 
     def log_prob(self, logits, x):
-        n = float(MAX_COUNT)
+        n = float(self.total_count)
         log_choose = math.lgamma(n + 1) - torch.lgamma(x + 1) - torch.lgamma(n - x + 1)
         return (log_choose + x * logits - n * F.softplus(logits)).sum(-1)
 
 
-def build_likelihood(name: str, x_dim: int = 784, **options) -> Likelihood:
-    return LIKELIHOODS[name](x_dim, **options)
+def build_likelihood(name: str, x_dim: int, max_value: int | None = None, **options) -> Likelihood:
+    """The likelihood ``name`` for images of ``x_dim`` pixels with values 0..``max_value``."""
+    return LIKELIHOODS[name](x_dim, max_value, **options)

@@ -15,19 +15,21 @@ three times (pre-activation, output, gradient). A run under the limit can still 
 
 from __future__ import annotations
 
+import math
 import os
+
 import torch
 
-from .errors import MemoryBoundError  # noqa: F401  (re-exported)
+from .datasets import dataset_class
+from .errors import MemoryBoundError
+from .likelihoods import LIKELIHOODS
+from .networks import build_network
 
 FLOAT = 4  # bytes of float32
 #: copies of each parameter held in training: the weight, its gradient, Adam's two moments
 PARAM_COPIES = 4
 #: copies of each activation held in a training step: pre-activation, output and gradient
 ACTIVATION_COPIES = 3
-#: examples a data set holds on the device (mnist5k: 5,000 digits; full MNIST: 70,000)
-DATASET_EXAMPLES = {"mnist5k": 5_000}
-FULL_MNIST_EXAMPLES = 70_000
 #: test digits per batch in evaluation (vae_pyro.train.evaluate) and in the IWAE test NLL
 EVAL_BATCH, NLL_BATCH = 1000, 100
 
@@ -49,36 +51,33 @@ def available_bytes(device: torch.device) -> int | None:
         return None
 
 
-def _mlp_params(sizes: list[int]) -> int:
-    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+def _network(spec):
+    images = dataset_class(spec.data.dataset)[0].image_shape
+    return build_network(spec.networks.network, images, spec.networks.z_dim, spec.networks.hidden,
+                         spec.networks.activation)
 
 
-def parameter_counts(spec, x_dim: int = 784) -> tuple[int, int]:
-    """(encoder + decoder, prior components) parameters of ``spec``'s VAE, counted without building
-    it: a mixture prior has a mean, a scale and a weight per component and dimension, a VampPrior
-    one pseudo-image per component."""
-    from .likelihoods import LIKELIHOODS
-
-    hidden, z = list(spec.networks.hidden), spec.networks.z_dim
-    out = LIKELIHOODS[spec.likelihood.name].out_per_pixel
-    networks = _mlp_params([x_dim, *hidden, 2 * z]) + _mlp_params([z, *hidden, x_dim * out])
+def parameter_counts(spec) -> tuple[int, int]:
+    """(encoder + decoder, prior components) parameters of ``spec``'s VAE, counted without allocating
+    it (the networks on the meta device): a mixture prior has a mean, a scale and a weight per
+    component and dimension, a VampPrior one pseudo-image per component."""
+    network, z = _network(spec), spec.networks.z_dim
+    networks = network.parameter_count(LIKELIHOODS[spec.likelihood.name].out_per_pixel)
     components = int(spec.prior.options.get("components", 0))
-    return networks, components * (x_dim if spec.prior.name == "vamp" else 2 * z + 1)
+    return networks, components * (network.x_dim if spec.prior.name == "vamp" else 2 * z + 1)
 
 
 def estimate(spec, *, k: int | None = None, chunk: int | None = None) -> dict[str, int]:
     """Bytes a run of ``spec`` holds at its peak, split by the option that scales each part
     (``k``/``chunk``: the IWAE test NLL of ``vae-pyro nll``)."""
-    from .likelihoods import LIKELIHOODS
-
-    x_dim, hidden, z = 784, list(spec.networks.hidden), spec.networks.z_dim
-    out = LIKELIHOODS[spec.likelihood.name].out_per_pixel
-    params, prior_params = parameter_counts(spec, x_dim)
+    dataset, network, z = dataset_class(spec.data.dataset)[0], _network(spec), spec.networks.z_dim
+    x_dim = math.prod(dataset.image_shape)
+    params, prior_params = parameter_counts(spec)
     components = int(spec.prior.options.get("components", 0))
-    width = 2 * sum(hidden) + x_dim * out + 4 * z  # floats per sample in one forward pass
+    width = network.activation_floats(LIKELIHOODS[spec.likelihood.name].out_per_pixel)  # floats per sample
     batch = max(spec.training.batch_size, EVAL_BATCH, spec.checks.grad_batch)
     particles = max(spec.training.particles, spec.checks.particles)  # training's and the checks' draws
-    examples = DATASET_EXAMPLES.get(spec.data.dataset, FULL_MNIST_EXAMPLES)
+    examples = dataset.examples
     parts = {
         "--hidden": PARAM_COPIES * FLOAT * params,
         "prior.components": FLOAT * (PARAM_COPIES * prior_params

@@ -28,7 +28,8 @@ while a tensor argument is a graph input (see :meth:`VAE.kl_weight_arg`).
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Sequence
 
 import pyro
@@ -37,18 +38,20 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from .datasets import DATASETS, DEFAULT_DATASET
 from .likelihoods import Likelihood, build_likelihood
-from .networks import Decoder, Encoder
+from .networks import Network, build_network
 from .priors import Prior, build_prior
-
-# Pyro keeps parameters in one global store keyed by name; two VAEs registered under the same name
-# would silently alias (the JIT estimators read the store). Each instance gets its own prefix.
-_instance_ids = itertools.count()
 
 
 @dataclass
 class VAEConfig:
-    x_dim: int = 784
+    """The model. ``image_shape`` (C, H, W) and ``max_value`` (pixels are 0..max_value) are the
+    data's (:mod:`vae_pyro.datasets`; default: the default dataset's); ``x_dim`` is the pixel count
+    C*H*W, derived. A config given ``x_dim`` alone (a checkpoint saved before images had a shape)
+    takes the default dataset's shape when the count is its, else one flat row of ``x_dim`` pixels."""
+
+    x_dim: int | None = None
     hidden: Sequence[int] = (400,)
     z_dim: int = 20
     prior: str = "standard_normal"
@@ -59,34 +62,77 @@ class VAEConfig:
     kl_weight: float = 1.0
     #: the networks' nonlinearity: "relu" or "tanh" (:data:`vae_pyro.networks.ACTIVATIONS`)
     activation: str = "relu"
+    #: the registered network that builds encoder and decoder (:data:`vae_pyro.networks.NETWORKS`)
+    network: str = "mlp"
+    image_shape: Sequence[int] | None = None
+    max_value: int | None = None
+
+    def __post_init__(self):
+        default = DATASETS[DEFAULT_DATASET]
+        if self.image_shape is None:
+            legacy = self.x_dim is not None and self.x_dim != math.prod(default.image_shape)
+            self.image_shape = (1, 1, self.x_dim) if legacy else default.image_shape
+        self.image_shape = tuple(self.image_shape)
+        if self.x_dim is not None and self.x_dim != math.prod(self.image_shape):
+            raise ValueError(f"x_dim {self.x_dim} is not the pixel count of image_shape {self.image_shape}")
+        self.x_dim = math.prod(self.image_shape)
+        if self.max_value is None:
+            self.max_value = default.max_value
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "VAEConfig":
+        """The config of a :meth:`to_dict` (a checkpoint's ``model_config``, of any vae-pyro version:
+        a field it predates takes its default, e.g. ``activation`` ReLU, ``network`` mlp)."""
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+
+    def replace(self, **changes) -> "VAEConfig":
+        """A copy with ``changes``; changing the images (``image_shape`` or ``x_dim``) re-derives the other."""
+        base = self.to_dict()
+        if {"image_shape", "x_dim"} & changes.keys():
+            del base["image_shape"], base["x_dim"]
+        return VAEConfig(**{**base, **changes})
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out["hidden"] = list(self.hidden)
+        out["hidden"], out["image_shape"] = list(self.hidden), list(self.image_shape)
         return out
 
 
 class VAE(nn.Module):
+    """The likelihood, prior and network of a config (:meth:`parts`), and the Pyro program over them."""
+
+    #: Pyro keeps parameters in one global store keyed by name; two VAEs registered under the same name
+    #: would silently alias (the JIT estimators read the store). Each instance gets its own prefix.
+    prefix = "vae"
+    _ids = itertools.count()
+
     def __init__(self, config: VAEConfig | None = None, **overrides):
         super().__init__()
         config = config or VAEConfig()
         if overrides:
-            config = VAEConfig(**{**config.to_dict(), **overrides})
+            config = config.replace(**overrides)
         self.config = config
         if not config.kl_weight > 0:
             raise ValueError(f"kl_weight must be > 0, got {config.kl_weight!r} (poutine.scale needs a positive "
                              "scale; beta = 0 would be a plain autoencoder)")
-        self.likelihood: Likelihood = build_likelihood(config.likelihood, config.x_dim, **config.likelihood_options)
-        self.prior: Prior = build_prior(config.prior, config.z_dim, config.x_dim, **config.prior_options)
-        self.encoder = Encoder(config.x_dim, config.hidden, config.z_dim, self.likelihood.input_scale,
-                               config.activation)
-        self.decoder = Decoder(config.x_dim, config.hidden, config.z_dim, self.likelihood.out_per_pixel,
-                               config.activation)
+        likelihood, prior, network = self.parts(config)
+        self.likelihood: Likelihood = likelihood
+        self.prior: Prior = prior
+        self.encoder = network.encoder(self.likelihood.input_scale)
+        self.decoder = network.decoder(self.likelihood.out_per_pixel)
         if self.prior.needs_encoder:
             self.prior.attach(self.encoder)
         #: the current beta; training may anneal it, the checks run at ``config.kl_weight``
         self.kl_weight = float(config.kl_weight)
-        self.pyro_prefix = f"vae{next(_instance_ids)}"
+        self.pyro_prefix = f"{self.prefix}{next(type(self)._ids)}"
+
+    def parts(self, config) -> tuple[Likelihood, Prior, Network]:
+        """The likelihood, the prior and the network (whose encoder, then decoder, are built next) of
+        ``config``, each from its registry, in this order: the seeded initial weights follow it."""
+        likelihood = build_likelihood(config.likelihood, config.x_dim, config.max_value, **config.likelihood_options)
+        prior = build_prior(config.prior, config.z_dim, config.x_dim, **config.prior_options)
+        network = build_network(config.network, config.image_shape, config.z_dim, config.hidden, config.activation)
+        return likelihood, prior, network
 
     @property
     def device(self) -> torch.device:

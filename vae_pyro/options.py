@@ -19,6 +19,7 @@ from .spec import COMMAND_OPTIONS, SpecError, command_default, keyword_of, setti
 
 #: the spec settings each command takes as flags (every other setting: ``--set`` or a spec file)
 RUN_SETTINGS = ("data.dataset", "data.binarization", "data.transform", "networks.hidden", "networks.z_dim",
+                "networks.network",
                 "training.device", "training.seed", "training.epochs", "training.batch_size", "training.lr",
                 "training.particles")
 CHECK_SETTINGS = ("checks.particles", "checks.draws", "checks.grad_draws")

@@ -42,8 +42,10 @@ def training_curves(histories: Mapping[str, Sequence[dict]], path) -> Path:
     return _save(fig, path)
 
 
-def image_grid(rows: Mapping[str, torch.Tensor], path, title: str = "", side: int = 28) -> Path:
-    """One row of images per entry (``(n, side*side)`` tensors of pixel probabilities in [0, 1])."""
+def image_grid(rows: Mapping[str, torch.Tensor], path, title: str, image_shape: Sequence[int]) -> Path:
+    """One row of images per entry (``(n, C*H*W)`` tensors of pixel probabilities in [0, 1], images of
+    ``image_shape`` (C, H, W), or (H, W); one channel is shown grey, three as colour)."""
+    channels, (height, width) = (image_shape[0] if len(image_shape) == 3 else 1), image_shape[-2:]
     n_rows = len(rows)
     n_cols = max(len(v) for v in rows.values())
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * 0.9, n_rows * 1.0 + 0.4), squeeze=False)
@@ -53,7 +55,8 @@ def image_grid(rows: Mapping[str, torch.Tensor], path, title: str = "", side: in
             ax.set_xticks([])
             ax.set_yticks([])
             if c < len(images):
-                ax.imshow(images[c].detach().cpu().reshape(side, side), cmap="gray", vmin=0, vmax=1)
+                image = images[c].detach().cpu().reshape(channels, height, width).permute(1, 2, 0)
+                ax.imshow(image.squeeze(-1) if channels == 1 else image, cmap="gray", vmin=0, vmax=1)
             else:
                 ax.axis("off")
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)

@@ -89,7 +89,7 @@ class Prior(nn.Module):
     #: True when ``dist`` runs the encoder (VampPrior): the model must then register the encoder too
     needs_encoder = False
 
-    def __init__(self, z_dim: int, x_dim: int = 784, **options):
+    def __init__(self, z_dim: int, x_dim: int | None = None, **options):
         super().__init__()
         self.z_dim, self.x_dim = z_dim, x_dim
         self.opts = resolve_options("prior", self.name, self.options, options)
@@ -134,7 +134,7 @@ class DiagNormal(Prior):
 
     summary = "N(m, diag(s^2)), m and s learnt"
 
-    def __init__(self, z_dim, x_dim=784, **options):
+    def __init__(self, z_dim, x_dim=None, **options):
         super().__init__(z_dim, x_dim, **options)
         self.loc = nn.Parameter(torch.zeros(z_dim))
         self.log_scale = nn.Parameter(torch.zeros(z_dim))
@@ -176,7 +176,7 @@ class MixtureOfGaussians(Prior):
     options = {"components": Option(int, 10, low=1, help="number of mixture components K")}
     no_closed_form = "KL(Normal || mixture of Gaussians) has no closed form (the log of a sum)"
 
-    def __init__(self, z_dim, x_dim=784, **options):
+    def __init__(self, z_dim, x_dim=None, **options):
         super().__init__(z_dim, x_dim, **options)
         k = self.opts["components"]
         self.logits = nn.Parameter(torch.zeros(k))
@@ -207,8 +207,10 @@ class VampPrior(Prior):
     no_closed_form = "KL(Normal || VampPrior mixture) has no closed form (the log of a sum)"
     needs_encoder = True
 
-    def __init__(self, z_dim, x_dim=784, **options):
+    def __init__(self, z_dim, x_dim=None, **options):
         super().__init__(z_dim, x_dim, **options)
+        if x_dim is None:
+            raise ValueError("the VampPrior needs x_dim, the pixels of its pseudo-inputs")
         self.pseudo_inputs = nn.Parameter(torch.rand(self.opts["components"], x_dim))
         self._encoder = None
 
@@ -253,5 +255,7 @@ class StudentTPrior(Prior):
                              torch.full_like(zeros, self.opts["scale"])).to_event(1)
 
 
-def build_prior(name: str, z_dim: int, x_dim: int = 784, **options) -> Prior:
+def build_prior(name: str, z_dim: int, x_dim: int | None = None, **options) -> Prior:
+    """The prior ``name`` over ``z_dim`` dimensions; ``x_dim``: the pixels of an image (for a prior
+    over images, the VampPrior)."""
     return PRIORS[name](z_dim, x_dim, **options)

@@ -221,7 +221,8 @@ def split_data(run: Run) -> Data:
     if validation:
         train_idx, val_idx = validation_split(run.dataset.train_y, validation)
         # static draws are made over all the training digits, then indexed: the same draw every row
-        x_fixed = prepare(run.dataset.train_x, "static", run.transform).to(run.device) if run.dynamic else x_train
+        x_fixed = (prepare(run.dataset.train_x, "static", run.transform, run.dataset.max_value).to(run.device)
+                   if run.dynamic else x_train)
         x_train, x_val = x_train[train_idx.to(run.device)], x_fixed[val_idx.to(run.device)]
     return Data(run.dataset.name, x_train, x_val, run.x_test, run.dynamic, run.binarization)
 

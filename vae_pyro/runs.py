@@ -21,7 +21,7 @@ from .data import load_dataset, prepare
 from .devices import resolve_device
 from .errors import CheckpointError, SpecError
 from .estimators import build_estimator
-from .model import VAE
+from .model import VAE, VAEConfig
 from .spec import ComponentSpec, VAESpec
 from .train import seed_all, train
 
@@ -79,8 +79,8 @@ def prepare_run(spec, binarization: str | None = None, checkpoint: str | None = 
     binarization = binarization or resolved
     ds = load_dataset(spec.data.dataset)
     dynamic = binarization == "dynamic"
-    x_train = prepare(ds.train_x, binarization, transform).to(device)
-    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform).to(device)
+    x_train = prepare(ds.train_x, binarization, transform, ds.max_value).to(device)
+    x_test = prepare(ds.test_x, "static" if dynamic else binarization, transform, ds.max_value).to(device)
     return Run(spec, device, generator, vae, ds, binarization, transform, x_train, x_test)
 
 
@@ -147,6 +147,7 @@ def with_model(spec: VAESpec, model: dict) -> VAESpec:
     spec = copy.deepcopy(spec)
     spec.networks.hidden, spec.networks.z_dim = list(model["hidden"]), model["z_dim"]
     spec.networks.activation = model.get("activation", "relu")  # saved before the option: ReLU
+    spec.networks.network = model.get("network", "mlp")  # saved before the option: the MLP
     spec.prior = ComponentSpec(model["prior"], dict(model["prior_options"]))
     spec.likelihood = ComponentSpec(model["likelihood"], dict(model["likelihood_options"]))
     spec.training.kl_weight = model["kl_weight"]
@@ -170,7 +171,8 @@ def spec_for_checkpoint(spec: VAESpec, path: str, asked: dict | None = None) -> 
             raise CheckpointError(f"checkpoint {path} holds a model with {key} {saved[key]!r}, not {value!r}; "
                                   f"leave {setting} unset (the model's settings come from the checkpoint)")
     spec = with_model(spec, saved)
-    if saved.get("x_dim", 784) != spec.model_config().x_dim:
-        raise CheckpointError(f"checkpoint {path} holds a model of {saved['x_dim']} pixels; this data has "
-                              f"{spec.model_config().x_dim}")
+    images, data = VAEConfig.from_dict(saved).image_shape, spec.model_config().image_shape
+    if images != data:
+        raise CheckpointError(f"checkpoint {path} holds a model of {'x'.join(map(str, images))} images; "
+                              f"this data has {'x'.join(map(str, data))}")
     return spec

