@@ -17,7 +17,7 @@ The warm-up steps would otherwise train the model on a dummy batch, so the param
 the CUDA generator's state are put back afterwards: the first replay is the first step.
 
 A non-finite loss is neutralised on the device, inside the graph, by the rule
-:func:`vae_pyro.train.neutralise_nonfinite` applies to every step (fused Adam: ``found_inf``, the update
+:func:`vae_pyro.nonfinite.neutralise_nonfinite` applies to every step (fused Adam: ``found_inf``, the update
 is skipped; otherwise the gradient is zeroed), never read on the host.
 
 On the CPU (and any non-CUDA device) the same class runs the same ``_body`` eagerly, so its code path
@@ -34,7 +34,7 @@ import torch
 
 from vae_pyro.errors import SpecError
 from vae_pyro.estimators import ESTIMATORS, Estimator, build_estimator
-from vae_pyro.train import neutralise_nonfinite
+from vae_pyro.nonfinite import neutralise_nonfinite
 
 #: warm-up steps on a side stream before the capture (PyTorch's recipe uses 3; the first ones
 #: allocate Adam's state and the autograd / cuBLAS workspaces)

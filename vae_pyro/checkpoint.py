@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
+from .model import VAEConfig
 from .outputs import atomic_write
 from .errors import CheckpointError  # noqa: F401  (re-exported)
 
@@ -131,8 +132,6 @@ def structure_problem(payload: dict) -> str | None:
 
 def restore(payload: dict, vae, optimizer=None, path: str | os.PathLike = "checkpoint") -> None:
     """Load weights (and optimizer state) into ``vae``, refusing a checkpoint of another shape."""
-    from .model import VAEConfig
-
     # a field the checkpoint predates (e.g. ``activation``) had its default value when it was saved
     saved = {**VAEConfig().to_dict(), **payload["model_config"]}
     current = vae.config.to_dict()

@@ -1,7 +1,7 @@
 """Where results go, and what vae-pyro promises about them.
 
-* **Checked before any work.** :func:`check_outputs` looks at every output a run was given (``--json``,
-  ``--checkpoint``, ``--out``) before data is loaded or a model is trained: a path that is a folder
+* **Checked before any work.** :func:`vae_pyro.preflight.check_outputs` looks at every output a run
+  was given (``--json``, ``--checkpoint``, ``--out``) before data is loaded or a model is trained: a path that is a folder
   where a file is wanted (or the reverse), a parent that is a file, a folder that cannot be written
   is one :class:`OutputError` line naming the option and the path. The folders are created (and
   written to once, as a probe) here, so a run cannot fail at its end for want of a folder.
@@ -166,7 +166,7 @@ def staged_folder(path: str | os.PathLike) -> Iterator[Path]:
 # Validation, before any work
 
 
-def _writable_folder(folder: Path, option: str, path: Path) -> None:
+def writable_folder(folder: Path, option: str, path: Path) -> None:
     """Create ``folder`` (and its parents) and prove a file can be created in it."""
     for ancestor in (folder, *folder.parents):
         if ancestor.exists():
@@ -189,7 +189,7 @@ def check_output_file(path: str | os.PathLike, option: str, *, force: bool = Fal
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{option} {path} is a folder; give a file path")
-    _writable_folder(path.parent, option, path)
+    writable_folder(path.parent, option, path)
     if path.exists() and not force:
         resume = ", --resume to continue from it," if resumable else ""
         raise OutputError(f"{option} {path} already exists; pass --force to replace it{resume} "
@@ -213,7 +213,7 @@ def check_run_folder(path: str | os.PathLike, option: str = "--out", *, force: b
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file; give a folder path")
-    _writable_folder(path.parent, option, path)
+    writable_folder(path.parent, option, path)
     if path.is_dir() and any(path.iterdir()):
         if not force:
             raise OutputError(f"{option} {path} already holds files (an earlier run?); pass --force to replace "
@@ -223,27 +223,3 @@ def check_run_folder(path: str | os.PathLike, option: str = "--out", *, force: b
             raise OutputError(f"{option} {path} holds files that are not a vae-pyro run (e.g. {foreign[0]!r}), "
                               "which --force would delete; move them away or choose a new folder")
     return path
-
-
-def check_outputs(*, json: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
-                  resume: bool = False, out: str | os.PathLike | None = None, force: bool = False) -> None:
-    """Check every output a run will write, before any work (see the module docstring): the result
-    JSON, a training checkpoint (with ``resume``: an existing, usable checkpoint; without: a new file)
-    and an experiment's run folder. Called by every library entry point (:mod:`vae_pyro.api`)."""
-    if json is not None:
-        check_output_file(json, "--json", force=force)
-    if resume and not checkpoint:
-        raise OutputError("--resume needs --checkpoint PATH")
-    if checkpoint:
-        if resume and force:
-            raise OutputError("--resume continues the checkpoint and --force starts over in its place; "
-                              "give one of them")
-        if resume:
-            from .checkpoint import load_checkpoint
-
-            _writable_folder(Path(checkpoint).parent, "--checkpoint", Path(checkpoint))
-            load_checkpoint(checkpoint)
-        else:
-            check_output_file(checkpoint, "--checkpoint", force=force, resumable=True)
-    if out is not None:
-        check_run_folder(out, "--out", force=force)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 
-from . import distributed, memory, outputs
+from . import distributed, memory, preflight
 from .checkpoint import load_checkpoint, restore
 from .checks.agreement import reference_for
 from .data import load_dataset, prepare
@@ -100,11 +100,11 @@ def check_before_work(spec, *, json=None, checkpoint=None, resume: bool = False,
                       k: int | None = None, chunk: int | None = None) -> None:
     """What every command checks before it loads data or allocates a model, so a bad output or an
     impossible size is one clear error instead of a traceback after the work: every output can be
-    written and none is an earlier result unless ``force`` (:func:`vae_pyro.outputs.check_outputs`;
+    written and none is an earlier result unless ``force`` (:func:`vae_pyro.preflight.check_outputs`;
     ``checkpoint`` here is a training checkpoint to write or, with ``resume``, to continue), and the
     run's sizes fit the device's free memory (:func:`vae_pyro.memory.check_fits`; ``k``/``chunk``:
     the IWAE test NLL's). ``spec`` None: no model of the spec's (a toy) to size."""
-    outputs.check_outputs(json=json, checkpoint=checkpoint, resume=resume, out=out, force=force)
+    preflight.check_outputs(json=json, checkpoint=checkpoint, resume=resume, out=out, force=force)
     if spec is not None:
         spec.resolved_data()  # the likelihood's support holds for the data options, after every override
         memory.check_fits(spec, resolve_device(spec.training.device), k=k, chunk=chunk)

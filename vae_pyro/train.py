@@ -16,12 +16,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
+from .captured_step import CapturedTrainStep
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .data import Batches
 from .devices import DEVICES, resolve_device  # noqa: F401  (re-exported)
 from .errors import TrainingError  # noqa: F401  (re-exported)
 from .estimators import Estimator
 from .estimators.syncfree import step_without_validation
+from .nonfinite import neutralise_nonfinite
 
 #: training steps between two reads of the loss from the device (progress bar and NaN check)
 READ_EVERY = 50
@@ -174,8 +176,6 @@ def _epoch_steps(vae, estimator, optimizer, batches, whole_step, epoch: int, ann
 def _captured_step(vae, estimator, optimizer, x_train, batch_size: int):
     """The whole-step capture for ``train(capture=True)``, built after any resume (it holds the
     optimiser's state tensors, which loading a checkpoint would replace)."""
-    from vae_pyro.captured_step import CapturedTrainStep  # here: it imports this module
-
     return CapturedTrainStep(vae, estimator, optimizer, (batch_size, *x_train.shape[1:]), dtype=x_train.dtype)
 
 
@@ -192,17 +192,6 @@ def train_step(vae, estimator: Estimator, optimizer: torch.optim.Optimizer, x: t
     neutralise_nonfinite(vae, optimizer, loss)
     optimizer.step()
     return loss
-
-
-def neutralise_nonfinite(vae, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """Before ``optimizer.step()``: a non-finite step is neutralised on the device, not read."""
-    bad = ~torch.isfinite(loss.detach())
-    if optimizer.defaults.get("fused"):
-        optimizer.found_inf = bad.float()  # fused Adam skips the whole update (GradScaler's protocol)
-    else:
-        for p in vae.parameters():  # elsewhere its gradient is zeroed (Adam's momentum still moves)
-            if p.grad is not None:
-                p.grad.masked_fill_(bad, 0.0)
 
 
 def make_optimizer(vae, lr: float = 1e-3, capturable: bool = False, eps: float = 1e-8) -> torch.optim.Optimizer:

@@ -8,7 +8,7 @@ is built for each pair and each estimator is asked, :meth:`Estimator.validity`),
 
 from __future__ import annotations
 
-from ..estimators import estimator_names, validity_table
+from ..estimators import estimator_names, validity_rows
 from ..likelihoods import LIKELIHOODS
 from ..model import VAE
 from ..priors import PRIORS
@@ -22,7 +22,7 @@ def pair_validity(prior: str, likelihood: str, prior_options: dict | None = None
     families, not on network sizes, so a tiny VAE (one hidden layer of 8, z_dim 2) is asked."""
     vae = VAE(hidden=(8,), z_dim=2, prior=prior, likelihood=likelihood,
               prior_options=prior_options or {}, likelihood_options=likelihood_options or {})
-    return {name: v.to_dict() for name, v in validity_table(vae, estimators).items()}
+    return {name: v.to_dict() for name, v in validity_rows(vae, estimators).items()}
 
 
 def all_pairs(estimators=None) -> list[dict]:

@@ -43,7 +43,7 @@ from .base import (
     register_estimator,
     checked_estimator_names,
     validity,
-    validity_table,
+    validity_rows,
 )
 from .analytic import AnalyticEstimator, NoClosedFormError  # noqa: E402  (registers analytic)
 from .pyro_elbos import PyroEstimator, mean_field_kl_kind  # noqa: E402  (trace, tmf, jit_*)
@@ -56,5 +56,5 @@ __all__ = [
     "DEFAULT_ESTIMATORS", "ELBO_BOUND", "ESTIMATORS", "EXACT_KL", "INVALID", "IWAE_BOUND", "MONTE_CARLO_KL",
     "Estimator", "PyroEstimator", "Validity", "AnalyticEstimator", "IWAEEstimator", "RenyiEstimator",
     "STLEstimator", "GraphEstimator", "HandMonteCarloEstimator", "NoClosedFormError", "build_estimator", "estimator_names", "mean_field_kl_kind",
-    "register_estimator", "checked_estimator_names", "validity", "validity_table",
+    "register_estimator", "checked_estimator_names", "validity", "validity_rows",
 ]

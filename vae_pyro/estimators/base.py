@@ -109,7 +109,9 @@ def validity(name: str, vae) -> Validity:
     return ESTIMATORS[name]().validity(vae)
 
 
-def validity_table(vae, names=None) -> dict[str, Validity]:
+def validity_rows(vae, names=None) -> dict[str, Validity]:
+    """Each estimator's :class:`Validity` for this VAE, by name (the data; the rendered text is
+    :func:`vae_pyro.report.validity_table`)."""
     return {name: validity(name, vae) for name in (names or estimator_names())}
 
 
