@@ -17,7 +17,7 @@ from vae_pyro import distributed
 from vae_pyro.checks.agreement import AgreementSetup, run_agreement
 from vae_pyro.data import Batches
 from vae_pyro.estimators import build_estimator
-from vae_pyro.estimators.iwae import iwae_log_likelihood
+from vae_pyro.evaluation import iwae_log_likelihood
 from vae_pyro.model import VAE
 from vae_pyro.train import make_optimizer, seed_all, train
 

@@ -1,5 +1,7 @@
-"""Every public module imports on its own in a fresh interpreter, and the package's imports have no
-cycle (module-level imports only: a function-level import runs after both modules are loaded)."""
+"""Every public module imports on its own in a fresh interpreter; the package's imports have no cycle at
+any scope (a function-level import counts: one that dodges a cycle is still a cycle), there is no
+function-level import of a project module at all, and the estimators compute without progress bars,
+process groups, checks or reports (layers import downward only)."""
 
 from __future__ import annotations
 
@@ -37,14 +39,18 @@ def test_every_public_module_imports_in_a_fresh_interpreter():
     assert out.stdout.strip() == "", f"modules that fail to import on their own: {out.stdout.strip()}"
 
 
-def _module_imports(name: str) -> set[str]:
-    """The vae_pyro modules ``name`` imports at module level (relative imports resolved)."""
+def _path(name: str) -> Path:
     path = PACKAGE.parent / (name.replace(".", "/") + ".py")
-    if not path.exists():
-        path = PACKAGE.parent / name.replace(".", "/") / "__init__.py"
+    return path if path.exists() else PACKAGE.parent / name.replace(".", "/") / "__init__.py"
+
+
+def _imports(name: str, nodes) -> set[str]:
+    """The vae_pyro modules the import statements among ``nodes`` of module ``name`` name (relative
+    imports resolved; ``from . import x`` is module ``x`` when it is one)."""
+    path = _path(name)
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     out = set()
-    for node in ast.parse(path.read_text()).body:  # top level only
+    for node in nodes:
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -59,13 +65,36 @@ def _module_imports(name: str) -> set[str]:
     return out - {name}
 
 
+def _module_imports(name: str) -> set[str]:
+    """The vae_pyro modules ``name`` imports at any scope (module level, functions, classes)."""
+    return _imports(name, ast.walk(ast.parse(_path(name).read_text())))
+
+
+def _function_level_imports(name: str) -> set[str]:
+    """The vae_pyro modules ``name`` imports inside a function or method body."""
+    tree = ast.parse(_path(name).read_text())
+    bodies = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return _imports(name, [n for body in bodies for n in ast.walk(body)])
+
+
+def _third_party_imports(name: str) -> set[str]:
+    """The top-level package of every absolute import in ``name`` (``tqdm.auto`` -> ``tqdm``)."""
+    out = set()
+    for node in ast.walk(ast.parse(_path(name).read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+    return out
+
+
 def _exists(name: str) -> bool:
     rel = name.replace(".", "/")
     return (PACKAGE.parent / f"{rel}.py").exists() or (PACKAGE.parent / rel / "__init__.py").exists()
 
 
 def test_no_import_cycle_between_the_package_modules():
-    """Depth-first search over the module-level import graph; a back edge is a cycle. A package's
+    """Depth-first search over the import graph of every scope; a back edge is a cycle. A package's
     ``__init__`` importing its own submodules is how registration happens (as in pyro.infer), so edges
     from a submodule to its parent package's names are taken to the module that defines them."""
     graph = {m: _module_imports(m) for m in public_modules()}
@@ -87,3 +116,30 @@ def test_no_import_cycle_between_the_package_modules():
         if m not in state:
             visit(m, [m])
     assert not cycles, f"import cycles: {cycles}"
+
+
+def test_no_function_level_import_of_a_project_module():
+    """Layers import downward at module level; an import inside a function hides an upward edge."""
+    found = {m: sorted(deps) for m in public_modules() if (deps := _function_level_imports(m))}
+    assert not found, f"function-level imports of project modules: {found}"
+
+
+#: what the estimators may not import: they compute; bars, process groups, checks and reports are above
+ABOVE_ESTIMATORS = ("vae_pyro.distributed", "vae_pyro.checks", "vae_pyro.report", "vae_pyro.train",
+                    "vae_pyro.runs", "vae_pyro.evaluation", "vae_pyro.api", "vae_pyro.cli")
+
+
+def test_estimators_import_no_loop_machinery():
+    estimators = [m for m in public_modules() if m.startswith("vae_pyro.estimators")]
+    assert "vae_pyro.estimators.iwae" in estimators
+    for m in estimators:
+        assert "tqdm" not in _third_party_imports(m), f"{m} imports tqdm: progress bars belong to the loops"
+        upward = sorted(d for d in _module_imports(m) if d.startswith(ABOVE_ESTIMATORS))
+        assert not upward, f"{m} imports {upward} (estimators compute; the loops above them shard and report)"
+
+
+def test_the_import_walk_sees_function_level_imports():
+    """The walk itself can fail: an import inside a function body of a module's source is found."""
+    code = "import torch\n\ndef f():\n    from .report import table\n    return table\n"
+    bodies = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.FunctionDef)]
+    assert _imports("vae_pyro.runs", [n for b in bodies for n in ast.walk(b)]) == {"vae_pyro.report"}

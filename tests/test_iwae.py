@@ -9,7 +9,8 @@ import torch
 from vae_pyro import checks
 from vae_pyro.estimators import ESTIMATORS, build_estimator
 from vae_pyro.estimators.analytic import log_normal_diag
-from vae_pyro.estimators.iwae import DifferentiableRenyiELBO, iwae_log_likelihood, iwae_same_noise, log_weights
+from vae_pyro.estimators.iwae import DifferentiableRenyiELBO, iwae_same_noise, log_weights
+from vae_pyro.evaluation import iwae_log_likelihood
 
 
 def test_iwae_estimators_declare_their_bound(small_vae, binary_test):

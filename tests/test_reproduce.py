@@ -15,9 +15,10 @@ import vae_pyro.estimators  # noqa: F401  (registers the estimators before iwae 
 from vae_pyro.active_units import ACTIVITY_THRESHOLD, active_units, posterior_mean_variance
 from vae_pyro.cli import main
 from vae_pyro.data import DataError, validation_split
-from vae_pyro.estimators.iwae import iwae_log_likelihood
+from vae_pyro.evaluation import iwae_log_likelihood
 from vae_pyro.model import VAE
-from vae_pyro.reproduce import BURDA_STAGES, TARGETS, burda_lr, iwae_bounds_at
+from vae_pyro.evaluation import iwae_bounds_at
+from vae_pyro.reproduce import BURDA_STAGES, TARGETS, burda_lr
 from vae_pyro.spec import SpecError, load_spec
 
 # --- architecture ----------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
-"""vae-pyro: the VAE's ELBO, visible and checkable."""
+"""vae-pyro: the VAE's ELBO, visible and checkable.
 
+``vae_pyro.check_estimators(model, guide, *args)`` runs the estimator-agreement checks on any Pyro
+model/guide pair (:mod:`vae_pyro.checks.any_model`, docs/check_any_model.md); everything else lives
+in its module (:mod:`vae_pyro.api` for the commands' entry points)."""
 
-def check_estimators(model, guide, *args, **kwargs):
-    """Estimator-agreement checks for any Pyro model/guide pair; see :mod:`vae_pyro.checks.any_model` and
-    docs/check_any_model.md. (Imported lazily so ``import vae_pyro`` stays light.)"""
-    from .checks.any_model import check_estimators as run
+from .checks.any_model import check_estimators
 
-    return run(model, guide, *args, **kwargs)
+__all__ = ["check_estimators"]

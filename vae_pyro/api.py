@@ -31,7 +31,7 @@ from .checks.ground_truth import run_mnist, run_toy
 from .compare import run_comparison
 from .errors import SpecError
 from .estimators import build_estimator
-from .estimators.iwae import iwae_log_likelihood
+from .evaluation import iwae_log_likelihood
 from .experiment import run_experiment
 from .model import VAE
 from .report import write_json

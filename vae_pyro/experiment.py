@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import checks, outputs, plots
 from .errors import SpecError
 from .estimators import build_estimator
-from .estimators.iwae import iwae_log_likelihood
+from .evaluation import iwae_log_likelihood
 from .model import VAE
 from .runs import Run, prepare_run, result_header
 from .report import atomic_write_text, fmt, table, write_json

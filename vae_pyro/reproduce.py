@@ -45,7 +45,7 @@ from types import SimpleNamespace
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, outputs, plots
+from . import outputs, plots
 from .active_units import active_units
 from .amortization import refine_proposal
 from .checkpoint import save_checkpoint
@@ -53,7 +53,7 @@ from .checks.stats import mean_se
 from .data import load_dataset, prepare, validation_split
 from .estimators import build_estimator
 from .errors import SpecError
-from .estimators.iwae import log_mean_exp, log_weights
+from .evaluation import iwae_bounds_at
 from .model import VAE
 from .report import atomic_write_text, fmt, table, write_json
 from .runs import Run, prepare_run, result_header, training_estimator
@@ -170,27 +170,6 @@ def burda_lr(epoch: int, epochs: int, lr: float = 1e-3) -> float:
         if p <= end:
             return lr * 10 ** (-i / 7)
     return lr * 10 ** (-(len(BURDA_STAGES) - 1) / 7)
-
-
-@torch.no_grad()
-def iwae_bounds_at(vae, x: torch.Tensor, ks, chunk: int = 500, batch_size: int = 100,
-                   progress: bool = False, desc: str = "test NLL", proposal=None) -> dict[int, torch.Tensor]:
-    """``{k: IWAE_k estimate of log p(x_i) per example}`` for every k in ``ks``, all from one draw of
-    max(ks) importance samples per digit: IWAE_k uses the first k of them (each is an unbiased draw of
-    IWAE_k; they share samples, so the curve is smooth). The draws are made in the order of
-    :func:`vae_pyro.estimators.iwae.iwae_log_likelihood` (batch b seeded by its index, split across processes
-    under torchrun), so the largest k gives exactly its value at the same seed. ``proposal``: draw z
-    from this encoder instead (:mod:`vae_pyro.amortization`)."""
-    k_max = max(ks)
-
-    def one_batch(xb):
-        eps = torch.randn((k_max, len(xb), vae.config.z_dim), dtype=vae.dtype, device=xb.device)
-        lw = torch.cat([log_weights(vae, xb, min(chunk, k_max - j), eps[j:j + chunk], proposal=proposal)
-                        for j in range(0, k_max, chunk)])
-        return [log_mean_exp(lw[:k], dim=0) for k in ks]
-
-    with tqdm(total=-(-len(x) // batch_size), desc=desc, unit="batch", disable=not progress, leave=False) as bar:
-        return dict(zip(ks, distributed.map_seeded_batches(x, batch_size, one_batch, len(ks), bar)))
 
 
 def mean_bound(vae, x: torch.Tensor, k: int, seed: int) -> float:

@@ -52,6 +52,7 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from ..estimators import ELBO_BOUND, MONTE_CARLO_KL, Validity
 from ..estimators.iwae import DifferentiableRenyiELBO
+from ..report import fmt, table
 from .agreement import Reference, agreement_check, crash_reason, run_agreement
 from .result import ERROR, FAIL, Z_TOL, CheckResult, skipped, verdict_of
 from .stats import pilot_directions
@@ -79,8 +80,6 @@ class EstimatorReport:
         return bool(self.checks) and all(c.verdict not in (FAIL, ERROR) for c in self.checks)
 
     def table(self) -> str:
-        from ..report import fmt, table
-
         rows = [[c.name, c.estimator, fmt(c.value, ".3g"), fmt(c.tolerance, ".3g"), c.verdict.upper()]
                 for c in self.checks]
         lines = [table(["check", "estimator", "value", "tolerance", "verdict"], rows, align="llrrl")]

@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 
 from ..errors import SpecError
 from ..estimators import ELBO_BOUND, ESTIMATORS, Estimator, build_estimator, checked_estimator_names, estimator_names
-from ..estimators.iwae import iwae_log_likelihood, iwae_same_noise, log_weights
+from ..estimators.iwae import iwae_same_noise, log_weights
+from ..evaluation import iwae_log_likelihood
 from . import exact
 from .result import EXACT_TOL, IWAE_GAP_TOL, QUAD_TOL, SAME_NOISE_TOL, SKIP, STL_RATIO_TOL, Z_TOL
 from .result import CheckResult, overall, result, torch_threads

@@ -40,11 +40,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import load_mnist5k
+from ..estimators import build_estimator
 from ..estimators.analytic import LOG_2PI
 from ..likelihoods import build_likelihood
 from ..model import VAE
 from ..networks import Network
 from ..priors import build_prior
+from ..train import seed_all, train
 
 TOYS = ("linear_gaussian", "bernoulli_2d", "bernoulli_1d")
 TOY_BINARIZATION_SEED = 0
@@ -212,9 +214,6 @@ def build_toy(name: str, x_train: torch.Tensor | None = None, *, seed: int = 0, 
     ``epochs`` (default 10) epochs, so it is close to but not at the exact posterior.
     ``bernoulli_1d`` / ``bernoulli_2d``: encoder and decoder (196-32-z, tanh) fitted together by Adam
     on the ELBO, ``epochs`` (default 15)."""
-    from ..estimators import build_estimator
-    from ..train import seed_all, train
-
     if name not in TOYS:
         raise ValueError(f"unknown toy {name!r}; allowed: {', '.join(TOYS)}")
     generator = seed_all(seed)

@@ -46,9 +46,7 @@ from pyro import poutine
 from pyro.distributions.util import is_identically_zero
 from pyro.infer import RenyiELBO
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
-from tqdm.auto import tqdm
 
-from .. import distributed
 from .analytic import log_normal_diag, reparameterize
 from .base import INVALID, IWAE_BOUND, MONTE_CARLO_KL, Estimator, Validity, register_estimator
 from .pyro_elbos import PyroEstimator
@@ -187,39 +185,3 @@ def iwae_same_noise(vae, x: torch.Tensor, k: int, repeats: int = 3) -> dict:
             if a is not None and b is not None:
                 worst_grad = max(worst_grad, float((a - b).abs().max() / (b.abs().max() + 1e-30)))
     return {"value_max_abs_diff": worst_value, "grad_max_rel_diff": worst_grad, "repeats": repeats, "k": k}
-
-
-# ----------------------------------------------------------------------------------------------
-# Test-set log-likelihood with many samples
-
-
-@torch.no_grad()  # an evaluation: keeping the graph of k samples per digit would cost gigabytes
-def iwae_log_likelihood(vae, x: torch.Tensor, k: int = 5000, chunk: int = 500, batch_size: int = 100,
-                        progress: bool = True, desc: str = "log p(x), IWAE") -> torch.Tensor:
-    """One IWAE_k estimate of log p(x_i) per example (nats), k = 5,000 as in Burda et al. 2015.
-
-    Memory: the decoder's output for ``batch_size * chunk`` samples at a time (100 * 500 * 784
-    floats = 157 MB for MNIST); a batch's noise is drawn at once (k * batch_size * z_dim floats, 16 MB
-    for z_dim 8) and its k log-weights are kept and reduced with one logsumexp, so at one seed the
-    result does not depend on the chunking (the same noise, the same reduction). Returns a tensor of
-    shape (N,); -mean is the test negative log-likelihood estimate (an upper bound on the true NLL
-    in expectation, since IWAE_k <= log p(x)). Each batch of examples is seeded by its index (see
-    below), so the estimates do not depend on how many processes computed them."""
-    if k < 1 or chunk < 1 or batch_size < 1:
-        raise ValueError(f"k, chunk and batch_size must be >= 1, got {k}, {chunk}, {batch_size}")
-    bar = tqdm(total=-(-len(x) // batch_size) * -(-k // chunk), desc=desc, unit="chunk", disable=not progress,
-               leave=False)
-
-    def one_batch(xb):
-        eps = torch.randn((k, len(xb), vae.config.z_dim), dtype=vae.dtype, device=xb.device)
-        parts = []
-        for j in range(0, k, chunk):
-            parts.append(log_weights(vae, xb, min(chunk, k - j), eps[j:j + chunk]))
-            bar.update(distributed.world_size())  # all processes advance alike
-        return [log_mean_exp(torch.cat(parts), dim=0)]
-
-    # Batch b is seeded by its index, so several processes can each take a share of the batches and
-    # gather the same result one process computes (vae_pyro.distributed).
-    (log_px,) = distributed.map_seeded_batches(x, batch_size, one_batch)
-    bar.close()
-    return log_px
