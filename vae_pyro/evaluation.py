@@ -34,7 +34,7 @@ def iwae_bounds_at(vae, x: torch.Tensor, ks, chunk: int = 500, batch_size: int =
     (:mod:`vae_pyro.amortization`)."""
     k_max = max(ks)
     if k_max < 1 or min(ks) < 1 or chunk < 1 or batch_size < 1:
-        raise ValueError(f"k, chunk and batch_size must be >= 1, got {list(ks)}, {chunk}, {batch_size}")
+        raise ValueError(f"k, chunk and batch_size must be >= 1, got {', '.join(map(str, ks))}, {chunk}, {batch_size}")
     chunks = -(-k_max // chunk)
     bar = tqdm(total=-(-len(x) // batch_size) * chunks, desc=desc, unit="chunk", disable=not progress, leave=False)
 

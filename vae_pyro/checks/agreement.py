@@ -49,12 +49,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from pyro import poutine
 from tqdm.auto import tqdm
 
 from .. import distributed
 from ..estimators import ELBO_BOUND, build_estimator
 from ..estimators.analytic import closed_form_kl_reason, neg_elbo, neg_elbo_from_terms, neg_elbo_terms
+from ..estimators.same_noise import differences, recorded_noise
 from .result import ERROR, GRAD_DETERMINISTIC_REL, GRAD_REL_TOL, SAME_NOISE_TOL, Z_TOL, CheckResult, skipped, verdict_of
 from .stats import GradStats, MCStats, gradient_directions, loss_draws, trainable, value_draws, z_score
 from .subject import Subject
@@ -96,27 +96,6 @@ def reference_for(vae, particles: int = 1, reference_particles: int = 8) -> Refe
 # Same noise: exact identities
 
 
-def recorded_pyro_loss(vae, x, elbo):
-    """Run a Pyro ELBO's ``differentiable_loss`` on (vae.model, vae.guide) at beta = ``vae.kl_weight``
-    and return ``(loss, z)``, the z its guide drew."""
-    traced_guide = poutine.trace(vae.guide)
-    loss = elbo.differentiable_loss(vae.model, traced_guide, x, vae.kl_weight)
-    return loss, traced_guide.msngr.trace.nodes["z"]["value"]
-
-
-def _grads(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
-    return list(torch.autograd.grad(loss, params, allow_unused=True))
-
-
-def _max_rel_grad_diff(ga, gb) -> float:
-    worst = 0.0
-    for a, b in zip(ga, gb):
-        if a is None or b is None:
-            continue
-        worst = max(worst, float((a - b).abs().max() / (b.abs().max() + 1e-30)))
-    return worst
-
-
 def same_noise_check(vae, x: torch.Tensor, estimator: str, num_particles: int = 1,
                      repeats: int = 3, tol: float = SAME_NOISE_TOL) -> CheckResult:
     """Exact agreement at shared noise, in float64 (see the module docstring).
@@ -143,16 +122,13 @@ def same_noise_check(vae, x: torch.Tensor, estimator: str, num_particles: int = 
     params = list(vae64.parameters())
     worst_value, worst_grad = 0.0, 0.0
     for _ in range(repeats):
-        pyro_loss, z = recorded_pyro_loss(vae64, x64, elbo)
-        z = z.detach().reshape(num_particles, batch, -1)
-        mu, logvar = vae64.encoder(x64)
-        eps = ((z - mu) / torch.exp(0.5 * logvar)).detach()
+        pyro_loss, eps = recorded_noise(vae64, x64, elbo, num_particles, vae64.kl_weight)
         # (A separate "reconstruction term" difference, pyro - beta mc_kl - recon, would be this same
         # difference rearranged: hand = recon + beta mc_kl. It is not reported as extra evidence.)
         recon, kl, *_ = neg_elbo_terms(vae64, x64, num_particles, eps, sampled_kl)
         hand = neg_elbo_from_terms(recon, kl, vae64.kl_weight, sampled_kl)
-        worst_value = max(worst_value, abs((pyro_loss - hand).item()) / batch)
-        worst_grad = max(worst_grad, _max_rel_grad_diff(_grads(pyro_loss, params), _grads(hand, params)))
+        value, grad = differences(pyro_loss, hand, params, batch)
+        worst_value, worst_grad = max(worst_value, value), max(worst_grad, grad)
     against = ("hand-written recon + beta (log q - log p) at the recorded z" if sampled_kl
                else "analytic loss (recon + beta closed-form KL) at the recorded noise")
     details = {"grad_max_rel_diff": worst_grad, "repeats": repeats, "dtype": "float64",
@@ -174,8 +150,8 @@ def _same_seed_twin_check(vae, x, estimator, twin, num_particles, repeats, tol) 
         a = est.differentiable_loss(vae64, x64)
         torch.manual_seed(seed)
         b = ref.differentiable_loss(vae64, x64)
-        worst_value = max(worst_value, abs((a - b).item()) / x.shape[0])
-        worst_grad = max(worst_grad, _max_rel_grad_diff(_grads(a, params), _grads(b, params)))
+        value, grad = differences(a, b, params, x.shape[0])
+        worst_value, worst_grad = max(worst_value, value), max(worst_grad, grad)
     ok = worst_value <= tol and worst_grad <= GRAD_REL_TOL
     return CheckResult("same_noise", estimator, worst_value, tol, verdict_of(ok), reference=0.0,
                        details={"grad_max_rel_diff": worst_grad, "repeats": repeats, "dtype": "float64",

@@ -42,7 +42,6 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro import poutine
 from pyro.distributions.util import is_identically_zero
 from pyro.infer import RenyiELBO
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
@@ -50,6 +49,7 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from .analytic import log_normal_diag, reparameterize
 from .base import INVALID, IWAE_BOUND, MONTE_CARLO_KL, Estimator, Validity, register_estimator
 from .pyro_elbos import PyroEstimator
+from .same_noise import differences, recorded_noise
 
 
 def iwae_validity(vae) -> Validity:
@@ -172,16 +172,7 @@ def iwae_same_noise(vae, x: torch.Tensor, k: int, repeats: int = 3) -> dict:
     elbo = DifferentiableRenyiELBO(alpha=0.0, num_particles=k, vectorize_particles=k > 1, max_plate_nesting=1)
     worst_value, worst_grad = 0.0, 0.0
     for _ in range(repeats):
-        traced_guide = poutine.trace(vae64.guide)
-        pyro_loss = elbo.differentiable_loss(vae64.model, traced_guide, x64)
-        z = traced_guide.msngr.trace.nodes["z"]["value"].detach().reshape(k, x.shape[0], -1)
-        mu, logvar = vae64.encoder(x64)
-        eps = ((z - mu) / torch.exp(0.5 * logvar)).detach()
-        ours = iwae_neg_bound(vae64, x64, k, eps)
-        worst_value = max(worst_value, abs((pyro_loss - ours).item()) / x.shape[0])
-        ga = torch.autograd.grad(pyro_loss, params, allow_unused=True)
-        gb = torch.autograd.grad(ours, params, allow_unused=True)
-        for a, b in zip(ga, gb):
-            if a is not None and b is not None:
-                worst_grad = max(worst_grad, float((a - b).abs().max() / (b.abs().max() + 1e-30)))
+        pyro_loss, eps = recorded_noise(vae64, x64, elbo, k)
+        value, grad = differences(pyro_loss, iwae_neg_bound(vae64, x64, k, eps), params, x.shape[0])
+        worst_value, worst_grad = max(worst_value, value), max(worst_grad, grad)
     return {"value_max_abs_diff": worst_value, "grad_max_rel_diff": worst_grad, "repeats": repeats, "k": k}
