@@ -28,7 +28,7 @@ from .estimators import build_estimator
 from .evaluation import iwae_log_likelihood
 from .model import VAE
 from .runs import Run, prepare_run, result_header
-from .report import atomic_write_text, fmt, table, write_json
+from .report import atomic_write_text, fmt, markdown_table, table, write_json
 from .train import seed_all, train
 
 
@@ -221,10 +221,7 @@ SUMMARY_HEADERS = ["estimator", "test -ELBO", "test NLL", "train s", "sd/draw", 
 
 def markdown_report(result: dict) -> str:
     rows = summary_rows(result)
-    md_table = "\n".join(
-        ["| " + " | ".join(SUMMARY_HEADERS) + " |", "|" + "---|" * len(SUMMARY_HEADERS)]
-        + ["| " + " | ".join(r) + " |" for r in rows]
-    )
+    md_table = markdown_table(SUMMARY_HEADERS, rows)
     m = result["model"]
     lines = [
         "# vae-pyro experiment",

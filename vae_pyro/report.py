@@ -38,6 +38,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | No
 VALIDITY_LABELS = {"exact_kl": "exact KL", "monte_carlo_kl": "Monte Carlo KL", "invalid": "invalid"}
 
 
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table (the report files and the generated docs): one header row,
+    the separator, one line per row; cells as given."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def validity_table(rows: dict) -> str:
     """``{estimator: {"kind", "reason"}}`` as a table."""
     return table(["estimator", "validity", "why"],

@@ -55,7 +55,7 @@ from .estimators import build_estimator
 from .errors import SpecError
 from .evaluation import iwae_bounds_at
 from .model import VAE
-from .report import atomic_write_text, fmt, table, write_json
+from .report import atomic_write_text, fmt, markdown_table, table, write_json
 from .runs import Run, prepare_run, result_header, training_estimator
 from .spec import LR_SCHEDULES, command_options, load_spec  # noqa: F401  (LR_SCHEDULES: re-exported)
 from .devices import resolve_device
@@ -422,8 +422,6 @@ def text_table(result: dict) -> str:
 
 def markdown_report(result: dict, plot_files: dict) -> str:
     sel = result["rows"][0]["spec"]["selection"]
-    headers = table_headers(result)
-    head = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines = [
         f"# vae-pyro reproduce {result['target']}",
         "",
@@ -441,7 +439,7 @@ def markdown_report(result: dict, plot_files: dict) -> str:
         f"test digits (Burda et al. 2015, §5.2). Device {result['device']}, torch {result['torch_version']}, "
         f"pyro {result['pyro_version']}{', --fast (a smoke run, not a result)' if result['fast'] else ''}.",
         "",
-        *head, *("| " + " | ".join(r) + " |" for r in table_rows(result)),
+        markdown_table(table_headers(result), table_rows(result)),
         "",
     ]
     if _refined(result):

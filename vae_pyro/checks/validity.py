@@ -12,6 +12,7 @@ from ..estimators import estimator_names, validity_rows
 from ..likelihoods import LIKELIHOODS
 from ..model import VAE
 from ..priors import PRIORS
+from ..report import markdown_table
 
 SHORT = {"exact_kl": "exact", "monte_carlo_kl": "MC", "invalid": "invalid"}
 
@@ -50,8 +51,7 @@ def reasons(records: list[dict]) -> dict[tuple[str, str], list[str]]:
 
 def markdown(records: list[dict]) -> str:
     headers, rows = matrix_rows(records)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(f"`{c}`" if i < 2 else c for i, c in enumerate(row)) + " |" for row in rows]
+    lines = [markdown_table(headers, [[f"`{c}`" if i < 2 else c for i, c in enumerate(row)] for row in rows])]
     lines += ["", "Why, per estimator and prior (the likelihood never changes validity: every likelihood "
                   "has a hand-written closed-form log-density):", ""]
     for (name, kind, reason), priors in reasons(records).items():
