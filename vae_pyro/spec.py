@@ -33,6 +33,7 @@ from importlib import resources
 from pathlib import Path
 
 from .data import BINARIZATION_CHOICES, DATA_KINDS, TRANSFORMS, resolve_data
+from .checks.result import DRAWS, GRAD_DRAWS, REFERENCE_PARTICLES, SAME_NOISE_TOL, Z_TOL
 from .datasets import DEFAULT_DATASET, dataset_class, dataset_names
 from .devices import DEVICES
 from .errors import DataError, SpecError, VaePyroError
@@ -111,13 +112,13 @@ class TrainingSpec:
 @dataclass
 class ChecksSpec:
     particles: int = setting(1, "samples of z per estimate in the checks", low=1, flag="--check-particles")
-    draws: int = setting(100, "independent draws per estimator for the Monte Carlo checks", low=2, flag="--draws")
-    grad_draws: int = setting(50, "independent gradient draws per estimator", low=2, flag="--grad-draws")
+    draws: int = setting(DRAWS, "independent draws per estimator for the Monte Carlo checks", low=2, flag="--draws")
+    grad_draws: int = setting(GRAD_DRAWS, "independent gradient draws per estimator", low=2, flag="--grad-draws")
     grad_batch: int = setting(256, "test examples the gradient check uses", low=1)
-    reference_particles: int = setting(8, "particles of the hand_mc reference where analytic is invalid", low=1)
+    reference_particles: int = setting(REFERENCE_PARTICLES, "particles of the hand_mc reference where analytic is invalid", low=1)
     timing_steps: int = setting(20, "steps timed per estimator (ms/step)", low=1)
-    z_tol: float = setting(4.0, "|z| tolerance of the statistical checks", low=0.0)
-    same_noise_tol: float = setting(1e-8, "nats allowed between estimators at shared noise", low=0.0)
+    z_tol: float = setting(Z_TOL, "|z| tolerance of the statistical checks", low=0.0)
+    same_noise_tol: float = setting(SAME_NOISE_TOL, "nats allowed between estimators at shared noise", low=0.0)
     estimators: list[str] = setting(list(DEFAULT_ESTIMATORS), "estimators to compare", item=str,
                                     choices=estimator_names, kind="estimator", flag="--estimators")
 

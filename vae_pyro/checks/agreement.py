@@ -55,7 +55,7 @@ from .. import distributed
 from ..estimators import ELBO_BOUND, build_estimator
 from ..estimators.analytic import closed_form_kl_reason, neg_elbo, neg_elbo_from_terms, neg_elbo_terms
 from ..estimators.same_noise import differences, recorded_noise
-from .result import ERROR, GRAD_DETERMINISTIC_REL, GRAD_REL_TOL, SAME_NOISE_TOL, Z_TOL, CheckResult, skipped, verdict_of
+from .result import DRAWS, ERROR, GRAD_DETERMINISTIC_REL, GRAD_DRAWS, REFERENCE_PARTICLES, GRAD_REL_TOL, SAME_NOISE_TOL, Z_TOL, CheckResult, skipped, verdict_of
 from .stats import GradStats, MCStats, gradient_directions, loss_draws, trainable, value_draws, z_score
 from .subject import Subject
 from .tolerances import t_tolerance, welch_df
@@ -75,7 +75,7 @@ class Reference:
         return asdict(self)
 
 
-def reference_for(vae, particles: int = 1, reference_particles: int = 8) -> Reference:
+def reference_for(vae, particles: int = 1, reference_particles: int = REFERENCE_PARTICLES) -> Reference:
     """The one rule, decided by whether the prior has a closed-form KL. With one: ``analytic`` (only
     the reconstruction is sampled) is both the reference and the trainer. Without: the reference is
     ``hand_mc`` (:mod:`vae_pyro.estimators.hand_reference`: the hand-written log p(x|z) + log p(z)
@@ -264,9 +264,9 @@ class AgreementSetup(Subject):
     x_grad: torch.Tensor
     x_same_noise: torch.Tensor
     particles: int = 1
-    draws: int = 100
-    grad_draws: int = 50
-    reference_particles: int = 8
+    draws: int = DRAWS
+    grad_draws: int = GRAD_DRAWS
+    reference_particles: int = REFERENCE_PARTICLES
     seed: int = 0
     z_tol: float = Z_TOL
     same_noise_tol: float = SAME_NOISE_TOL

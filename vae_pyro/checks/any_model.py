@@ -54,7 +54,7 @@ from ..estimators import ELBO_BOUND, MONTE_CARLO_KL, Validity
 from ..estimators.iwae import DifferentiableRenyiELBO
 from ..report import fmt, table
 from .agreement import Reference, agreement_check, crash_reason, run_agreement
-from .result import ERROR, FAIL, Z_TOL, CheckResult, skipped, verdict_of
+from .result import DRAWS, ERROR, FAIL, GRAD_DRAWS, Z_TOL, CheckResult, skipped, verdict_of
 from .stats import pilot_directions
 from .subject import Subject
 
@@ -201,7 +201,7 @@ def same_seed_check(ctx, est, mc) -> CheckResult:
                        {"against": twin, "values": values})
 
 
-def check_estimators(model, guide, *args, seed: int = 0, draws: int = 100, grad_draws: int = 50,
+def check_estimators(model, guide, *args, seed: int = 0, draws: int = DRAWS, grad_draws: int = GRAD_DRAWS,
                      estimators: dict | None = None, progress: bool = False, **kwargs) -> EstimatorReport:
     """Check that Pyro's ELBO estimators agree on ``model``/``guide`` (see the module docstring).
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .result import Z_TOL
+from .result import DRAWS, GRAD_DRAWS, Z_TOL
 from .stats import GradStats, grad_moments
 
 
@@ -32,8 +32,8 @@ class Subject:
     every process rather than leave the others waiting in a collective)."""
 
     checks: tuple[str, ...] = ()
-    draws: int = 100
-    grad_draws: int = 50
+    draws: int = DRAWS
+    grad_draws: int = GRAD_DRAWS
     seed: int = 0
     z_tol: float = Z_TOL
     report_crashes: bool = False
