@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv compare test test-fast test-slow validity-docs gpu-wheels gpu-check clean
+.PHONY: venv compare lint test test-fast test-slow validity-docs gpu-wheels gpu-check clean
 
 venv: $(STAMP)
 
@@ -22,8 +22,12 @@ $(STAMP): setup.cfg pyproject.toml
 compare: venv
 	$(BIN)/vae-pyro compare --json runs/compare.json --force
 
-# Fast set, then the bounded slow set (statistical tests with many draws); under 10 minutes.
-test: venv
+# ruff (E, F, W; settings in pyproject.toml).
+lint: venv
+	$(BIN)/ruff check vae_pyro tests scripts
+
+# Lint, the fast set, then the bounded slow set (statistical tests with many draws); under 10 minutes.
+test: venv lint
 	$(BIN)/python -m pytest -q -m "not slow"
 	$(BIN)/python -m pytest -q -m slow
 

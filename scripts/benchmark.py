@@ -6,9 +6,10 @@
     python scripts/benchmark.py --profile               # where Pyro's per-step overhead goes
 
 For each batch size and estimator: ms per training step (loss, backward, Adam: ``vae_pyro.train.
-train_step``, with the optimiser ``train`` uses: Adam, fused on CUDA), examples/s, the ratio to ``analytic`` (the hand-written loss, eager) and to
-``analytic_graph`` (the same, captured) measured in the same run (repeats are interleaved across
-estimators, and the median kept, so drifts in machine load hit every estimator alike), and peak memory.
+train_step``, with the optimiser ``train`` uses: Adam, fused on CUDA), examples/s, the ratio to
+``analytic`` (the hand-written loss, eager) and to ``analytic_graph`` (the same, captured) measured
+in the same run (repeats are interleaved across estimators, and the median kept, so drifts in
+machine load hit every estimator alike), and peak memory.
 
 Rows: every estimator asked for (by default the eager Pyro ELBOs, their ``jit_*`` compilations and the
 captured ``*_graph`` estimators); on CUDA also ``analytic_step_graph``, ``trace_step_graph`` and
@@ -21,9 +22,10 @@ know.
 
 * **CUDA** (default ``--epoch-examples 60000``): each timing is one full epoch over 60,000 examples
   (the embedded digits tiled to full-MNIST size, resident on the GPU; the epoch's batches gathered
-  by a fresh permutation before the timing, the same for every row), timed with CUDA events; peak memory is ``torch.cuda.max_memory_allocated``
-  during that epoch, above what was allocated before it. Also timed: the other data path (a host
-  batch copied every step), so the saving of resident data is a measured number.
+  by a fresh permutation before the timing, the same for every row), timed with CUDA events; peak
+  memory is ``torch.cuda.max_memory_allocated`` during that epoch, above what was allocated before
+  it. Also timed: the other data path (a host batch copied every step), so the saving of resident
+  data is a measured number.
 * **CPU** (default ``--steps 20``): ``--steps`` steps per timing (an epoch would take minutes per row
   on a small CPU); memory is the peak resident set of a fresh subprocess per (estimator, batch) that
   does only those steps (absolute, so about 300 MiB of it is Python, torch and Pyro; compare rows).
@@ -220,7 +222,8 @@ def device_name(device: torch.device) -> str:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+                    return (f"{line.split(':', 1)[1].strip()} "
+                            f"({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")
     except OSError:
         pass
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
@@ -339,7 +342,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--profile", action="store_true", help="also profile Pyro's per-step overhead")
     parser.add_argument("--json", metavar="PATH")
-    parser.add_argument("--markdown", metavar="PATH", help="also write the tables as a Markdown page (docs/benchmark.md)")
+    parser.add_argument("--markdown", metavar="PATH",
+                        help="also write the tables as a Markdown page (docs/benchmark.md)")
     parser.add_argument("--_probe", help=argparse.SUPPRESS)
     parser.add_argument("--_capture_probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -362,7 +366,8 @@ def main(argv=None) -> int:
                 build_estimator(n)
         epoch_examples = args.epoch_examples if args.epoch_examples is not None else (60000 if cuda else 0)
         repeats = args.repeats if args.repeats is not None else (2 if cuda else 3)
-        for value, what in ((args.steps, "--steps"), (repeats, "--repeats"), *((b, "--batch-sizes") for b in batch_sizes)):
+        for value, what in ((args.steps, "--steps"), (repeats, "--repeats"),
+                            *((b, "--batch-sizes") for b in batch_sizes)):
             if value < 1:
                 raise ValueError(f"{what} must be >= 1, got {value}")
         if epoch_examples < 0 or (epoch_examples and epoch_examples < max(batch_sizes)):
@@ -459,7 +464,8 @@ def main(argv=None) -> int:
         write_json(args.json, out)
         print(f"wrote {args.json}")
     if args.markdown:
-        atomic_write_text(args.markdown, markdown(out, " ".join(["python scripts/benchmark.py", *(argv or sys.argv[1:])])))
+        command = " ".join(["python scripts/benchmark.py", *(argv or sys.argv[1:])])
+        atomic_write_text(args.markdown, markdown(out, command))
         print(f"wrote {args.markdown}")
     return 1 if failed else 0
 

@@ -77,7 +77,8 @@ def test_benchmark_rejects_unknown_estimators():
     assert proc.returncode == 2 and "unknown estimator 'nope'" in proc.stderr
     proc = subprocess.run([sys.executable, str(SCRIPT), "--epoch-examples", "10", "--batch-sizes", "128"],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--epoch-examples must be 0 (off) or >= the largest batch (128), got 10" in proc.stderr
+    assert proc.returncode == 2
+    assert "--epoch-examples must be 0 (off) or >= the largest batch (128), got 10" in proc.stderr
 
 
 def test_a_capture_that_fails_is_isolated_and_reported():

@@ -77,7 +77,8 @@ def test_check_exits_1_when_an_estimator_is_wrong(tmp_path, capsys, monkeypatch)
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["check", "--toy", "gaussian_3d"], "invalid choice: 'gaussian_3d' (choose from 'linear_gaussian', 'bernoulli_2d', 'bernoulli_1d')"),
+    (["check", "--toy", "gaussian_3d"],
+     "invalid choice: 'gaussian_3d' (choose from 'linear_gaussian', 'bernoulli_2d', 'bernoulli_1d')"),
     (["check", "--toy", "bernoulli_1d", "--device", "cuda"], "toy models run on the CPU"),
     (["check", "--draws", "1"], "expected an integer >= 2, got 1"),
     (["nll", "--k", "0"], "expected a positive integer, got 0"),
@@ -145,7 +146,8 @@ def test_check_refuses_a_toy_with_a_prior():
 @pytest.mark.slow
 def test_check_mnist_vae_with_a_mixture_prior_uses_the_hand_written_reference(tmp_path, capsys):
     """--prior works on `check` too: no closed-form KL for a MoG, so analytic drops out, the reference
-    is hand_mc (hand-written, no Pyro) with 8 particles, and every remaining check passes (30 draws each, tolerances as in compare)."""
+    is hand_mc (hand-written, no Pyro) with 8 particles, and every remaining check passes (30 draws
+    each, tolerances as in compare)."""
     out = tmp_path / "check.json"
     code = main(["check", "--prior", "mog", "--set", "networks.hidden=[64]", "--set", "networks.z_dim=8",
                  "--epochs", "1", "--draws", "30", "--grad-draws", "30", "--no-progress", "--json", str(out)])

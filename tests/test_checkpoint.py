@@ -68,7 +68,8 @@ def test_mismatched_model_is_refused_with_the_difference(x_small, tmp_path):
     path = tmp_path / "ck.pt"
     _run(x_small, 1, path)
     other = VAE(hidden=(16,), z_dim=4)
-    with pytest.raises(CheckpointError, match=r"saved for another model \(hidden: checkpoint \[32\] vs this run \[16\]\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"saved for another model \(hidden: checkpoint \[32\] vs this run \[16\]\)"):
         restore(load_checkpoint(path), other, path=path)
 
 

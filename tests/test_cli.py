@@ -80,7 +80,8 @@ def test_train_reports_the_test_elbo(tmp_path, capsys):
 def test_bad_input_is_one_clear_line_and_exit_2(args, needle, tmp_path):
     good = tmp_path / "good.json"
     good.write_text('{"keep": true}\n')
-    proc = _run(*args, "--json", str(good), "--force", "--no-progress")  # --force: replacing is allowed, yet a bad input must not
+    # --force: replacing is allowed, yet a bad input must not
+    proc = _run(*args, "--json", str(good), "--force", "--no-progress")
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "error" in lines[0] and needle in lines[0], proc.stderr
@@ -134,7 +135,8 @@ def test_train_checkpoint_and_resume_end_to_end(tmp_path, capsys):
     small = ["--hidden", "16", "--z-dim", "2", "--no-progress"]
     ck = tmp_path / "ck.pt"
     assert main(["train", *small, "--epochs", "2", "--json", str(tmp_path / "straight.json")]) == 0
-    assert main(["train", *small, "--epochs", "1", "--checkpoint", str(ck), "--json", str(tmp_path / "first.json")]) == 0
+    assert main(["train", *small, "--epochs", "1", "--checkpoint", str(ck),
+                 "--json", str(tmp_path / "first.json")]) == 0
     assert ck.is_file()
     assert main(["train", *small, "--epochs", "2", "--checkpoint", str(ck), "--resume",
                  "--json", str(tmp_path / "resumed.json")]) == 0

@@ -22,7 +22,8 @@ from vae_pyro.registry import UnknownNameError
 
 
 def test_registry_has_every_estimator_and_defaults_are_registered():
-    assert {"analytic", "trace", "tmf", "jit_trace", "jit_tmf", "jit_tmf_pyro", "jit_trace_pyro"} <= set(estimator_names())
+    assert ({"analytic", "trace", "tmf", "jit_trace", "jit_tmf", "jit_tmf_pyro", "jit_trace_pyro"}
+            <= set(estimator_names()))
     assert set(DEFAULT_ESTIMATORS) <= set(estimator_names())
     assert "jit_trace_pyro" not in DEFAULT_ESTIMATORS  # its gradient is wrong; shown on request only
 

@@ -52,7 +52,8 @@ def test_dry_run_installs_the_wheels_and_prints_the_plan(tmp_path):
     assert f"vae_pyro from {REPO}/vae_pyro/__init__.py" in env_log
     plan = (out / "summary.txt").read_text()
     for part in ("-m pytest -q -m cuda", "vae_pyro.cli compare --device cuda", f"--json {out}/compare.json",
-                 "scripts/benchmark.py --device cuda", f"--json {out}/bench-cuda.json", f"--markdown {out}/bench-cuda.md"):
+                 "scripts/benchmark.py --device cuda", f"--json {out}/bench-cuda.json",
+                 f"--markdown {out}/bench-cuda.md"):
         assert part in plan
     assert not (out / "cuda-tests.log").exists()  # planned, not run
 
@@ -61,7 +62,8 @@ def test_dry_run_installs_the_wheels_and_prints_the_plan(tmp_path):
 def test_without_pip_the_wheels_are_unpacked(tmp_path):
     """A Python without pip (a bare GPU image) still gets the wheels: they are zip files."""
     wrapper = tmp_path / "python"
-    wrapper.write_text(f'#!/bin/bash\nif [ "$1" = "-m" ] && [ "$2" = "pip" ]; then exit 1; fi\nexec {sys.executable} "$@"\n')
+    wrapper.write_text('#!/bin/bash\nif [ "$1" = "-m" ] && [ "$2" = "pip" ]; then exit 1; fi\n'
+                       f'exec {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
     site, out = tmp_path / "site", tmp_path / "out"
     proc = _run("--dry-run", str(out), env={"GPU_CHECK_SITE": str(site), "PYTHON": str(wrapper)})

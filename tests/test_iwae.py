@@ -16,8 +16,9 @@ from vae_pyro.evaluation import iwae_log_likelihood
 def test_iwae_estimators_declare_their_bound(small_vae, binary_test):
     assert ESTIMATORS["iwae"].bound == ESTIMATORS["renyi0"].bound == "iwae"
     assert all(ESTIMATORS[n].bound == "elbo" for n in ("analytic", "trace", "tmf", "stl"))
-    agreement = checks.run_agreement(checks.AgreementSetup(small_vae, binary_test[:50], binary_test[:20], binary_test[:20],
-                                                           draws=2, grad_draws=2), ["iwae"], progress=False)
+    setup = checks.AgreementSetup(small_vae, binary_test[:50], binary_test[:20], binary_test[:20],
+                                  draws=2, grad_draws=2)
+    agreement = checks.run_agreement(setup, ["iwae"], progress=False)
     skipped = agreement.estimators["iwae"][-1]
     assert {r.verdict for r in skipped} == {"skip"} and "not the ELBO" in skipped[0].details["reason"]
 

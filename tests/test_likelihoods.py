@@ -71,8 +71,8 @@ def _log_norm_by_integration(logits: torch.Tensor) -> torch.Tensor:
     w = torch.ones(n, dtype=F64)
     w[1:-1:2], w[2:-1:2] = 4.0, 2.0
     log_w = torch.log(w / (3 * (n - 1)))
-    l = logits[:, None]
-    log_f = x * torch.nn.functional.logsigmoid(l) + (1 - x) * torch.nn.functional.logsigmoid(-l)
+    lg = logits[:, None]
+    log_f = x * torch.nn.functional.logsigmoid(lg) + (1 - x) * torch.nn.functional.logsigmoid(-lg)
     return -torch.logsumexp(log_f + log_w, dim=1)
 
 
@@ -80,9 +80,9 @@ def test_continuous_bernoulli_normaliser_is_smooth_at_zero_and_stable_far_away()
     # l / tanh(l / 2): 2 at 0, even. The reference is the definition, C(l) = 1 / int_0^1 lambda^x
     # (1 - lambda)^(1 - x) dx with lambda = sigmoid(l), integrated numerically, so it shares no code
     # or algebra with the closed form (nor with the likelihood's log_prob, which uses the closed form).
-    l = torch.tensor([0.0, 1e-8, -1e-4, 9.99e-4, 1.001e-3, 0.5, -3.0, 40.0, -200.0], dtype=F64)
-    ours = continuous_bernoulli_log_norm(l)
-    torch.testing.assert_close(ours, _log_norm_by_integration(l), rtol=0, atol=1e-9)
+    logits = torch.tensor([0.0, 1e-8, -1e-4, 9.99e-4, 1.001e-3, 0.5, -3.0, 40.0, -200.0], dtype=F64)
+    ours = continuous_bernoulli_log_norm(logits)
+    torch.testing.assert_close(ours, _log_norm_by_integration(logits), rtol=0, atol=1e-9)
     # where torch's own probs-based formula still works, it agrees
     mid = torch.tensor([-5.0, -0.3, 0.01, 2.0, 7.0], dtype=F64)
     ref = pdist.ContinuousBernoulli(logits=mid)._cont_bern_log_norm()

@@ -37,7 +37,8 @@ def test_default_network_is_unchanged_relu():
     torch.manual_seed(0)
     vae = VAE()
     assert vae.config.activation == "relu" and load_spec(None).networks.activation == "relu"
-    assert sum(isinstance(m, nn.ReLU) for m in vae.modules()) == 2 and not any(isinstance(m, nn.Tanh) for m in vae.modules())
+    assert sum(isinstance(m, nn.ReLU) for m in vae.modules()) == 2
+    assert not any(isinstance(m, nn.Tanh) for m in vae.modules())
     # same parameter layout as before the option existed (checkpoints keep loading)
     assert [k for k in vae.state_dict() if k.startswith(("encoder", "decoder"))] == [
         "encoder.body.0.weight", "encoder.body.0.bias", "encoder.head.weight", "encoder.head.bias",
@@ -175,7 +176,8 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
 def test_api_reproduce_refuses_an_unknown_option_before_any_work(tmp_path):
     from vae_pyro import api
 
-    with pytest.raises(ValueError, match="unknown reproduce option 'epoch'; allowed: dataset, epochs, device, seed, k,"):
+    with pytest.raises(ValueError,
+                       match="unknown reproduce option 'epoch'; allowed: dataset, epochs, device, seed, k,"):
         api.reproduce("burda2015", out=tmp_path / "run", epoch=3)
     with pytest.raises(ValueError, match="unknown row 'vea' for burda2015"):
         api.reproduce("burda2015", out=tmp_path / "run", rows=["vea"])

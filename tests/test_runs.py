@@ -67,7 +67,8 @@ def test_compare_with_a_prior_without_closed_form_kl_trains_with_a_valid_estimat
 
 
 def test_a_named_invalid_training_estimator_is_refused_the_same_way():
-    with pytest.raises(ValueError, match="training.estimator 'analytic' is invalid for prior 'mog'.*e.g. training.estimator 'tmf'"):
+    with pytest.raises(ValueError, match="training.estimator 'analytic' is invalid for prior 'mog'"
+                                         ".*e.g. training.estimator 'tmf'"):
         api.train(load_spec(None, prior="mog"), epochs=0, explicit_estimator=True, estimator="analytic")
 
 

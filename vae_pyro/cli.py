@@ -19,9 +19,10 @@ Errors in the input (unknown names, bad numbers, missing files, non-binary data,
 checkpoint of another model) end the program with one line on stderr that names the bad value and
 the allowed ones, and exit status 2: the library raises them as :class:`~vae_pyro.errors.VaePyroError`
 naming settings (``training.estimator``), and this module names the flag where one was given
-(``--estimator``). Anything else is a bug in our code: a traceback, exit status 1. Outputs (``--json``, ``train --checkpoint``, ``experiment --out``)
-and the run's memory are checked by the library before any work; an existing result is refused
-unless ``--force`` (:func:`vae_pyro.runs.check_before_work`).
+(``--estimator``). Anything else is a bug in our code: a traceback, exit status 1. Outputs
+(``--json``, ``train --checkpoint``, ``experiment --out``) and the run's memory are checked by the
+library before any work; an existing result is refused unless ``--force``
+(:func:`vae_pyro.runs.check_before_work`).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def cmd_experiment(args) -> int:
     options = options_from_args(args)
     result = api.experiment(spec_from_args(args), progress=not args.no_progress, **options, **_outputs(args))
     print(experiment_table(result))
-    print(f"wrote {args.out or 'runs/experiment'}/report.md, metrics.json, metrics.csv and {len(result['plots'])} plots")
+    print(f"wrote {args.out or 'runs/experiment'}/report.md, metrics.json, metrics.csv "
+          f"and {len(result['plots'])} plots")
     return 0
 
 

@@ -123,7 +123,8 @@ def options_from_args(args) -> dict:
 def registry_name(registry):
     def parse(text: str) -> str:
         if text not in registry:
-            raise argparse.ArgumentTypeError(f"unknown {registry.kind} {text!r}; allowed: {', '.join(registry.names())}")
+            raise argparse.ArgumentTypeError(
+                f"unknown {registry.kind} {text!r}; allowed: {', '.join(registry.names())}")
         return text
 
     return parse

@@ -1,10 +1,11 @@
 """Where results go, and what vae-pyro promises about them.
 
 * **Checked before any work.** :func:`vae_pyro.preflight.check_outputs` looks at every output a run
-  was given (``--json``, ``--checkpoint``, ``--out``) before data is loaded or a model is trained: a path that is a folder
-  where a file is wanted (or the reverse), a parent that is a file, a folder that cannot be written
-  is one :class:`OutputError` line naming the option and the path. The folders are created (and
-  written to once, as a probe) here, so a run cannot fail at its end for want of a folder.
+  was given (``--json``, ``--checkpoint``, ``--out``) before data is loaded or a model is trained: a
+  path that is a folder where a file is wanted (or the reverse), a parent that is a file, a folder
+  that cannot be written is one :class:`OutputError` line naming the option and the path. The
+  folders are created (and written to once, as a probe) here, so a run cannot fail at its end for
+  want of a folder.
 * **Never over a user's results.** An existing result file, checkpoint or run folder is refused
   unless ``--force`` (or, for a checkpoint, ``--resume``) says what to do with it.
 * **Written once, atomically.** A file is written to a temporary sibling (``.NAME.tmp-PID-XXXX``) and

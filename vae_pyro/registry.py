@@ -87,7 +87,8 @@ class Option:
             raise SpecError(f"{where} must be {_type_name(self.type)}, got {value!r} ({_type_name(type(value))})")
         allowed = self.allowed()
         if allowed is not None and value not in allowed:
-            raise SpecError(f"{where}: unknown {self.kind or 'value'} {value!r}; allowed: {', '.join(map(str, allowed))}")
+            raise SpecError(
+                f"{where}: unknown {self.kind or 'value'} {value!r}; allowed: {', '.join(map(str, allowed))}")
         if self.low is not None and (value < self.low if self.type is int else not value > self.low):
             bound = f">= {self.low}" if self.type is int else f"> {self.low:g}"
             raise SpecError(f"{where} must be {bound}, got {value!r}")

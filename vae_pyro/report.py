@@ -85,7 +85,8 @@ def compare_table(result: dict) -> str:
     how = (f"loaded from {trained['checkpoint']}" if trained.get("checkpoint")
            else f"trained {trained['epochs']} epochs with '{trained['estimator']}'")
     train_line = (how
-                  + (f": test -ELBO {trained['test_neg_elbo']:.2f} nats/example" if trained["test_neg_elbo"] is not None else ""))
+                  + (f": test -ELBO {trained['test_neg_elbo']:.2f} nats/example"
+                     if trained["test_neg_elbo"] is not None else ""))
     legend = (f"pass when |z| <= {tol['z']:.3g} ({result['draws']} draws each), same-noise diff <= "
               f"{tol['same_noise']:g} nats/example (float64, value and gradient), grad max|z| <= "
               f"{tol['grad_z']:.3g} ({result['grad_draws']} draws, 4 projections per tensor; both Student-t "

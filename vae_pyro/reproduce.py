@@ -278,7 +278,8 @@ def refined_nll(vae, data: Data, cfg: SimpleNamespace, seed: int) -> dict:
     log_px = iwae_bounds_at(vae, data.x_test, [cfg.k], progress=cfg.progress, proposal=proposal,
                             desc=f"test NLL, refined proposal, k={cfg.k}")[cfg.k]
     nll, se = mean_se(-log_px)
-    return {"test_nll_refined": nll, "test_nll_refined_se": se, "refine_steps": cfg.refine_steps, "refine_seconds": time.perf_counter() - start}
+    return {"test_nll_refined": nll, "test_nll_refined_se": se, "refine_steps": cfg.refine_steps,
+            "refine_seconds": time.perf_counter() - start}
 
 
 def run_row(row: Row, spec, cfg: SimpleNamespace, out: Path) -> tuple[dict, Data]:

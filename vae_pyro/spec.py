@@ -71,7 +71,8 @@ class DataSpec:
                                 "the Bernoulli likelihood, none for the others", choices=BINARIZATION_CHOICES,
                                 flag="--binarization")
     transform: str = setting("auto", "unit: [0, 1]; open_unit: clamped into (0, 1) (Beta); counts: raw 0..the "
-                             "dataset's max value (Binomial); auto: what the likelihood takes", choices=TRANSFORMS, flag="--transform")
+                             "dataset's max value (Binomial); auto: what the likelihood takes",
+                             choices=TRANSFORMS, flag="--transform")
 
 
 @dataclass
@@ -231,7 +232,8 @@ def read_spec_text(name_or_path: str) -> tuple[str, str]:
         try:
             return path.read_text(encoding="utf-8"), str(path)
         except UnicodeDecodeError as err:
-            raise SpecError(f"spec file {name_or_path} is not UTF-8 text (byte {err.start}); TOML files are UTF-8") from None
+            raise SpecError(f"spec file {name_or_path} is not UTF-8 text (byte {err.start}); "
+                            "TOML files are UTF-8") from None
         except OSError as err:
             raise SpecError(f"spec file {name_or_path} cannot be read ({err.strerror or err})") from None
     if path.suffix == ".toml" or "/" in name_or_path:

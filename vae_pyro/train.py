@@ -79,9 +79,10 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
     A NaN is therefore found up to ``READ_EVERY - 1`` steps after it happened; meanwhile each
     non-finite step was neutralised on the device: with fused Adam (the default on CUDA) the update
     is skipped, so the parameters are exactly the last finite step's; otherwise its gradient is
-    zeroed, so they stay finite (Adam's momentum still moved them). The error names the first bad step. The checkpoint is written only after the epoch's losses were read and
-    found finite, so a NaN never overwrites the last good epoch's checkpoint. Pyro's argument
-    validation (which reads the device) runs on the first step only.
+    zeroed, so they stay finite (Adam's momentum still moved them). The error names the first bad
+    step. The checkpoint is written only after the epoch's losses were read and found finite, so a
+    NaN never overwrites the last good epoch's checkpoint. Pyro's argument validation (which reads
+    the device) runs on the first step only.
 
     ``checkpoint``: a path written (atomically) after every epoch; a NaN therefore leaves the last good
     epoch's checkpoint intact. ``resume=True`` continues from it up to ``epochs`` (the returned history

@@ -19,9 +19,11 @@ from .agreement import gradient_check
 from .agreement import monte_carlo_check, reference_for, run_agreement, same_noise_check
 
 __all__ = [
-    "AGREEMENT_CHECKS", "Agreement", "AgreementSetup", "agreement_check", "CheckResult", "ERROR", "EXACT_TOL", "FAIL", "GRAD_DETERMINISTIC_REL",
-    "GRAD_REL_TOL", "GradStats", "IWAE_GAP_TOL", "MCStats", "PASS", "QUAD_TOL", "Reference", "SAME_NOISE_TOL", "SKIP",
+    "AGREEMENT_CHECKS", "Agreement", "AgreementSetup", "agreement_check", "CheckResult", "ERROR", "EXACT_TOL", "FAIL",
+    "GRAD_DETERMINISTIC_REL", "GRAD_REL_TOL", "GradStats", "IWAE_GAP_TOL", "MCStats", "PASS", "QUAD_TOL", "Reference",
+    "SAME_NOISE_TOL", "SKIP",
     "STL_RATIO_TOL", "Z_TOL", "device_check", "gradient_check", "gradient_directions", "gradient_draws", "loss_draws",
     "mean_se", "monte_carlo_check", "overall", "reference_for", "result", "run_agreement",
-    "same_noise_check", "skipped", "Subject", "pilot_directions", "value_draws", "t_tolerance", "torch_threads", "verdict_of", "welch_df", "z_score", "z_tolerances",
+    "same_noise_check", "skipped", "Subject", "pilot_directions", "value_draws", "t_tolerance", "torch_threads",
+    "verdict_of", "welch_df", "z_score", "z_tolerances",
 ]

@@ -169,7 +169,8 @@ def _used_params(model, guide, args, kwargs) -> tuple[list[str], list[torch.Tens
     """Names and unconstrained tensors of the param-store entries the model and guide read."""
     with poutine.block():
         guide_trace = poutine.trace(guide, param_only=True).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace), param_only=True).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace),
+                                    param_only=True).get_trace(*args, **kwargs)
     names = [n for t in (guide_trace, model_trace) for n, s in t.nodes.items() if s["type"] == "param"]
     names = list(dict.fromkeys(names))
     store = pyro.get_param_store()

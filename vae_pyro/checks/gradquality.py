@@ -54,7 +54,8 @@ def _mean_snr(mean: list[torch.Tensor], var: list[torch.Tensor]) -> float:
     return float(snr.mean())
 
 
-def gradient_quality(est, vae, x: torch.Tensor, draws: int = 50, progress=None, label: str | None = None) -> GradQuality:
+def gradient_quality(est, vae, x: torch.Tensor, draws: int = 50, progress=None,
+                     label: str | None = None) -> GradQuality:
     """SNR and variance of ``est``'s gradient for the encoder's and the decoder's parameters."""
     names = [n for n, p in vae.named_parameters() if p.requires_grad]
     params = [p for p in vae.parameters() if p.requires_grad]

@@ -290,7 +290,8 @@ def _mnist_estimators(vae, reference, particles: int) -> dict:
     out = {}
     for name in estimator_names():
         cls = ESTIMATORS[name]
-        if cls.bound != ELBO_BOUND or not cls.checked or (name == reference.estimator and reference.particles == particles):
+        if (cls.bound != ELBO_BOUND or not cls.checked
+                or (name == reference.estimator and reference.particles == particles)):
             continue
         valid = cls().validity(vae)
         if valid.valid:
@@ -344,7 +345,8 @@ def run_mnist(spec, run=None, progress: bool = False) -> dict:
     agreement = run_agreement(setup, list(validities), cfg.progress, "check: agreement", validities)
     results = [r for *_, checks_ in agreement.estimators.values() for r in checks_]
     iwae_results, iw = _iwae_checks(vae, x_test, cfg)
-    quality = _gradient_table(vae, setup.x_grad[:64], cfg)  # 64 digits: IWAE_100 gradients of the 784-400-20 VAE are costly on CPU
+    # 64 digits: IWAE_100 gradients of the 784-400-20 VAE are costly on CPU
+    quality = _gradient_table(vae, setup.x_grad[:64], cfg)
     m = cfg.spec.model_config()
     out = _header(cfg, run.device, f"MNIST VAE {m.x_dim}-{'-'.join(map(str, m.hidden))}-{m.z_dim} (prior {m.prior}, "
                                    f"likelihood {m.likelihood}) on {run.dataset.name} ({len(x_test)} test digits)",
@@ -375,8 +377,8 @@ def check_table(result: dict) -> str:
              f"pyro {result['pyro_version']}"]
     b = result["bounds"]
     if result.get("exact_log_px") is not None:
-        lines.append(f"exact log p(x) = {result['exact_log_px']:.6f} nats/example over {result['examples']} test digits "
-                     f"({result['exact_method']['method']})")
+        lines.append(f"exact log p(x) = {result['exact_log_px']:.6f} nats/example "
+                     f"over {result['examples']} test digits ({result['exact_method']['method']})")
         lines.append(f"exact ELBO of the fitted encoder = {result['exact_elbo']:.6f}; KL(q || p(z|x)) = "
                      f"{result['kl_to_posterior']:.6f}")
         bound_rows = [[name, f"{v['mean']:.4f}", fmt(v.get("se"), ".4f"), f"{result['exact_log_px'] - v['mean']:.4f}"]
@@ -389,7 +391,8 @@ def check_table(result: dict) -> str:
         if result.get("training", {}).get("estimator_note"):
             lines.append(result["training"]["estimator_note"])
     lines += ["", table(["check", "estimator", "value", "reference", "tolerance", "verdict"], rows, align="llrrrl")]
-    skipped = sorted({c["details"]["reason"] for c in result["checks"] if c["verdict"] == "skip" and "reason" in c["details"]})
+    skipped = sorted({c["details"]["reason"] for c in result["checks"]
+                      if c["verdict"] == "skip" and "reason" in c["details"]})
     for reason in skipped:
         lines.append(f"skipped: {reason}")
     q = result["gradient_quality"]

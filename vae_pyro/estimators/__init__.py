@@ -55,6 +55,7 @@ from .hand_reference import HandMonteCarloEstimator  # noqa: E402  (hand_mc, the
 __all__ = [
     "DEFAULT_ESTIMATORS", "ELBO_BOUND", "ESTIMATORS", "EXACT_KL", "INVALID", "IWAE_BOUND", "MONTE_CARLO_KL",
     "Estimator", "PyroEstimator", "Validity", "AnalyticEstimator", "IWAEEstimator", "RenyiEstimator",
-    "STLEstimator", "GraphEstimator", "HandMonteCarloEstimator", "NoClosedFormError", "build_estimator", "estimator_names", "mean_field_kl_kind",
+    "STLEstimator", "GraphEstimator", "HandMonteCarloEstimator", "NoClosedFormError", "build_estimator",
+    "estimator_names", "mean_field_kl_kind",
     "register_estimator", "checked_estimator_names", "validity", "validity_rows",
 ]

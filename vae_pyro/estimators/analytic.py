@@ -24,7 +24,7 @@ Gaussians, so the KL is a sum over latent dimensions of one-dimensional KLs (app
 
     KL(N(mu, s^2) || N(0, 1)) = E_q[log q(z) - log p(z)]
                               = E_q[-log s - (z - mu)^2 / (2 s^2) + z^2 / 2]      (the log 2pi cancel)
-                              = -log s - 1/2 + (mu^2 + s^2) / 2                   (E[(z-mu)^2] = s^2, E[z^2] = mu^2 + s^2)
+                              = -log s - 1/2 + (mu^2 + s^2) / 2     (E[(z-mu)^2] = s^2, E[z^2] = mu^2 + s^2)
                               = -1/2 * (1 + log s^2 - mu^2 - s^2),
 
 and log s^2 = logvar. This expectation is exact, so only the reconstruction term is random.

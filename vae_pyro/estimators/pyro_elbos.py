@@ -17,7 +17,6 @@ from pyro.infer import (
     JitTrace_ELBO,
     JitTraceMeanField_ELBO,
     Trace_ELBO,
-    TraceMeanField_ELBO,
 )
 from torch.distributions import kl_divergence
 
