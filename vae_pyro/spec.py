@@ -116,7 +116,8 @@ class ChecksSpec:
     draws: int = setting(DRAWS, "independent draws per estimator for the Monte Carlo checks", low=2, flag="--draws")
     grad_draws: int = setting(GRAD_DRAWS, "independent gradient draws per estimator", low=2, flag="--grad-draws")
     grad_batch: int = setting(256, "test examples the gradient check uses", low=1)
-    reference_particles: int = setting(REFERENCE_PARTICLES, "particles of the hand_mc reference where analytic is invalid", low=1)
+    reference_particles: int = setting(REFERENCE_PARTICLES, "particles of the hand_mc reference where analytic "
+                                       "is invalid", low=1)
     timing_steps: int = setting(20, "steps timed per estimator (ms/step)", low=1)
     z_tol: float = setting(Z_TOL, "|z| tolerance of the statistical checks", low=0.0)
     same_noise_tol: float = setting(SAME_NOISE_TOL, "nats allowed between estimators at shared noise", low=0.0)

@@ -55,7 +55,8 @@ from .. import distributed
 from ..estimators import ELBO_BOUND, build_estimator
 from ..estimators.analytic import closed_form_kl_reason, neg_elbo, neg_elbo_from_terms, neg_elbo_terms
 from ..estimators.same_noise import differences, recorded_noise
-from .result import DRAWS, ERROR, GRAD_DETERMINISTIC_REL, GRAD_DRAWS, REFERENCE_PARTICLES, GRAD_REL_TOL, SAME_NOISE_TOL, Z_TOL, CheckResult, skipped, verdict_of
+from .result import DRAWS, ERROR, GRAD_DETERMINISTIC_REL, GRAD_DRAWS, GRAD_REL_TOL, REFERENCE_PARTICLES, SAME_NOISE_TOL
+from .result import Z_TOL, CheckResult, skipped, verdict_of
 from .stats import GradStats, MCStats, gradient_directions, loss_draws, trainable, value_draws, z_score
 from .subject import Subject
 from .tolerances import t_tolerance, welch_df
