@@ -1,6 +1,5 @@
-"""docs/extending.md's worked examples (a new setting, prior, dataset, network, estimator
-and check) run as written, in
-a fresh interpreter so the names they register do not leak into the other tests' registries."""
+"""docs/extending.md's worked examples (a new setting, prior, dataset, network, estimator and check) run
+as written, in a fresh interpreter so the names they register do not leak into the other tests' registries."""
 
 from __future__ import annotations
 
