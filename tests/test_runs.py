@@ -9,7 +9,8 @@ import pytest
 
 from vae_pyro import api
 from vae_pyro.cli import main
-from vae_pyro.spec import load_spec, shipped_specs
+from vae_pyro.runs import result_header
+from vae_pyro.spec import load_spec, shipped_specs, validate
 
 TINY = ["--hidden", "16", "--z-dim", "2", "--no-progress"]
 
@@ -107,3 +108,14 @@ def test_check_and_compare_evaluate_a_checkpoint_without_training(tmp_path, caps
     result = json.loads(out.read_text())
     assert code in (0, 1) and result["training"]["checkpoint"] == str(ck) and result["training"]["history"] == []
     assert f"loaded from {ck}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["mog-bernoulli", "best-nll"])
+def test_the_json_header_carries_every_resolved_setting_and_reads_back(name):
+    """The header's ``settings`` is the whole resolved spec, as JSON, and validates back to the same spec."""
+    spec = load_spec(name, overrides=["training.seed=7", "checks.draws=30"])
+    header = json.loads(json.dumps(result_header("compare", spec, "cpu")))
+    assert header["spec"] == name and header["seed"] == 7 and header["settings"]["checks"]["draws"] == 30
+    assert validate(header["settings"], name).to_raw() == spec.to_raw()
+    assert "settings" not in result_header("reproduce", spec, "cpu", settings=False)
+    assert result_header("check", None, "cpu", seed=3)["seed"] == 3  # a toy: no spec, its seed given

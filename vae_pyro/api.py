@@ -93,7 +93,7 @@ def check(spec=None, *, toy: str | None = None, checkpoint: str | None = None, p
 
 
 def _header(command: str, run) -> dict:
-    out = result_header(command, run.spec.source, run.device, run.spec.training.seed)
+    out = result_header(command, run.spec, run.device)
     out.update({"dataset": run.dataset.name, "binarization": run.binarization, "transform": run.transform,
                 "model": run.spec.model_config().to_dict()})
     return out

@@ -74,7 +74,7 @@ def run_comparison(spec, run: Run, checkpoint: str | None = None, progress: bool
                               records.append(_record(name, *entry, vae, ref, x_time, c.timing_steps)))
     model = spec.model_config()
     return {
-        **result_header("compare", spec.source, run.device, t.seed),
+        **result_header("compare", spec, run.device),
         "dataset": run.dataset.name, "binarization": run.binarization, "transform": run.transform,
         "particles": c.particles, "draws": c.draws, "grad_draws": c.grad_draws,
         "eval_examples": int(x_test.shape[0]), "timing_batch_size": int(x_time.shape[0]),

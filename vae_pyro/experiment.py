@@ -169,7 +169,7 @@ def _run_experiment(run: Run, options: dict, out: Path, progress: bool) -> dict:
         record.update(variance[record["name"]])
 
     result = {
-        **result_header("experiment", spec.source, run.device, t.seed),
+        **result_header("experiment", spec, run.device),
         "dataset": ds.name,
         "binarization": run.binarization,
         "transform": run.transform,

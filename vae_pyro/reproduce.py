@@ -352,7 +352,7 @@ def _run_rows(cfg: SimpleNamespace, out: Path) -> dict:
     for row, spec in tqdm(rows, desc=cfg.target, unit="row", disable=not cfg.progress, leave=False):
         record, data = run_row(row, spec, cfg, out)
         records.append(record)
-    result = result_header("reproduce", first.source, device, t.seed)
+    result = result_header("reproduce", first, device, settings=False)  # each row: its spec
     result.update({
         "target": cfg.target, "reference": TARGETS[cfg.target].reference,
         "dataset": data.name, "embedded_split": data.name == "mnist5k", "train_digits": int(len(data.x_train)),

@@ -133,12 +133,19 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def result_header(command: str, spec_source: str, device, seed: int) -> dict:
-    """The fields every JSON result starts with."""
-    return {"schema_version": SCHEMA_VERSION, "command": command, "spec": spec_source, "device": str(device),
-            "device_name": device_name(torch.device(device)), "seed": seed,
-            "torch_version": torch.__version__, "pyro_version": pyro.__version__,
-            "processes": distributed.world_size()}
+def result_header(command: str, spec: VAESpec | None, device, seed: int | None = None,
+                  settings: bool = True) -> dict:
+    """The fields every JSON result starts with: the command, the spec's source and seed, every resolved
+    setting (``settings``: the spec as it reads back, :meth:`VAESpec.to_raw`; left out where each row of
+    the result carries its own spec), the device and the versions. ``spec`` None: a toy, whose ``seed``
+    is given."""
+    header = {"schema_version": SCHEMA_VERSION, "command": command, "spec": spec.source if spec else None,
+              "device": str(device), "device_name": device_name(torch.device(device)),
+              "seed": spec.training.seed if spec else seed, "torch_version": torch.__version__,
+              "pyro_version": pyro.__version__, "processes": distributed.world_size()}
+    if spec is not None and settings:
+        header["settings"] = spec.to_raw()
+    return header
 
 
 def with_model(spec: VAESpec, model: dict) -> VAESpec:

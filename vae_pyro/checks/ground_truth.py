@@ -270,8 +270,8 @@ def run_toy(spec, toy: str, epochs: int | None = None, progress: bool = False,
     return out
 
 
-def _header(cfg, device, what, binarization, spec_source=None) -> dict:
-    out = result_header("check", spec_source, device, cfg.seed)
+def _header(cfg, device, what, binarization, spec=None) -> dict:
+    out = result_header("check", spec, device, cfg.seed)
     out.update({"toy": cfg.toy, "data": what, "binarization": binarization, "particles": cfg.particles,
                 "draws": cfg.draws, "grad_draws": cfg.grad_draws,
                 "tolerances": {**z_tolerances(Z_TOL, cfg.draws, cfg.grad_draws), "exact": EXACT_TOL,
@@ -350,7 +350,7 @@ def run_mnist(spec, run=None, progress: bool = False) -> dict:
     m = cfg.spec.model_config()
     out = _header(cfg, run.device, f"MNIST VAE {m.x_dim}-{'-'.join(map(str, m.hidden))}-{m.z_dim} (prior {m.prior}, "
                                    f"likelihood {m.likelihood}) on {run.dataset.name} ({len(x_test)} test digits)",
-                  run.binarization, cfg.spec.source)
+                  run.binarization, cfg.spec)
     out["reference"] = reference.to_dict()
     ref_mc = agreement.reference_mc
     out.update({"exact_log_px": None, "examples": int(len(x_test)), "trained_epochs": 0 if trained else cfg.epochs,
