@@ -16,11 +16,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .estimators.iwae import log_mean_exp, log_weights
+from .estimators.iwae import BURDA_K, NLL_CHUNK, log_mean_exp, log_weights
 
 
 @torch.no_grad()  # an evaluation: keeping the graph of k samples per digit would cost gigabytes
-def iwae_bounds_at(vae, x: torch.Tensor, ks, chunk: int = 500, batch_size: int = 100, progress: bool = False,
+def iwae_bounds_at(vae, x: torch.Tensor, ks, chunk: int = NLL_CHUNK, batch_size: int = 100, progress: bool = False,
                    desc: str = "log p(x), IWAE", proposal=None) -> dict[int, torch.Tensor]:
     """``{k: IWAE_k estimate of log p(x_i) per example}`` (nats, shape (N,)) for every k in ``ks``, all
     from one draw of max(ks) importance samples per digit: IWAE_k uses the first k of them (each is an
@@ -51,7 +51,7 @@ def iwae_bounds_at(vae, x: torch.Tensor, ks, chunk: int = 500, batch_size: int =
         return dict(zip(ks, distributed.map_seeded_batches(x, batch_size, one_batch, len(ks))))
 
 
-def iwae_log_likelihood(vae, x: torch.Tensor, k: int = 5000, chunk: int = 500, batch_size: int = 100,
+def iwae_log_likelihood(vae, x: torch.Tensor, k: int = BURDA_K, chunk: int = NLL_CHUNK, batch_size: int = 100,
                         progress: bool = True, desc: str = "log p(x), IWAE") -> torch.Tensor:
     """One IWAE_k estimate of log p(x_i) per example (nats), k = 5,000 as in Burda et al. 2015: the
     largest-k case of :func:`iwae_bounds_at` (the same draws at the same seed)."""

@@ -38,6 +38,7 @@ from .datasets import DEFAULT_DATASET, dataset_class, dataset_names
 from .devices import DEVICES
 from .errors import DataError, SpecError, VaePyroError
 from .estimators import DEFAULT_ESTIMATORS, estimator_names
+from .estimators.iwae import BURDA_K, NLL_CHUNK
 from .likelihoods import LIKELIHOODS
 from .model import VAEConfig
 from .networks import ACTIVATIONS, NETWORKS
@@ -366,10 +367,10 @@ COMMAND_DEFAULTS = {
 #: (:func:`command_options`).
 COMMAND_OPTIONS: dict[str, dict[str, Option]] = {
     "nll": {
-        "k": Option(int, 5000, low=1, flag="--k", help="importance samples per test digit (Burda et al. 2015)"),
+        "k": Option(int, BURDA_K, low=1, flag="--k", help="importance samples per test digit (Burda et al. 2015)"),
         "examples": Option(int, 1000, low=1, flag="--examples",
                            help="test digits to evaluate, every (1000 / N)-th so all classes appear"),
-        "chunk": Option(int, 500, low=1, flag="--chunk", help="samples per example held in memory at once"),
+        "chunk": Option(int, NLL_CHUNK, low=1, flag="--chunk", help="samples per example held in memory at once"),
     },
     "experiment": {
         "out": Option(str, "runs/experiment", flag="--out", help="run folder"),
@@ -380,10 +381,10 @@ COMMAND_OPTIONS: dict[str, dict[str, Option]] = {
                                  help="draws per estimator for the variance plot"),
         "nll_k": Option(int, 1000, low=0, flag="--nll-k",
                         help="importance samples per test digit for the final test NLL (IWAE_k; 0 skips it; "
-                             "`vae-pyro nll` uses Burda et al.'s 5000)"),
+                             f"`vae-pyro nll` uses Burda et al.'s {BURDA_K})"),
     },
     "reproduce": {
-        "k": Option(int, 5000, low=1, flag="--k", help="importance samples per test digit"),
+        "k": Option(int, BURDA_K, low=1, flag="--k", help="importance samples per test digit"),
         "rows": Option(list, [], item=str, flag="--rows", help="comma-separated subset of the rows (empty: all)"),
         "lr_schedule": Option(str, None, choices=LR_SCHEDULES, flag="--lr-schedule",
                               help="constant, or the paper's 3^i-pass stages compressed into the epochs (unset: "
