@@ -47,6 +47,7 @@ import subprocess
 import sys
 import time
 
+import numpyro_peer  # first: it pins XLA's CPU backend to one thread before JAX is imported
 import pyro
 import torch
 
@@ -59,6 +60,7 @@ from vae_pyro.estimators import DEFAULT_ESTIMATORS, build_estimator
 from vae_pyro.model import VAE
 from vae_pyro.report import atomic_write_text, fmt, table, write_json
 from vae_pyro.estimators.syncfree import step_without_validation
+from vae_pyro.fused_step import FusedTrainStep
 from vae_pyro.train import make_optimizer, resolve_device, seed_all, time_steps, train_step
 
 REFERENCE = "pytorch_example"
@@ -67,10 +69,14 @@ REFERENCE = "pytorch_example"
 WHOLE_STEP = {"analytic_step_graph": "analytic_graph", "trace_step_graph": "trace_graph",
               "tmf_step_graph": "tmf_graph"}
 CAPTURED = ("analytic_graph", "trace_graph", "tmf_graph", *WHOLE_STEP)
-DEFAULT_CPU = ("analytic", *CAPTURED[:1], *DEFAULT_ESTIMATORS[1:], *CAPTURED[1:], REFERENCE)
+#: whole-step rows traced out of Pyro by make_fx and fused by inductor (vae_pyro.fused_step.FusedTrainStep)
+FUSED = {"analytic_fused": "analytic", "trace_fused": "trace", "tmf_fused": "tmf"}
+#: the peer's rows (scripts/numpyro_peer.py): NumPyro's jitted SVI.update, when numpyro is installed
+PEERS = tuple(numpyro_peer.ROWS)
+DEFAULT_CPU = ("analytic", *CAPTURED[:1], *DEFAULT_ESTIMATORS[1:], *CAPTURED[1:], *FUSED, *PEERS, REFERENCE)
 #: on CUDA without jit_tmf_pyro: it re-traces every step (tens of ms), a full epoch of it adds minutes
 DEFAULT_CUDA = ("analytic", "analytic_graph", "trace", "tmf", "jit_trace", "jit_tmf", "trace_graph", "tmf_graph",
-                *WHOLE_STEP, REFERENCE)
+                *WHOLE_STEP, *PEERS, REFERENCE)
 WARMUP = 4
 
 
@@ -130,6 +136,10 @@ def make_step(name: str, device: torch.device):
         return step
     if name in WHOLE_STEP:
         return make_whole_step(WHOLE_STEP[name], device)
+    if name in FUSED:
+        return make_fused_step(FUSED[name], device)
+    if name in PEERS:
+        return numpyro_peer.NumPyroStep(name, torch.zeros(128, 784))
     vae = VAE().to(device)
     est = build_estimator(name)
     optimizer = make_optimizer(vae)  # as vae_pyro.train.train: fused Adam on CUDA
@@ -157,6 +167,21 @@ def make_whole_step(estimator: str, device: torch.device):
             per_shape[x.shape].step(x, 1.0)
         step.calls += 1
     step.calls = 0
+    return step
+
+
+def make_fused_step(estimator: str, device: torch.device):
+    """``step(x)``: one :class:`~vae_pyro.fused_step.FusedTrainStep` per batch shape (traced and compiled
+    at its first batch: not timed), sharing one model and one Adam, as ``make_whole_step``."""
+    vae = VAE().to(device)
+    est = build_estimator(estimator)
+    optimizer = make_optimizer(vae, fused=False)
+    per_shape: dict[tuple, FusedTrainStep] = {}
+
+    def step(x):
+        if x.shape not in per_shape:
+            per_shape[x.shape] = FusedTrainStep(vae, est, optimizer, tuple(x.shape), dtype=x.dtype)
+        per_shape[x.shape].step(x, 1.0)
     return step
 
 
@@ -339,6 +364,9 @@ def main(argv=None) -> int:
                              "(default: 60000 on CUDA, off on the CPU)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="interleaved repeats; the median is kept (default: 3 on the CPU, 2 on CUDA)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads on the CPU (default: 1, one thread per process, as the NumPyro rows' "
+                             "XLA backend is pinned)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--profile", action="store_true", help="also profile Pyro's per-step overhead")
     parser.add_argument("--json", metavar="PATH")
@@ -362,11 +390,11 @@ def main(argv=None) -> int:
         batch_sizes = [int(b) for b in (args.batch_sizes or ("128,1024" if cuda else "32,128,512")).split(",")]
         names = [n for n in (args.estimators or ",".join(DEFAULT_CUDA if cuda else DEFAULT_CPU)).split(",") if n]
         for n in names:
-            if n != REFERENCE and n not in WHOLE_STEP:
+            if n != REFERENCE and n not in WHOLE_STEP and n not in FUSED and n not in PEERS:
                 build_estimator(n)
         epoch_examples = args.epoch_examples if args.epoch_examples is not None else (60000 if cuda else 0)
         repeats = args.repeats if args.repeats is not None else (2 if cuda else 3)
-        for value, what in ((args.steps, "--steps"), (repeats, "--repeats"),
+        for value, what in ((args.steps, "--steps"), (repeats, "--repeats"), (args.threads, "--threads"),
                             *((b, "--batch-sizes") for b in batch_sizes)):
             if value < 1:
                 raise ValueError(f"{what} must be >= 1, got {value}")
@@ -379,6 +407,12 @@ def main(argv=None) -> int:
     for required in ("analytic", "analytic_graph"):  # the two bases of the ratios
         if required not in names:
             names.insert(0, required)
+    missing = {n: numpyro_peer.MISSING for n in names if n in PEERS and not numpyro_peer.AVAILABLE}
+    for name, why in missing.items():
+        print(f"benchmark: {name} left out: {why}", file=sys.stderr)
+    names = [n for n in names if n not in missing]
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
     failed = capture_preflight(names, batch_sizes) if cuda else {}
     for name, why in failed.items():
         print(f"benchmark: {name} could not be captured on this device, left out: {why}", file=sys.stderr)
@@ -394,12 +428,15 @@ def main(argv=None) -> int:
     bar = tqdm(total=len(batch_sizes) * len(names) * repeats, desc="benchmark", unit="run")
     for batch in batch_sizes:
         n_steps = epoch_examples // batch if epoch_examples else args.steps
-        steps = {}
+        steps, first_call_s = {}, {}
         for name in names:  # built and warmed up once: compilation and capture are not timed
             seed_all(0)
+            start = time.perf_counter()
             steps[name] = make_step(name, device)
-            for x in epoch_batches(x_all, batch, WARMUP, seed=-1):
+            for i, x in enumerate(epoch_batches(x_all, batch, WARMUP, seed=-1)):
                 steps[name](x)
+                if i == 0:  # building the step and its first call: tracing, compilation, capture
+                    first_call_s[name] = time.perf_counter() - start
         times: dict[str, list[float]] = {n: [] for n in names}
         peak: dict[str, float] = {}
         for r in range(repeats):
@@ -421,9 +458,10 @@ def main(argv=None) -> int:
             row = {"batch_size": batch, "estimator": name, "ms_per_step": ms, "examples_per_s": batch / ms * 1e3,
                    "steps": n_steps, "epoch_s": ms * n_steps / 1e3 if epoch_examples else None,
                    "ratio_to_analytic": ms / base, "ratio_to_analytic_graph": ms / base_graph if base_graph else None,
-                   "ms_all_repeats": times[name], "peak_mib": None}
+                   "ms_all_repeats": times[name], "first_call_s": first_call_s[name], "peak_mib": None}
             if not args.no_memory:
-                row["peak_mib"] = peak[name] if cuda else cpu_peak_memory(name, batch, 5)
+                # the peer's memory is JAX's, which neither torch nor a torch-only probe sees
+                row["peak_mib"] = None if name in PEERS else peak[name] if cuda else cpu_peak_memory(name, batch, 5)
             results.append(row)
         if cuda:
             ms = host_copy_ms(VAE().to(device), digits[:batch], device, args.steps)
@@ -443,6 +481,7 @@ def main(argv=None) -> int:
         "memory": None if args.no_memory else ("torch.cuda.max_memory_allocated during the epoch, above what was "
                                                "allocated before it" if cuda
                                                else "peak RSS of a fresh process doing the steps (absolute)"),
+        "threads": torch.get_num_threads() if not cuda else None, "peers_missing": missing,
         "results": results, "failed": failed,
     }
     if args.profile:
@@ -451,9 +490,9 @@ def main(argv=None) -> int:
     print(f"device: {out['device']} ({out['device_name']}), torch {out['torch_version']}, pyro {out['pyro_version']}")
     rows = [[r["batch_size"], r["estimator"], fmt(r["ms_per_step"], ".3f"), fmt(r["examples_per_s"], ".0f"),
              fmt(r["epoch_s"], ".3f"), fmt(r["ratio_to_analytic"], ".2f"), fmt(r["ratio_to_analytic_graph"], ".2f"),
-             fmt(r["peak_mib"], ".1f")] for r in results]
+             fmt(r["peak_mib"], ".1f"), fmt(r.get("first_call_s"), ".1f")] for r in results]
     print(table(["batch", "estimator", "ms/step", "examples/s", "epoch s", "x analytic", "x analytic_graph",
-                 "peak MiB"], rows))
+                 "peak MiB", "first call s"], rows))
     if args.profile:
         p = out["profile"]
         print(f"\nTrace_ELBO step at batch {p['batch']}: {p['trace_ms']:.2f} ms "
@@ -480,15 +519,19 @@ def markdown(out: dict, command: str) -> str:
         f"interleaved repeats, {per}; timing: {out.get('timing', 'perf_counter')}. "
         f"Memory: {out['memory'] or 'not measured'}.",
         "",
-        "| batch | estimator | ms/step | examples/s | epoch s | × analytic | × analytic_graph | peak MiB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| batch | estimator | ms/step | examples/s | epoch s | × analytic | × analytic_graph | peak MiB "
+        "| first call s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, why in (out.get("failed") or {}).items():
-        lines.append(f"| - | {name} | could not be captured here: {why} | | | | | |")
+        lines.append(f"| - | {name} | could not be captured here: {why} | | | | | | |")
+    for name, why in (out.get("peers_missing") or {}).items():
+        lines.append(f"| - | {name} | not measured: {why} | | | | | | |")
     for r in out["results"]:
         lines.append(f"| {r['batch_size']} | {r['estimator']} | {r['ms_per_step']:.3f} | {r['examples_per_s']:.0f} | "
                      f"{fmt(r.get('epoch_s'), '.3f')} | {r['ratio_to_analytic']:.2f} | "
-                     f"{fmt(r.get('ratio_to_analytic_graph'), '.2f')} | {fmt(r['peak_mib'], '.0f')} |")
+                     f"{fmt(r.get('ratio_to_analytic_graph'), '.2f')} | {fmt(r['peak_mib'], '.0f')} | "
+                     f"{fmt(r.get('first_call_s'), '.1f')} |")
     if "profile" in out:
         p = out["profile"]
         lines += [

@@ -130,8 +130,11 @@ def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | Non
     """Train with the spec's estimator; per-epoch train/test -ELBO (test by ``eval_estimator``, default
     the training one). ``checkpoint``: saved there after every epoch (an existing one is refused
     unless ``resume``, which continues from it, or ``force``, which starts over in its place).
-    ``capture_step``: each full-size batch's whole step replayed as one captured step
-    (:class:`~vae_pyro.captured_step.CapturedTrainStep`; a CUDA graph on CUDA)."""
+    ``capture_step``: the older spelling of ``step="captured"`` (each full-size batch's whole step as one
+    :class:`~vae_pyro.captured_step.CapturedTrainStep`; a CUDA graph on CUDA); ``step`` (a setting,
+    ``--step``) chooses between eager, captured, fused and auto (:func:`vae_pyro.steps.choose_step`)."""
+    if capture_step:  # the older spelling of training.step = "captured"
+        settings = {**settings, "step": "captured"}
     spec = resolve_spec(spec, "train", settings)
     check_before_work(spec, json=json, checkpoint=checkpoint, resume=resume, force=force)
     probe = VAE(spec.model_config())  # asked before the run is seeded: asking may draw random numbers
@@ -145,7 +148,7 @@ def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | Non
     run.vae.check_data(run.x_test)
     eval_est = build_estimator(eval_estimator or trainer, spec.training.particles)
     history, training = fit_run(run, trainer, note, progress, x_test=run.x_test, eval_estimator=eval_est,
-                                checkpoint=checkpoint, resume=resume, capture=capture_step)
+                                checkpoint=checkpoint, resume=resume)
     out = _header("train", run)
     out.update({"particles": spec.training.particles, "estimator": training["estimator"],
                 "eval_estimator": eval_est.name, "training": training, "kl_weight": spec.training.kl_weight,

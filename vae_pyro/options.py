@@ -21,7 +21,7 @@ from .spec import COMMAND_OPTIONS, SpecError, command_default, keyword_of, setti
 RUN_SETTINGS = ("data.dataset", "data.binarization", "data.transform", "networks.hidden", "networks.z_dim",
                 "networks.network",
                 "training.device", "training.seed", "training.epochs", "training.batch_size", "training.lr",
-                "training.particles")
+                "training.particles", "training.step")
 CHECK_SETTINGS = ("checks.particles", "checks.draws", "checks.grad_draws")
 COMMAND_SETTINGS = {
     "compare": (*RUN_SETTINGS, *CHECK_SETTINGS, "checks.estimators"),
@@ -29,7 +29,7 @@ COMMAND_SETTINGS = {
     "nll": RUN_SETTINGS,
     "experiment": RUN_SETTINGS,
     "check": ("training.device", "training.seed", "training.epochs", "training.particles", *CHECK_SETTINGS),
-    "reproduce": ("data.dataset", "training.epochs", "training.device", "training.seed"),
+    "reproduce": ("data.dataset", "training.epochs", "training.device", "training.seed", "training.step"),
 }
 #: the flags that name a setting without being one of its declarations (a fresh component)
 COMPONENT_FLAGS = {"prior.name": "--prior", "likelihood.name": "--likelihood"}
@@ -207,8 +207,8 @@ def _add_compare_and_train(sub) -> None:
                    help="continue from --checkpoint up to --epochs (the model options must match it; --lr, "
                         "--batch-size, --estimator given now apply from there on)")
     p.add_argument("--capture-step", action="store_true",
-                   help="run each full-size batch's whole step (loss, backward, Adam) as one captured step: "
-                        "a CUDA-graph replay on CUDA (analytic, trace, tmf and their *_graph twins)")
+                   help="the older spelling of --step captured: each full-size batch's whole step (loss, backward, "
+                        "Adam) as one captured step, a CUDA-graph replay on CUDA (analytic, trace, tmf, *_graph)")
 
 
 def _training_command(sub, name: str, help_text: str, description: str) -> argparse.ArgumentParser:

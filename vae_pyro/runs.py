@@ -8,6 +8,7 @@ a valid training estimator (:func:`training_estimator`), and the header every JS
 from __future__ import annotations
 
 import copy
+import dataclasses
 import platform
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from .errors import CheckpointError, SpecError
 from .estimators import build_estimator
 from .model import VAE, VAEConfig
 from .spec import ComponentSpec, VAESpec
+from .steps import choose_step
 from .train import seed_all, train
 
 #: version of the JSON layout every command writes (the header below plus its own fields)
@@ -88,12 +90,16 @@ def fit_run(run: Run, trainer: str, note: str | None, progress: bool, **train_kw
     """Train ``run.vae`` as its spec says, with ``trainer`` (chosen by :func:`training_estimator`);
     returns the epoch history and the training record every command's JSON carries."""
     t = run.spec.training
-    history = train(run.vae, build_estimator(trainer, t.particles), run.x_train, epochs=t.epochs,
+    estimator = build_estimator(trainer, t.particles)
+    if train_kwargs.pop("capture", False):
+        t = dataclasses.replace(t, step="captured")  # the older spelling, train(capture=True)
+    route, why = choose_step(t.step, run.vae.device, estimator, len(run.x_train) // t.batch_size * t.epochs)
+    history = train(run.vae, estimator, run.x_train, epochs=t.epochs,
                   batch_size=t.batch_size, lr=t.lr, dynamic=run.dynamic, generator=run.generator,
-                  progress=progress, kl_anneal_epochs=t.kl_anneal_epochs, **train_kwargs)
+                  progress=progress, kl_anneal_epochs=t.kl_anneal_epochs, step=route, **train_kwargs)
     return history, {"estimator": trainer, "requested_estimator": t.estimator, "estimator_note": note,
                      "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
-                     "kl_anneal_epochs": t.kl_anneal_epochs}
+                     "kl_anneal_epochs": t.kl_anneal_epochs, "step": route, "step_reason": why}
 
 
 def check_before_work(spec, *, json=None, checkpoint=None, resume: bool = False, out=None, force: bool = False,
@@ -108,6 +114,9 @@ def check_before_work(spec, *, json=None, checkpoint=None, resume: bool = False,
     if spec is not None:
         spec.resolved_data()  # the likelihood's support holds for the data options, after every override
         memory.check_fits(spec, resolve_device(spec.training.device), k=k, chunk=chunk)
+        # an explicit --step that cannot apply is refused now, not after the data is loaded
+        choose_step(spec.training.step, resolve_device(spec.training.device),
+                    build_estimator(spec.training.estimator), 0)
 
 
 def training_estimator(vae, requested: str, explicit: bool = False) -> tuple[str, str | None]:

@@ -1,0 +1,144 @@
+r"""The whole training step traced out of Pyro and compiled by inductor: loss, backward and Adam fused.
+
+:mod:`vae_pyro.captured_step` replays the step as a CUDA graph: Pyro's Python is gone, but each of the
+~100 small kernels still runs on its own. Here the step is first *traced* into one FX graph of ATen
+operations, with Pyro's Python executed once and only its tensor operations recorded
+(``torch.fx.experimental.proxy_tensor.make_fx``, the tracer under AOTAutograd), then compiled by
+``torch.compile`` (inductor), which fuses the pointwise work around the matrix products into a few
+kernels (C++/OpenMP on the CPU, Triton on CUDA). ``torch.compile`` cannot do this on Pyro directly:
+Dynamo breaks its graph on Pyro's messenger stack, and with graph breaks the Python stays.
+
+The traced function, for parameters theta, Adam's moments (m, v) and step count t:
+
+    loss = loss_fn(vae, x, beta) / B,        g = d loss / d theta    (zeroed if loss is not finite)
+    t <- t + 1,   m <- m + (1 - b1)(g - m),   v <- b2 v + (1 - b2) g^2
+    theta <- theta - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+which is ``torch.optim.Adam``'s single-tensor update (Kingma & Ba 2015, Algorithm 1, with PyTorch's
+placement of eps), written out so that it can be traced (``Adam.step`` on the CPU reads its step count
+on the host, which a trace would freeze). Its state *is* the optimiser's (``optimizer.state[p]``'s
+``step``, ``exp_avg``, ``exp_avg_sq``, updated in place), so checkpoints, a resume and eager steps of
+another batch size interleave with fused ones. The non-finite rule is :mod:`vae_pyro.nonfinite`'s for a
+non-fused Adam: the gradient is zeroed.
+
+**Noise.** Random draws stay random ops in the graph and, with inductor's ``fallback_random``, come
+from torch's own generator in the eager order: a fused step draws exactly what the eager step of the
+twin estimator draws at the same seed, so N fused steps equal N :func:`vae_pyro.train.train_step` steps
+to float rounding (tests/test_fused_step.py), and every call draws fresh noise.
+
+Constraints, as for every replayed graph: the model's structure must not depend on the data (true of
+this VAE); one trace per batch shape, dtype and device; lr and beta are graph inputs (0-d tensors),
+so schedules and KL annealing reach it; Adam without weight decay, amsgrad or maximize.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pyro
+import torch
+from torch._inductor import config as inductor_config
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.func import functional_call
+
+from vae_pyro.captured_step import captured_loss_fn
+from vae_pyro.errors import SpecError
+from vae_pyro.estimators import Estimator
+from vae_pyro.estimators.graph import LossModule
+
+
+def _adam_settings(optimizer: torch.optim.Optimizer) -> dict:
+    """The one Adam group's hyper-parameters; refuses what the traced update does not implement."""
+    if not isinstance(optimizer, torch.optim.Adam) or len(optimizer.param_groups) != 1:
+        raise SpecError("a fused step needs one torch.optim.Adam parameter group "
+                        "(vae_pyro.train.make_optimizer)")
+    group = optimizer.param_groups[0]
+    unsupported = [k for k in ("weight_decay", "amsgrad", "maximize", "fused", "capturable") if group.get(k)]
+    if unsupported:
+        raise SpecError(f"a fused step implements plain Adam; this optimiser sets {', '.join(unsupported)}")
+    return {"betas": group["betas"], "eps": group["eps"]}
+
+
+def _adam_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """``[steps, exp_avgs, exp_avg_sqs]``, created as ``Adam`` creates them where it has none yet."""
+    for p in params:
+        state = optimizer.state[p]
+        if not state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return [[optimizer.state[p][k] for p in params] for k in ("step", "exp_avg", "exp_avg_sq")]
+
+
+class FusedTrainStep:
+    """One Adam step on ``loss_fn(vae, x, beta) / batch`` for batches of one shape, traced once (on
+    copies of the parameters and Adam's state, with the random generator put back, so the trace trains
+    nothing) and compiled by inductor at the first call. Same interface as
+    :class:`vae_pyro.captured_step.CapturedTrainStep`. ``compile_s``: seconds the trace and the first
+    (compiling) call took."""
+
+    def __init__(self, vae, estimator: Estimator, optimizer: torch.optim.Optimizer, batch_shape: tuple[int, ...],
+                 dtype: torch.dtype | None = None):
+        self.vae, self.optimizer = vae, optimizer
+        self.loss_fn = captured_loss_fn(estimator)
+        self.adam = _adam_settings(optimizer)
+        self.module = LossModule(vae, self.loss_fn)  # forward(x, beta): what functional_call runs
+        self.names = [n for n, _ in self.module.named_parameters()]
+        self.params = [p for _, p in self.module.named_parameters()]
+        dtype = dtype or self.params[0].dtype
+        self.shape, self.dtype, self.device = tuple(batch_shape), dtype, vae.device
+        self.compiled = None
+        self.compile_s: float | None = None
+
+    def fits(self, x: torch.Tensor) -> bool:
+        return tuple(x.shape) == self.shape and x.dtype == self.dtype and x.device == self.device
+
+    def _step_fn(self, params, steps, exp_avgs, exp_avg_sqs, x, beta, lr):
+        """The traced step (module docstring): updates ``params`` and the state in place, returns the loss."""
+        b1, b2 = self.adam["betas"]
+        loss = functional_call(self.module, dict(zip(self.names, params)), (x, beta),
+                               strict=False, tie_weights=False) / x.shape[0]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        ok = torch.isfinite(loss)
+        with torch.no_grad():
+            for p, g, t, m, v in zip(params, grads, steps, exp_avgs, exp_avg_sqs):
+                g = torch.zeros_like(p) if g is None else torch.where(ok, g, torch.zeros_like(g))
+                t.add_(1)
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                t64 = t.double()  # Adam reads its float32 count into a Python float: bias corrections in double
+                step_size = lr / (1 - torch.pow(b1, t64))
+                denom = (v.sqrt() / torch.sqrt(1 - torch.pow(b2, t64))).add_(self.adam["eps"])
+                p.sub_(step_size * m / denom)
+        return loss.detach()
+
+    def _trace(self, x, beta, lr):
+        """``make_fx`` of :meth:`_step_fn` on copies (it runs the step once for real while recording)."""
+        params = [p.detach().clone().requires_grad_(True) for p in self.params]
+        state = [[t.clone() for t in kind] for kind in _adam_state(self.optimizer, self.params)]
+        rng = torch.get_rng_state()
+        try:
+            with pyro.validation_enabled(False), torch.enable_grad():
+                graph = make_fx(lambda *args: self._step_fn(*args))(params, *state, x, beta, lr)
+        finally:
+            torch.set_rng_state(rng)
+        return graph
+
+    def step(self, x: torch.Tensor, beta: float) -> torch.Tensor:
+        """Run the step; the loss/example as a tensor, never read here."""
+        if not self.fits(x):
+            raise ValueError(f"batch of shape {tuple(x.shape)}, {x.dtype} on {x.device} does not fit this step; "
+                             f"allowed: shape {self.shape}, {self.dtype} on {self.device}")
+        beta_t = torch.full((), beta, dtype=self.dtype, device=self.device)
+        lr = torch.full((), self.optimizer.param_groups[0]["lr"], dtype=torch.float64)
+        args = ([p.detach() for p in self.params], *_adam_state(self.optimizer, self.params), x, beta_t, lr)
+        if self.compiled is None:
+            start = time.perf_counter()
+            with inductor_config.patch(fallback_random=True):
+                self.compiled = torch.compile(self._trace(x, beta_t, lr), fullgraph=True, dynamic=False)
+                with torch.no_grad():
+                    loss = self.compiled(*args)
+            self.compile_s = time.perf_counter() - start
+            return loss
+        with torch.no_grad():
+            return self.compiled(*args)
