@@ -70,7 +70,7 @@ WHOLE_STEP = {"analytic_step_graph": "analytic_graph", "trace_step_graph": "trac
               "tmf_step_graph": "tmf_graph"}
 CAPTURED = ("analytic_graph", "trace_graph", "tmf_graph", *WHOLE_STEP)
 #: whole-step rows traced out of Pyro by make_fx and fused by inductor (vae_pyro.fused_step.FusedTrainStep)
-FUSED = {"analytic_fused": "analytic", "trace_fused": "trace", "tmf_fused": "tmf"}
+FUSED = {"analytic_step_fused": "analytic", "trace_step_fused": "trace", "tmf_step_fused": "tmf"}
 #: the peer's rows (scripts/numpyro_peer.py): NumPyro's jitted SVI.update, when numpyro is installed
 PEERS = tuple(numpyro_peer.ROWS)
 DEFAULT_CPU = ("analytic", *CAPTURED[:1], *DEFAULT_ESTIMATORS[1:], *CAPTURED[1:], *FUSED, *PEERS, REFERENCE)
