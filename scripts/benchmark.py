@@ -53,6 +53,7 @@ import torch
 
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from vae_pyro.captured_step import CapturedTrainStep
 from vae_pyro.data import load_mnist5k, prepare
@@ -182,7 +183,12 @@ def make_fused_step(estimator: str, device: torch.device):
         if x.shape not in per_shape:
             per_shape[x.shape] = FusedTrainStep(vae, est, optimizer, tuple(x.shape), dtype=x.dtype)
         per_shape[x.shape].step(x, 1.0)
+        fused_kernels[f"{estimator} @ {x.shape[0]}"] = per_shape[x.shape].kernels
     return step
+
+
+#: what fusion did to each fused step, by "estimator @ batch" (FusedTrainStep.kernels), for the JSON
+fused_kernels: dict[str, dict] = {}
 
 
 def timed_ms(step, batches: list[torch.Tensor], device: torch.device) -> float:
@@ -306,6 +312,29 @@ def host_copy_ms(vae, x_host: torch.Tensor, device, steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1e3
 
 
+def step_floor(batch: int, device: torch.device, repeats: int = 20) -> dict:
+    """The floor of one training step of the default VAE at ``batch``, from counts, not guesses: its
+    FLOPs (``torch.utils.flop_counter`` over one eager step: the matrix products, forward and
+    backward), the bytes its Adam update must move (read parameter, gradient and both moments, write
+    parameter and moments: 7 x 4 bytes per parameter), the GEMM throughput this device reaches on the
+    step's largest product (B x 784 by 784 x 400, median of ``repeats``), and so the compute floor
+    FLOPs / throughput. Kernels before and after fusion come from :class:`FusedTrainStep`."""
+    vae = VAE().to(device)
+    est, opt = build_estimator("analytic"), make_optimizer(vae)
+    x = torch.bernoulli(torch.full((batch, 784), 0.13, device=device))
+    with FlopCounterMode(display=False) as counter:
+        train_step(vae, est, opt, x)
+    a, b = torch.randn(batch, 784, device=device), torch.randn(784, 400, device=device)
+    times = []
+    for _ in range(repeats):
+        times.append(timed_ms(lambda _: torch.mm(a, b), [None] * 10, device) / 10)
+    gemm_gflops = 2 * batch * 784 * 400 / statistics.median(times) / 1e6
+    flops = counter.get_total_flops()
+    params = sum(p.numel() for p in vae.parameters())
+    return {"batch": batch, "flops": flops, "params": params, "adam_bytes": 7 * 4 * params,
+            "gemm_gflops": gemm_gflops, "compute_floor_ms": flops / gemm_gflops / 1e6}
+
+
 def profile_overhead(device, batch: int = 32, steps: int = 100) -> dict:
     """Where a ``Trace_ELBO`` step spends its time, at a small batch where overhead dominates: cProfile
     self-time grouped by package, plus the cost of Pyro's argument validation."""
@@ -369,6 +398,9 @@ def main(argv=None) -> int:
                              "XLA backend is pinned)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--profile", action="store_true", help="also profile Pyro's per-step overhead")
+    parser.add_argument("--floor", action="store_true",
+                        help="also count one step's FLOPs and bytes and measure this device's GEMM throughput: "
+                             "the step's compute floor")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--markdown", metavar="PATH",
                         help="also write the tables as a Markdown page (docs/benchmark.md)")
@@ -486,6 +518,9 @@ def main(argv=None) -> int:
     }
     if args.profile:
         out["profile"] = profile_overhead(device)
+    if args.floor:
+        out["floor"] = [step_floor(b, device) for b in batch_sizes]
+    out["kernels"] = {name: kernels for name, kernels in fused_kernels.items()}
 
     print(f"device: {out['device']} ({out['device_name']}), torch {out['torch_version']}, pyro {out['pyro_version']}")
     rows = [[r["batch_size"], r["estimator"], fmt(r["ms_per_step"], ".3f"), fmt(r["examples_per_s"], ".0f"),
@@ -499,6 +534,13 @@ def main(argv=None) -> int:
               f"({p['trace_ms_without_validation']:.2f} ms with pyro.enable_validation(False); "
               f"analytic {p['analytic_ms']:.2f} ms; jit_trace {p['jit_trace_ms']:.2f} ms). Self time by package:")
         print(table(["where", "share"], [[k, f"{v:.0%}"] for k, v in p["self_time_share"].items()]))
+    for f in out.get("floor", []):
+        print(f"\nfloor at batch {f['batch']}: {f['flops'] / 1e6:.1f} MFLOP per step (forward + backward products), "
+              f"{f['params']:,} parameters (Adam moves {f['adam_bytes'] / 2 ** 20:.1f} MiB), GEMM "
+              f"{f['gemm_gflops']:.1f} GFLOP/s here: compute floor {f['compute_floor_ms']:.3f} ms")
+    for name, k in out["kernels"].items():
+        print(f"fused {name}: {k['aten_ops']} ATen operations eagerly -> {k['gemms']} GEMM calls + "
+              f"{k['fused_kernels']} generated kernels")
     if args.json:
         write_json(args.json, out)
         print(f"wrote {args.json}")
@@ -532,6 +574,14 @@ def markdown(out: dict, command: str) -> str:
                      f"{fmt(r.get('epoch_s'), '.3f')} | {r['ratio_to_analytic']:.2f} | "
                      f"{fmt(r.get('ratio_to_analytic_graph'), '.2f')} | {fmt(r['peak_mib'], '.0f')} | "
                      f"{fmt(r.get('first_call_s'), '.1f')} |")
+    for f in out.get("floor", []):
+        lines += ["", f"Floor at batch {f['batch']} (`--floor`): {f['flops'] / 1e6:.1f} MFLOP per step (the "
+                  f"matrix products, forward and backward), {f['params']:,} parameters (Adam moves "
+                  f"{f['adam_bytes'] / 2 ** 20:.1f} MiB), GEMM throughput here {f['gemm_gflops']:.1f} GFLOP/s: "
+                  f"compute floor {f['compute_floor_ms']:.3f} ms per step."]
+    for name, k in (out.get("kernels") or {}).items():
+        lines += ["", f"Fused `{name}`: {k['aten_ops']} ATen operations eagerly, after fusion {k['gemms']} "
+                  f"GEMM calls + {k['fused_kernels']} generated kernels."]
     if "profile" in out:
         p = out["profile"]
         lines += [

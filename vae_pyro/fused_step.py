@@ -38,6 +38,7 @@ import time
 import pyro
 import torch
 from torch._inductor import config as inductor_config
+from torch._inductor import metrics as inductor_metrics
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.func import functional_call
 
@@ -74,8 +75,11 @@ class FusedTrainStep:
     """One Adam step on ``loss_fn(vae, x, beta) / batch`` for batches of one shape, traced once (on
     copies of the parameters and Adam's state, with the random generator put back, so the trace trains
     nothing) and compiled by inductor at the first call. Same interface as
-    :class:`vae_pyro.captured_step.CapturedTrainStep`. ``compile_s``: seconds the trace and the first
-    (compiling) call took."""
+    :class:`vae_pyro.captured_step.CapturedTrainStep`. After the first call: ``compile_s``, the seconds
+    the trace and that (compiling) call took; ``kernels``, what fusion did, as ``{"aten_ops": ...,
+    "gemms": ..., "fused_kernels": ...}`` (the traced graph's ATen operations, each a kernel when run
+    eagerly; its matrix products, which stay library GEMM calls; the kernels inductor generated for
+    the rest)."""
 
     def __init__(self, vae, estimator: Estimator, optimizer: torch.optim.Optimizer, batch_shape: tuple[int, ...],
                  dtype: torch.dtype | None = None):
@@ -89,6 +93,7 @@ class FusedTrainStep:
         self.shape, self.dtype, self.device = tuple(batch_shape), dtype, vae.device
         self.compiled = None
         self.compile_s: float | None = None
+        self.kernels: dict | None = None
 
     def fits(self, x: torch.Tensor) -> bool:
         return tuple(x.shape) == self.shape and x.dtype == self.dtype and x.device == self.device
@@ -133,12 +138,30 @@ class FusedTrainStep:
         lr = torch.full((), self.optimizer.param_groups[0]["lr"], dtype=torch.float64)
         args = ([p.detach() for p in self.params], *_adam_state(self.optimizer, self.params), x, beta_t, lr)
         if self.compiled is None:
-            start = time.perf_counter()
+            start, generated = time.perf_counter(), inductor_metrics.generated_kernel_count
+            graph = self._trace(x, beta_t, lr)
             with inductor_config.patch(fallback_random=True):
-                self.compiled = torch.compile(self._trace(x, beta_t, lr), fullgraph=True, dynamic=False)
+                self.compiled = torch.compile(graph, fullgraph=True, dynamic=False)
                 with torch.no_grad():
                     loss = self.compiled(*args)
             self.compile_s = time.perf_counter() - start
+            self.kernels = _kernel_counts(graph, inductor_metrics.generated_kernel_count - generated)
             return loss
         with torch.no_grad():
             return self.compiled(*args)
+
+
+#: ATen matrix products: inductor calls a GEMM library for them rather than generating a kernel
+GEMMS = {"mm", "addmm", "bmm", "baddbmm", "matmul"}
+#: ATen operations that only re-describe memory (views) or make constants: they launch no kernel
+NO_KERNEL = {"view", "_unsafe_view", "t", "expand", "permute", "transpose", "detach", "alias", "lift_fresh",
+             "squeeze", "unsqueeze", "select", "slice", "split", "as_strided", "reshape", "_to_copy_meta"}
+
+
+def _kernel_counts(graph: torch.fx.GraphModule, fused_kernels: int) -> dict:
+    """What fusion did to one step (see :class:`FusedTrainStep`'s ``kernels``)."""
+    names = [n.target._schema.name.split("::")[-1] for n in graph.graph.nodes
+             if n.op == "call_function" and hasattr(n.target, "_schema")]
+    computing = [name for name in names if name not in NO_KERNEL]
+    return {"aten_ops": len(computing), "gemms": sum(name in GEMMS for name in computing),
+            "fused_kernels": fused_kernels}
