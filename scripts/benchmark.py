@@ -77,7 +77,7 @@ PEERS = tuple(numpyro_peer.ROWS)
 DEFAULT_CPU = ("analytic", *CAPTURED[:1], *DEFAULT_ESTIMATORS[1:], *CAPTURED[1:], *FUSED, *PEERS, REFERENCE)
 #: on CUDA without jit_tmf_pyro: it re-traces every step (tens of ms), a full epoch of it adds minutes
 DEFAULT_CUDA = ("analytic", "analytic_graph", "trace", "tmf", "jit_trace", "jit_tmf", "trace_graph", "tmf_graph",
-                *WHOLE_STEP, *PEERS, REFERENCE)
+                *WHOLE_STEP, *FUSED, *PEERS, REFERENCE)
 WARMUP = 4
 
 
@@ -221,12 +221,12 @@ def capture_probe(name: str, batch_sizes: list[int]) -> None:
 
 
 def capture_preflight(names: list[str], batch_sizes: list[int]) -> dict[str, str]:
-    """Which captured estimators capture on this GPU, each tried in its own process (in parallel): a
+    """Which captured (and fused) steps capture on this GPU, each tried in its own process (in parallel): a
     failed CUDA-graph capture leaves the process's CUDA generator unusable ("Offset increment outside
     graph capture"), so one failure must not spoil the other rows. Returns {name: error}."""
     cmd = [sys.executable, __file__, "--_capture_probe"]
     procs = {n: subprocess.Popen(cmd + [f"{n}:{','.join(map(str, batch_sizes))}"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for n in names if n in CAPTURED}
+                                 stderr=subprocess.PIPE, text=True) for n in names if n in CAPTURED or n in FUSED}
     failed = {}
     for name, proc in procs.items():
         try:

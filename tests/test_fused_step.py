@@ -110,3 +110,39 @@ def test_cli_refuses_an_explicit_fused_step_before_work(capsys):
     assert main(["train", "--estimator", "iwae", "--step", "fused", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "iwae" in err and len(err.strip().splitlines()) == 1
+
+
+def _cuda_data(n=32):
+    return torch.bernoulli(torch.full((n, 784), 0.2, device="cuda"), generator=None)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["trace"])  # one compile: the GPU check's test step has ~70 s
+def test_cuda_fused_replay_equals_the_eager_step_without_a_sync(name):
+    """On CUDA the compiled step is captured as one CUDA graph: at the same seeds three replays equal
+    three eager steps to float32 rounding (as tests/test_captured_step.py's capture), and a replay
+    makes no synchronising call."""
+    torch.manual_seed(0)
+    a = VAE(hidden=(16,), z_dim=3).cuda()
+    b = a.clone()
+    est = build_estimator(name)
+    opt_a, opt_b = make_optimizer(a, 1e-3, fused=False), make_optimizer(b, 1e-3, fused=False)
+    x = _cuda_data()
+    step = FusedTrainStep(a, est, opt_a, tuple(x.shape))
+    for i in range(3):
+        torch.manual_seed(10 + i)
+        la = step.step(x, 0.5)
+        b.kl_weight = 0.5
+        torch.manual_seed(10 + i)
+        lb = train_step(b, est, opt_b, x)
+        torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-4)
+    assert step.graph is not None
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step.step(x, 1.0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()

@@ -26,6 +26,12 @@ from torch's own generator in the eager order: a fused step draws exactly what t
 twin estimator draws at the same seed, so N fused steps equal N :func:`vae_pyro.train.train_step` steps
 to float rounding (tests/test_fused_step.py), and every call draws fresh noise.
 
+**CUDA.** The compiled step is then captured as one CUDA graph (warm-up on a side stream, the training
+state and the generator put back, as :mod:`vae_pyro.captured_step` does) and replayed over static
+buffers: fused kernels *and* no launch overhead. Adam's step count lives on the device there (a CPU
+count would be read once at capture and frozen). Written to PyTorch's documented recipes but, as of
+this version, measured on the CPU only: ``scripts/gpu_check.sh`` runs its CUDA test and benchmark rows.
+
 Constraints, as for every replayed graph: the model's structure must not depend on the data (true of
 this VAE); one trace per batch shape, dtype and device; lr and beta are graph inputs (0-d tensors),
 so schedules and KL annealing reach it; Adam without weight decay, amsgrad or maximize.
@@ -42,7 +48,7 @@ from torch._inductor import metrics as inductor_metrics
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.func import functional_call
 
-from vae_pyro.captured_step import captured_loss_fn
+from vae_pyro.captured_step import captured_loss_fn, restore_training_state, snapshot_training_state
 from vae_pyro.errors import SpecError
 from vae_pyro.estimators import Estimator
 from vae_pyro.estimators.graph import LossModule
@@ -65,9 +71,13 @@ def _adam_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) ->
     for p in params:
         state = optimizer.state[p]
         if not state:
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        # on CUDA the count must live on the device, or a captured graph would freeze its value
+        # (as Adam(capturable=True) keeps it; the eager Adam reads it either way)
+        if state["step"].device != p.device:
+            state["step"] = state["step"].to(p.device)
     return [[optimizer.state[p][k] for p in params] for k in ("step", "exp_avg", "exp_avg_sq")]
 
 
@@ -92,6 +102,7 @@ class FusedTrainStep:
         dtype = dtype or self.params[0].dtype
         self.shape, self.dtype, self.device = tuple(batch_shape), dtype, vae.device
         self.compiled = None
+        self.graph: torch.cuda.CUDAGraph | None = None
         self.compile_s: float | None = None
         self.kernels: dict | None = None
 
@@ -121,34 +132,83 @@ class FusedTrainStep:
         """``make_fx`` of :meth:`_step_fn` on copies (it runs the step once for real while recording)."""
         params = [p.detach().clone().requires_grad_(True) for p in self.params]
         state = [[t.clone() for t in kind] for kind in _adam_state(self.optimizer, self.params)]
-        rng = torch.get_rng_state()
+        rng = _rng_state(self.device)
         try:
             with pyro.validation_enabled(False), torch.enable_grad():
                 graph = make_fx(lambda *args: self._step_fn(*args))(params, *state, x, beta, lr)
         finally:
-            torch.set_rng_state(rng)
+            _set_rng_state(self.device, rng)
         return graph
+
+    def _args(self, x: torch.Tensor, beta: torch.Tensor, lr: torch.Tensor) -> tuple:
+        return ([p.detach() for p in self.params], *_adam_state(self.optimizer, self.params), x, beta, lr)
+
+    def _first_step(self, x: torch.Tensor, beta: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """Trace, compile (inductor compiles at the first call) and on CUDA capture, then the step;
+        counts the kernels and the seconds it all took."""
+        start, generated = time.perf_counter(), inductor_metrics.generated_kernel_count
+        graph = self._trace(x, beta, lr)
+        # fallback_random: random ops draw from torch's generator in the eager order (module docstring)
+        with inductor_config.patch(fallback_random=True):
+            self.compiled = torch.compile(graph, fullgraph=True, dynamic=False)
+            if self.device.type == "cuda":
+                self._capture(x, beta, lr)
+            loss = self._replay(x, beta, lr)
+        self.compile_s = time.perf_counter() - start
+        self.kernels = _kernel_counts(graph, inductor_metrics.generated_kernel_count - generated)
+        return loss
+
+    def _replay(self, x: torch.Tensor, beta: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        if self.graph is not None:
+            for buffer, value in zip(self.static, (x, beta, lr)):
+                buffer.copy_(value)
+            self.graph.replay()
+            return self.loss.clone()  # a copy: the static output is overwritten by the next replay
+        with torch.no_grad():
+            return self.compiled(*self._args(x, beta, lr))
+
+    def _capture(self, x: torch.Tensor, beta: torch.Tensor, lr: torch.Tensor) -> None:
+        """On CUDA the compiled step is replayed as one CUDA graph over static buffers (the recipe of
+        :mod:`vae_pyro.captured_step`: warm-up on a side stream, then the training state and the
+        generator put back, so the first replay is the first step)."""
+        self.static = (x.clone(), beta.clone(), lr.clone())
+        saved, rng = snapshot_training_state(self.vae, self.optimizer), _rng_state(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.no_grad():
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.compiled(*self._args(*self.static))
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.loss = self.compiled(*self._args(*self.static))
+        restore_training_state(saved, self.vae, self.optimizer)
+        _set_rng_state(self.device, rng)
 
     def step(self, x: torch.Tensor, beta: float) -> torch.Tensor:
         """Run the step; the loss/example as a tensor, never read here."""
         if not self.fits(x):
             raise ValueError(f"batch of shape {tuple(x.shape)}, {x.dtype} on {x.device} does not fit this step; "
                              f"allowed: shape {self.shape}, {self.dtype} on {self.device}")
+        # 0-d device tensors by fill kernels: graph inputs, so annealing and schedules reach the graph
         beta_t = torch.full((), beta, dtype=self.dtype, device=self.device)
-        lr = torch.full((), self.optimizer.param_groups[0]["lr"], dtype=torch.float64)
-        args = ([p.detach() for p in self.params], *_adam_state(self.optimizer, self.params), x, beta_t, lr)
+        lr = torch.full((), self.optimizer.param_groups[0]["lr"], dtype=torch.float64, device=self.device)
         if self.compiled is None:
-            start, generated = time.perf_counter(), inductor_metrics.generated_kernel_count
-            graph = self._trace(x, beta_t, lr)
-            with inductor_config.patch(fallback_random=True):
-                self.compiled = torch.compile(graph, fullgraph=True, dynamic=False)
-                with torch.no_grad():
-                    loss = self.compiled(*args)
-            self.compile_s = time.perf_counter() - start
-            self.kernels = _kernel_counts(graph, inductor_metrics.generated_kernel_count - generated)
-            return loss
-        with torch.no_grad():
-            return self.compiled(*args)
+            return self._first_step(x, beta_t, lr)
+        return self._replay(x, beta_t, lr)
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    """The state of the generator the step draws from (the CUDA one on CUDA: host-side, no sync)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 #: ATen matrix products: inductor calls a GEMM library for them rather than generating a kernel
