@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from . import distributed
+from . import distributed, outputs
 from .captured_step import captured_loss_fn
 from .checks.ground_truth import run_mnist, run_toy
 from .compare import run_comparison
@@ -71,6 +71,7 @@ def _written(result: dict, json) -> dict:
     return result
 
 
+@outputs.releasing_claims
 def compare(spec=None, *, checkpoint: str | None = None, progress: bool = False, json=None, force: bool = False,
             **settings) -> dict:
     """Train briefly (or load ``checkpoint``), then run every agreement check for every estimator."""
@@ -79,6 +80,7 @@ def compare(spec=None, *, checkpoint: str | None = None, progress: bool = False,
     return _written(run_comparison(spec, prepare_run(spec, checkpoint=checkpoint), checkpoint, progress), json)
 
 
+@outputs.releasing_claims
 def check(spec=None, *, toy: str | None = None, checkpoint: str | None = None, progress: bool = False,
           json=None, force: bool = False, **settings) -> dict:
     """Ground truth on a toy (``toy``), or the agreement and IWAE checks on the spec's MNIST VAE."""
@@ -99,6 +101,7 @@ def _header(command: str, run) -> dict:
     return out
 
 
+@outputs.releasing_claims
 def nll(spec=None, *, checkpoint: str | None = None, progress: bool = False, json=None, force: bool = False,
         **settings) -> dict:
     """Test-set negative log-likelihood by IWAE_k (Burda et al. 2015), after training (or of the
@@ -124,6 +127,7 @@ def nll(spec=None, *, checkpoint: str | None = None, progress: bool = False, jso
     return _written(out, json)
 
 
+@outputs.releasing_claims
 def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | None = None, resume: bool = False,
           progress: bool = False, explicit_estimator: bool = False, capture_step: bool = False,
           json=None, force: bool = False, **settings) -> dict:
@@ -155,6 +159,7 @@ def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | Non
     return _written(out, json)
 
 
+@outputs.releasing_claims
 def experiment(spec=None, *, progress: bool = False, json=None, force: bool = False, **settings) -> dict:
     """One model per estimator (``train_estimators``): curves, plots, report and metrics in ``out``
     (an earlier run there is replaced, whole and atomically, only with ``force``); the command's own
@@ -165,6 +170,7 @@ def experiment(spec=None, *, progress: bool = False, json=None, force: bool = Fa
     return _written(run_experiment(spec, o, progress=progress, force=force), json)
 
 
+@outputs.releasing_claims
 def reproduce(target: str = "burda2015", *, out: str = "runs/burda2015", overrides=(), force: bool = False,
               progress: bool = True, **settings) -> dict:
     """Train and evaluate every row of a published comparison (``burda2015``) or the shipped recipe

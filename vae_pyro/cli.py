@@ -28,11 +28,13 @@ library before any work; an existing result is refused unless ``--force``
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from typing import Sequence
 
-from . import api, distributed, report
+from . import api, distributed, outputs, report
+from .checkpoint import load_checkpoint
 from .checks import validity
 from .checks.ground_truth import check_table
 from .errors import SpecError, VaePyroError
@@ -187,15 +189,37 @@ def in_flags(message: str, given: dict[str, str]) -> str:
     return message
 
 
+def interrupted(args, written_before: int) -> str:
+    """The one line a Ctrl-C ends a command with: what is on disk. Temporaries were removed on the way
+    out (:func:`vae_pyro.outputs.atomic_write`, :func:`~vae_pyro.outputs.staged_folder`), and so
+    were this run's locks."""
+    checkpoint = getattr(args, "checkpoint", None)
+    if args.command == "train" and checkpoint and os.path.isfile(checkpoint):
+        try:
+            epoch = load_checkpoint(checkpoint)["epoch"]
+        except VaePyroError:
+            epoch = None
+        if epoch is not None:
+            return f"interrupted; the last checkpoint at epoch {epoch} is intact ({checkpoint})"
+    written = outputs.WRITTEN[written_before:]
+    if not written:
+        return "interrupted; nothing was written"
+    return f"interrupted; written before the interruption, whole: {', '.join(map(str, written))}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if distributed.launched() and not distributed.active():  # under torchrun: start the process group first
         return distributed.launch(main, argv)
     args = build_parser().parse_args(argv)
+    written_before = len(outputs.WRITTEN)
     try:
         return COMMANDS[args.command](args)
     except VaePyroError as err:  # bad input only: a bug (ValueError, TypeError ...) is a traceback, exit 1
         print(f"vae-pyro: error: {in_flags(str(err), given_settings(args))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line saying what is on disk, the shell's 128 + SIGINT
+        print(f"vae-pyro: {interrupted(args, written_before)}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
