@@ -61,8 +61,14 @@ def _split(command: str, settings: dict) -> tuple[dict, dict]:
             command_options(command, {k: v for k, v in settings.items() if k in own and v is not None}))
 
 
-def _loaded(spec, checkpoint):
-    return spec if checkpoint is None else spec_for_checkpoint(spec, checkpoint)
+def _loaded(spec, checkpoint, settings: dict | None = None):
+    """``spec`` with the model of ``checkpoint``; the keyword ``settings`` given are explicit, so one
+    that contradicts the checkpoint is refused (:func:`~vae_pyro.runs.spec_for_checkpoint`)."""
+    if checkpoint is None:
+        return spec
+    names = keywords()
+    asked = {names[k]: v for k, v in (settings or {}).items() if k in names and v is not None}
+    return spec_for_checkpoint(spec, checkpoint, asked)
 
 
 def _written(result: dict, json) -> dict:
@@ -75,7 +81,7 @@ def _written(result: dict, json) -> dict:
 def compare(spec=None, *, checkpoint: str | None = None, progress: bool = False, json=None, force: bool = False,
             **settings) -> dict:
     """Train briefly (or load ``checkpoint``), then run every agreement check for every estimator."""
-    spec = _loaded(resolve_spec(spec, "compare", settings), checkpoint)
+    spec = _loaded(resolve_spec(spec, "compare", settings), checkpoint, settings)
     check_before_work(spec, json=json, force=force)
     return _written(run_comparison(spec, prepare_run(spec, checkpoint=checkpoint), checkpoint, progress), json)
 
@@ -84,7 +90,7 @@ def compare(spec=None, *, checkpoint: str | None = None, progress: bool = False,
 def check(spec=None, *, toy: str | None = None, checkpoint: str | None = None, progress: bool = False,
           json=None, force: bool = False, **settings) -> dict:
     """Ground truth on a toy (``toy``), or the agreement and IWAE checks on the spec's MNIST VAE."""
-    spec = _loaded(resolve_spec(spec, "check", settings), checkpoint)
+    spec = _loaded(resolve_spec(spec, "check", settings), checkpoint, settings)
     check_before_work(None if toy else spec, json=json, force=force)
     if toy:  # epochs unset: the toy's own fitting epochs
         return _written(run_toy(spec, toy, settings.get("epochs"), progress), json)
@@ -108,7 +114,7 @@ def nll(spec=None, *, checkpoint: str | None = None, progress: bool = False, jso
     model saved in ``checkpoint``); ``k``, ``examples``, ``chunk``: :data:`~vae_pyro.spec.COMMAND_OPTIONS`."""
     started = time.perf_counter()
     settings, o = _split("nll", settings)
-    spec = _loaded(resolve_spec(spec, "nll", settings), checkpoint)
+    spec = _loaded(resolve_spec(spec, "nll", settings), checkpoint, settings)
     check_before_work(spec, json=json, force=force, k=o["k"], chunk=o["chunk"])
     run = prepare_run(spec, checkpoint=checkpoint)
     x_test = run.x_test[:: max(len(run.x_test) // o["examples"], 1)][:o["examples"]]
@@ -177,6 +183,8 @@ def reproduce(target: str = "burda2015", *, out: str = "runs/burda2015", overrid
     (``best-nll``); writes the run folder ``out``. ``settings``: ``dataset``, ``epochs``, ``device``,
     ``seed`` (over the target's spec) and the command's own options (``k``, ``rows``, ``fast`` ...:
     :data:`~vae_pyro.spec.COMMAND_OPTIONS`); ``overrides``: ``--set`` strings for every row."""
+    own = COMMAND_OPTIONS["reproduce"]
+    given_options = {k: v for k, v in settings.items() if k in own and v is not None}  # --fast keeps them
     settings, o = _split("reproduce", settings)
     names = keywords()
     allowed = ("dataset", "epochs", "device", "seed")
@@ -184,4 +192,4 @@ def reproduce(target: str = "burda2015", *, out: str = "runs/burda2015", overrid
     if unknown:
         raise SpecError(f"unknown reproduce option {unknown[0]!r}; allowed: {', '.join((*allowed, *o))}")
     given = {names[k]: v for k, v in settings.items() if v is not None}
-    return run_reproduce(target, str(out), o, given, tuple(overrides), force=force, progress=progress)
+    return run_reproduce(target, str(out), given_options, given, tuple(overrides), force=force, progress=progress)

@@ -40,9 +40,9 @@ from .checks.ground_truth import check_table
 from .errors import SpecError, VaePyroError
 from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, estimator_names
 from .experiment import experiment_table
-from .options import build_parser, given_settings, options_from_args, spec_from_args
+from .options import build_parser, explicit_settings, given_settings, options_from_args, spec_from_args
 from .reproduce import data_label, text_table
-from .runs import spec_for_checkpoint
+from .runs import spec_for_checkpoint, spec_value
 from .spec import load_spec, shipped_specs
 
 
@@ -57,11 +57,12 @@ def _wrote_json(args) -> None:
 
 
 def _evaluated_spec(args, command: str):
-    """The spec of a command that may evaluate a checkpoint: the checkpoint's model, where given (a
-    --prior or --z-dim that differs from it is one clear error)."""
+    """The spec of a command that may evaluate a checkpoint: the checkpoint's model, where given (an
+    explicit option that contradicts it, --prior, --likelihood, --hidden, --z-dim, a --set of the
+    model, is one clear error: refused, not ignored)."""
     spec = spec_from_args(args)
     if getattr(args, "checkpoint", None):
-        asked = {"prior.name": args.prior, "networks.z_dim": getattr(args, "z_dim", None)}
+        asked = {path: spec_value(spec, path) for path in explicit_settings(args)}
         spec = spec_for_checkpoint(spec, args.checkpoint, asked)
     return spec
 

@@ -108,6 +108,17 @@ def given_settings(args) -> dict:
     return given
 
 
+def explicit_settings(args) -> list[str]:
+    """The setting paths this command line gave explicitly: its setting flags, ``--prior`` /
+    ``--likelihood`` and every ``--set SECTION.KEY=...`` (a spec file's values are not explicit)."""
+    paths = list(given_settings(args))
+    for text in getattr(args, "overrides", None) or ():
+        key = text.partition("=")[0].strip()
+        if key.count(".") == 1 and key not in paths:
+            paths.append(key)
+    return paths
+
+
 def settings_from_args(args) -> dict:
     """The setting flags a command was given, as API keywords (None: not given, keep the spec's)."""
     return {keyword_of(path): getattr(args, keyword_of(path)) for path in COMMAND_SETTINGS.get(args.command, ())

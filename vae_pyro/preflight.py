@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import outputs
 from .checkpoint import load_checkpoint
+from .errors import SpecError
 
 
 def _same_or_inside(given: dict) -> None:
@@ -32,11 +33,13 @@ def _same_or_inside(given: dict) -> None:
 
 
 def check_outputs(*, json: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
-                  resume: bool = False, out: str | os.PathLike | None = None, force: bool = False) -> None:
+                  resume: bool = False, out: str | os.PathLike | None = None, force: bool = False,
+                  epochs: int | None = None) -> None:
     """Check every output a run will write, before any work (see the module docstring): the result
     JSON, a training checkpoint (with ``resume``: an existing, usable checkpoint; without: a new file)
     and an experiment's run folder; each is claimed for this run (:func:`vae_pyro.outputs.claim`),
-    and no two of them may be one path. Called by every library entry point (:mod:`vae_pyro.api`)."""
+    and no two of them may be one path. ``epochs``: a resume's total, which must exceed the
+    checkpoint's epoch (else it would train nothing). Called by every library entry point (:mod:`vae_pyro.api`)."""
     if resume and checkpoint is None:
         raise outputs.OutputError("--resume needs --checkpoint PATH")
     given = {option: path for option, path in (("--json", json), ("--checkpoint", checkpoint), ("--out", out))
@@ -53,7 +56,11 @@ def check_outputs(*, json: str | os.PathLike | None = None, checkpoint: str | os
         if resume:
             outputs.writable_folder(Path(checkpoint).parent, "--checkpoint", Path(checkpoint))
             outputs.claim(checkpoint, "--checkpoint")  # before reading it: a concurrent resume is refused
-            load_checkpoint(checkpoint)
+            saved = load_checkpoint(checkpoint)["epoch"]
+            if epochs is not None and epochs <= saved:
+                raise SpecError(f"training.epochs {epochs}: checkpoint {checkpoint} is at epoch {saved} already, so "
+                                f"--resume would train nothing; give training.epochs above {saved} (the total, "
+                                "the checkpoint's epochs included)")
         else:
             outputs.check_output_file(checkpoint, "--checkpoint", force=force, resumable=True)
     if out is not None:

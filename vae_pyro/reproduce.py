@@ -122,7 +122,9 @@ def plan(target: str = "burda2015", out: str = "runs/burda2015", options: dict |
     if target not in TARGETS:
         raise SpecError(f"unknown reproduce target {target!r}; allowed: {', '.join(TARGETS)}")
     o, t = command_options("reproduce", options or {}), settings or {}
-    return SimpleNamespace(target=target, out=out, dataset=t.get("data.dataset"), epochs=t.get("training.epochs"),
+    given = sorted(k for k, v in (options or {}).items() if v is not None)  # the options given explicitly
+    return SimpleNamespace(given=given, target=target, out=out, dataset=t.get("data.dataset"),
+                           epochs=t.get("training.epochs"),
                            k=o["k"], ks=NLL_KS, rows=tuple(o["rows"]) or None, lr_schedule=o["lr_schedule"],
                            refine_steps=o["refine_steps"], device=t.get("training.device"),
                            seed=t.get("training.seed"), overrides=tuple(overrides), fast=o["fast"], force=force,
@@ -148,10 +150,14 @@ def apply_paper_setting(cfg: SimpleNamespace) -> None:
 
 
 def apply_fast(cfg: SimpleNamespace) -> None:
-    """``fast``: 2 epochs, evaluated every epoch with k = 5, test NLL k = 20, a subset of rows."""
+    """``fast``: 2 epochs, evaluated every epoch with k = 5, test NLL k = 20, a subset of rows; each
+    only where the user left it unset (an explicit ``k``, ``refine_steps``, ``epochs``, ``rows`` or
+    ``--set`` wins)."""
     cfg.epochs = cfg.epochs or 2
-    cfg.k = min(cfg.k, 20)
-    cfg.refine_steps = min(cfg.refine_steps, 5)
+    if "k" not in cfg.given:
+        cfg.k = min(cfg.k, 20)
+    if "refine_steps" not in cfg.given:
+        cfg.refine_steps = min(cfg.refine_steps, 5)
     cfg.rows = cfg.rows or TARGETS[cfg.target].fast_rows
     cfg.overrides = ("selection.every=1", "selection.k=5", *cfg.overrides)
 
