@@ -82,7 +82,7 @@ def compare(spec=None, *, checkpoint: str | None = None, progress: bool = False,
             **settings) -> dict:
     """Train briefly (or load ``checkpoint``), then run every agreement check for every estimator."""
     spec = _loaded(resolve_spec(spec, "compare", settings), checkpoint, settings)
-    check_before_work(spec, json=json, force=force)
+    check_before_work(spec, json=json, force=force, command="compare", trains=checkpoint is None)
     return _written(run_comparison(spec, prepare_run(spec, checkpoint=checkpoint), checkpoint, progress), json)
 
 
@@ -91,7 +91,7 @@ def check(spec=None, *, toy: str | None = None, checkpoint: str | None = None, p
           json=None, force: bool = False, **settings) -> dict:
     """Ground truth on a toy (``toy``), or the agreement and IWAE checks on the spec's MNIST VAE."""
     spec = _loaded(resolve_spec(spec, "check", settings), checkpoint, settings)
-    check_before_work(None if toy else spec, json=json, force=force)
+    check_before_work(None if toy else spec, json=json, force=force, command="check", trains=checkpoint is None)
     if toy:  # epochs unset: the toy's own fitting epochs
         return _written(run_toy(spec, toy, settings.get("epochs"), progress), json)
     if checkpoint is None:
@@ -115,7 +115,8 @@ def nll(spec=None, *, checkpoint: str | None = None, progress: bool = False, jso
     started = time.perf_counter()
     settings, o = _split("nll", settings)
     spec = _loaded(resolve_spec(spec, "nll", settings), checkpoint, settings)
-    check_before_work(spec, json=json, force=force, k=o["k"], chunk=o["chunk"])
+    check_before_work(spec, json=json, force=force, k=o["k"], chunk=o["chunk"], command="nll", options=o,
+                      trains=checkpoint is None)
     run = prepare_run(spec, checkpoint=checkpoint)
     x_test = run.x_test[:: max(len(run.x_test) // o["examples"], 1)][:o["examples"]]
     run.vae.check_data(x_test)
@@ -143,7 +144,7 @@ def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | Non
     ``capture_step``: each full-size batch's whole step replayed as one captured step
     (:class:`~vae_pyro.captured_step.CapturedTrainStep`; a CUDA graph on CUDA)."""
     spec = resolve_spec(spec, "train", settings)
-    check_before_work(spec, json=json, checkpoint=checkpoint, resume=resume, force=force)
+    check_before_work(spec, json=json, checkpoint=checkpoint, resume=resume, force=force, command="train")
     probe = VAE(spec.model_config())  # asked before the run is seeded: asking may draw random numbers
     trainer, note = training_estimator(probe, spec.training.estimator, explicit_estimator)
     if eval_estimator is not None:
@@ -172,7 +173,8 @@ def experiment(spec=None, *, progress: bool = False, json=None, force: bool = Fa
     options (``out``, ``train_estimators``, ``variance_draws``, ``nll_k``): :data:`~vae_pyro.spec.COMMAND_OPTIONS`."""
     settings, o = _split("experiment", settings)
     spec = resolve_spec(spec, "experiment", settings)
-    check_before_work(spec, json=json, out=o["out"], force=force)
+    check_before_work(spec, json=json, out=o["out"], force=force, k=o["nll_k"] or None, command="experiment",
+                      options=o)
     return _written(run_experiment(spec, o, progress=progress, force=force), json)
 
 

@@ -98,13 +98,16 @@ def add_settings(p: argparse.ArgumentParser, command: str) -> None:
 
 
 def given_settings(args) -> dict:
-    """Setting path -> flag, for the settings given on this command line (the CLI names those flags
-    in the library's errors, which name settings)."""
+    """Setting path -> flag, for the settings given on this command line, and the command's own
+    options given (``"nll k"`` -> ``--k``): the CLI names those flags in the library's errors, which
+    name settings."""
     given = {path: declared.flag for path, declared in setting_options().items()
              if declared.flag and path in COMMAND_SETTINGS.get(args.command, ())
              and getattr(args, keyword_of(path), None) is not None}
     given.update({path: flag for path, flag in COMPONENT_FLAGS.items()
                   if getattr(args, path.split(".")[0], None) is not None})
+    given.update({f"{args.command} {name}": opt.flag for name, opt in COMMAND_OPTIONS.get(args.command, {}).items()
+                  if opt.flag and getattr(args, name, None) not in (None, False)})  # a command's own: "nll k"
     return given
 
 

@@ -45,7 +45,7 @@ from types import SimpleNamespace
 import torch
 from tqdm.auto import tqdm
 
-from . import outputs, plots
+from . import memory, outputs, plots
 from .active_units import active_units
 from .amortization import refine_proposal
 from .checkpoint import save_checkpoint
@@ -342,13 +342,26 @@ def run_reproduce(target: str, out: str, options: dict | None = None, settings: 
     if cfg.fast:
         apply_fast(cfg)
     apply_paper_setting(cfg)
+    rows = row_specs(cfg)
+    check_sizes(rows, cfg)
     outputs.check_run_folder(cfg.out, force=cfg.force)
     with outputs.staged_folder(cfg.out) as out:  # built beside, renamed into place whole when complete
-        return _run_rows(cfg, out)
+        return _run_rows(cfg, rows, out)
 
 
-def _run_rows(cfg: SimpleNamespace, out: Path) -> dict:
-    rows = row_specs(cfg)
+def check_sizes(rows: list, cfg: SimpleNamespace) -> None:
+    """Every row fits in memory, and all of them in a day (:func:`vae_pyro.memory.check_fits`), before
+    any work: the test NLL's k, the proposal refinement, the validation bounds and the training."""
+    options, loops = {"k": cfg.k, "refine_steps": cfg.refine_steps}, {}
+    for _, spec in rows:
+        device = resolve_device(spec.training.device)
+        memory.check_fits(spec, device, k=cfg.k, command="reproduce", options=options)
+        for name, (calls, flops) in memory.time_estimate(spec, "reproduce", options).items():
+            loops[name] = (loops.get(name, (0, 0))[0] + calls, loops.get(name, (0, 0))[1] + flops)
+    memory.check_time(loops, resolve_device(rows[0][1].training.device))
+
+
+def _run_rows(cfg: SimpleNamespace, rows: list, out: Path) -> dict:
     first = rows[0][1]  # the rows differ in estimator, k and binarization only: data and device are shared
     ds, device, t = load_dataset(first.data.dataset), resolve_device(first.training.device), first.training
     print(f"reproduce {cfg.target}: {len(rows)} row(s) on {ds.name}, {t.epochs} epochs each, batch {t.batch_size}, "
