@@ -160,10 +160,14 @@ def estimate(spec, *, k: int | None = None, chunk: int | None = None, command: s
     _add(parts, name, 8 * GRAD_PROJECTIONS * tensors * grad_draws)
     _add(parts, "checks.draws", DRAW_BYTES * spec.checks.draws)
     if k is not None:
-        names = {"nll": ("nll k", "nll chunk")}.get(command, (f"{command} k" if command else "k", None))
+        names = {"nll": ("nll k", "nll chunk"), "experiment": ("experiment nll_k", None)}.get(
+            command, (f"{command} k" if command else "k", None))
         samples = min(k, chunk or NLL_CHUNK_DEFAULT)
-        _add(parts, names[1] or names[0], 2 * FLOAT * NLL_BATCH * samples * width)
-        _add(parts, names[0], FLOAT * NLL_BATCH * k * (z + 2))  # the batch's noise and log-weights
+        given = {**options, names[0].split(" ")[-1]: k, "chunk": chunk}
+        scales = (names[1] or names[0], "networks.hidden", "networks.z_dim")  # a chunk's activations
+        _add(parts, culprit(spec, scales, given) if command else scales[0], 2 * FLOAT * NLL_BATCH * samples * width)
+        noise = culprit(spec, (names[0], "networks.z_dim"), given) if command else names[0]
+        _add(parts, noise, FLOAT * NLL_BATCH * k * (z + 2))  # the batch's noise and log-weights
     return {name: int(v) for name, v in parts.items()}
 
 

@@ -320,6 +320,8 @@ def row_spec(target: Target, row: Row, cfg: SimpleNamespace):
     if spec.training.kl_weight != 1.0 or spec.training.kl_anneal_epochs:
         raise SpecError("reproduce compares bounds on log p(x): training.kl_weight must be 1 and "
                          "training.kl_anneal_epochs 0")
+    memory.check_fits(spec, resolve_device(spec.training.device), k=cfg.k, command="reproduce",
+                      options={"k": cfg.k, "refine_steps": cfg.refine_steps})  # before the probe below is built
     training_estimator(VAE(spec.model_config()), spec.training.estimator, explicit=True)
     return spec
 
@@ -350,12 +352,11 @@ def run_reproduce(target: str, out: str, options: dict | None = None, settings: 
 
 
 def check_sizes(rows: list, cfg: SimpleNamespace) -> None:
-    """Every row fits in memory, and all of them in a day (:func:`vae_pyro.memory.check_fits`), before
-    any work: the test NLL's k, the proposal refinement, the validation bounds and the training."""
+    """All the rows together fit in a day (:func:`vae_pyro.memory.check_time`; each row's memory and
+    time are checked by :func:`row_spec`), before any work: the training, the validation bounds, the
+    test NLL's k and the proposal refinement."""
     options, loops = {"k": cfg.k, "refine_steps": cfg.refine_steps}, {}
-    for _, spec in rows:
-        device = resolve_device(spec.training.device)
-        memory.check_fits(spec, device, k=cfg.k, command="reproduce", options=options)
+    for _, spec in rows:  # each row's memory and time: checked by row_spec
         for name, (calls, flops) in memory.time_estimate(spec, "reproduce", options).items():
             loops[name] = (loops.get(name, (0, 0))[0] + calls, loops.get(name, (0, 0))[1] + flops)
     memory.check_time(loops, resolve_device(rows[0][1].training.device))
