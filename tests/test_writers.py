@@ -225,3 +225,26 @@ def test_an_immutable_run_folder_is_refused_before_work(tmp_path, capsys):
     finally:
         subprocess.run(["chattr", "-i", str(run / "checkpoints")], capture_output=True)
         (run / "checkpoints").chmod(0o755)
+
+
+def test_ctrl_c_in_an_experiment_removes_its_staging_folder_and_says_nothing_was_written(tmp_path):
+    """SIGINT while the run folder is being built beside its target: one line, exit 130, and nothing
+    left behind (no staging folder, no lock file, no run folder)."""
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "vae_pyro.cli", "experiment", *TINY, "--epochs", "1000",
+                             "--train-estimators", "analytic", "--out", str(run)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".run.tmp-*/checkpoints/analytic.pt")):  # an epoch in, inside the stage
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == ["vae-pyro: interrupted; nothing was written"], err
+    assert list(tmp_path.iterdir()) == []

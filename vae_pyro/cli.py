@@ -202,7 +202,7 @@ def interrupted(args, written_before: int) -> str:
             epoch = None
         if epoch is not None:
             return f"interrupted; the last checkpoint at epoch {epoch} is intact ({checkpoint})"
-    written = outputs.WRITTEN[written_before:]
+    written = [p for p in dict.fromkeys(outputs.WRITTEN[written_before:]) if p.exists()]  # a stage's went with it
     if not written:
         return "interrupted; nothing was written"
     return f"interrupted; written before the interruption, whole: {', '.join(map(str, written))}"
