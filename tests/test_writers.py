@@ -248,3 +248,18 @@ def test_ctrl_c_in_an_experiment_removes_its_staging_folder_and_says_nothing_was
     assert proc.returncode == 130
     assert err.strip().splitlines() == ["vae-pyro: interrupted; nothing was written"], err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("option, resume", [("--json", False), ("--checkpoint", False), ("--checkpoint", True)])
+def test_an_immutable_file_to_replace_is_refused_before_work(option, resume, tmp_path, capsys):
+    target = tmp_path / "ck.pt"
+    assert main(["train", *TINY, "--checkpoint", str(target)]) == 0
+    capsys.readouterr()
+    if subprocess.run(["chattr", "+i", str(target)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not allowed here")
+    try:
+        flags = ["--resume", "--epochs", "2"] if resume else ["--force"]
+        assert main(["train", *TINY, *NO_DATA, option, str(target), *flags]) == 2
+        _one_error_line(capsys, f"{option} {target} is immutable or append-only")
+    finally:
+        subprocess.run(["chattr", "-i", str(target)], capture_output=True)

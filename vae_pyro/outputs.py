@@ -321,6 +321,34 @@ def _kind(mode: int) -> str:
     return next((word for test, word in _KINDS.items() if test(mode)), "not a regular file")
 
 
+#: ``FS_IOC_GETFLAGS`` (linux/fs.h) and its immutable and append-only flags (``chattr +i``, ``+a``)
+_GETFLAGS, _IMMUTABLE, _APPEND = 0x80086601, 0x10, 0x20
+
+
+def immutable(path: Path) -> bool:
+    """Whether ``path`` is immutable or append-only (``chattr +i``/``+a``): then no one, root included,
+    can replace or remove it. False where the file system keeps no such flags."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        flags = fcntl.ioctl(fd, _GETFLAGS, b"\0" * 8)
+        return bool(int.from_bytes(flags[:4], "little") & (_IMMUTABLE | _APPEND))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def check_replaceable(path: Path, option: str, shown) -> None:
+    """An existing output that a run will replace (with ``--force``, or a resumed checkpoint) can be:
+    not immutable or append-only, which would fail the final rename after the work."""
+    if path.exists() and immutable(path):
+        raise OutputError(f"{option} {shown} is immutable or append-only (chattr +i/+a), so it cannot be replaced; "
+                          "clear the flag or choose another path")
+
+
 def writable_folder(folder: Path, option: str, path: Path) -> None:
     """Create ``folder`` (and its parents) and prove a file can be created in it."""
     for ancestor in (folder, *folder.parents):
@@ -355,6 +383,7 @@ def check_output_file(path: str | os.PathLike, option: str, *, force: bool = Fal
         resume = ", --resume to continue from it," if resumable else ""
         raise OutputError(f"{option} {shown} already exists; pass --force to replace it{resume} "
                           "or choose a new path")
+    check_replaceable(path, option, shown)
     return shown
 
 
@@ -372,7 +401,7 @@ def _unwritable_inside(folder: Path) -> Path | None:
     """The first of ``folder`` and its subfolders that cannot be written (a run replacing it removes
     their entries: read-only or immutable, ``rmtree`` would fail after the work)."""
     for sub in (folder, *(p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink())):
-        if not os.access(sub, os.W_OK | os.X_OK):
+        if not os.access(sub, os.W_OK | os.X_OK) or immutable(sub):
             return sub
     return None
 

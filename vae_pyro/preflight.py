@@ -56,6 +56,7 @@ def check_outputs(*, json: str | os.PathLike | None = None, checkpoint: str | os
         if resume:
             outputs.writable_folder(Path(checkpoint).parent, "--checkpoint", Path(checkpoint))
             outputs.claim(checkpoint, "--checkpoint")  # before reading it: a concurrent resume is refused
+            outputs.check_replaceable(outputs.resolved(checkpoint), "--checkpoint", checkpoint)
             saved = load_checkpoint(checkpoint)["epoch"]
             if epochs is not None and epochs <= saved:
                 raise SpecError(f"training.epochs {epochs}: checkpoint {checkpoint} is at epoch {saved} already, so "
