@@ -263,3 +263,12 @@ def test_an_immutable_file_to_replace_is_refused_before_work(option, resume, tmp
         _one_error_line(capsys, f"{option} {target} is immutable or append-only")
     finally:
         subprocess.run(["chattr", "-i", str(target)], capture_output=True)
+
+
+def test_keyword_options_are_named_as_keywords_by_the_library_and_as_flags_by_the_cli(capsys):
+    from vae_pyro import api
+
+    with pytest.raises(OutputError, match=r"^resume=True needs checkpoint=PATH"):
+        api.train(None, resume=True, dataset="idx:/no/such/folder")
+    assert main(["train", *TINY, *NO_DATA, "--resume"]) == 2
+    _one_error_line(capsys, "vae-pyro: error: --resume needs --checkpoint PATH, the checkpoint to continue from")

@@ -182,10 +182,15 @@ COMMANDS = {"compare": cmd_compare, "train": cmd_train, "experiment": cmd_experi
             "reproduce": cmd_reproduce}
 
 
+#: the library's names of the entry points' keyword options, and their flags (always on the command line)
+KEYWORD_FLAGS = {"resume=True": "--resume", "force=True": "--force", "checkpoint=PATH": "--checkpoint PATH"}
+
+
 def in_flags(message: str, given: dict[str, str]) -> str:
     """``message`` (the library's, naming settings) with each setting the user gave as a flag named
-    by that flag: "training.estimator 'x' ..." -> "--estimator 'x' ..."."""
-    for path, flag in given.items():
+    by that flag: "training.estimator 'x' ..." -> "--estimator 'x' ..."; a keyword option
+    (:data:`KEYWORD_FLAGS`) by its flag: "resume=True needs checkpoint=PATH" -> "--resume needs --checkpoint PATH"."""
+    for path, flag in {**given, **KEYWORD_FLAGS}.items():
         message = re.sub(rf"(?<![\w.]){re.escape(path)}(?![\w.])", flag, message)
     return message
 

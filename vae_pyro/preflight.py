@@ -41,7 +41,7 @@ def check_outputs(*, json: str | os.PathLike | None = None, checkpoint: str | os
     and no two of them may be one path. ``epochs``: a resume's total, which must exceed the
     checkpoint's epoch (else it would train nothing). Called by every library entry point (:mod:`vae_pyro.api`)."""
     if resume and checkpoint is None:
-        raise outputs.OutputError("--resume needs --checkpoint PATH")
+        raise outputs.OutputError("resume=True needs checkpoint=PATH, the checkpoint to continue from")
     given = {option: path for option, path in (("--json", json), ("--checkpoint", checkpoint), ("--out", out))
              if path is not None}
     for option, path in given.items():
@@ -51,7 +51,7 @@ def check_outputs(*, json: str | os.PathLike | None = None, checkpoint: str | os
         outputs.check_output_file(json, "--json", force=force)
     if checkpoint is not None:
         if resume and force:
-            raise outputs.OutputError("--resume continues the checkpoint and --force starts over in its place; "
+            raise outputs.OutputError("resume=True continues the checkpoint and force=True starts over in its place; "
                                       "give one of them")
         if resume:
             outputs.writable_folder(Path(checkpoint).parent, "--checkpoint", Path(checkpoint))
