@@ -24,6 +24,8 @@ CPU = ["--device", "cpu", "--no-progress"]
     (["check", "--draws", HUGE], "--draws"),
     (["compare", "--set", f"checks.timing_steps={HUGE}"], "checks.timing_steps"),
     (["check", "--grad-draws", HUGE], "--grad-draws"),
+    (["check", "--toy", "linear_gaussian", "--draws", HUGE], "--draws"),
+    (["check", "--toy", "linear_gaussian", "--grad-draws", HUGE], "--grad-draws"),
     (["compare", "--grad-draws", HUGE], "--grad-draws"),
     (["compare", "--check-particles", HUGE], "--check-particles"),
     (["train", "--epochs", HUGE], "--epochs"),

@@ -91,7 +91,7 @@ def check(spec=None, *, toy: str | None = None, checkpoint: str | None = None, p
           json=None, force: bool = False, **settings) -> dict:
     """Ground truth on a toy (``toy``), or the agreement and IWAE checks on the spec's MNIST VAE."""
     spec = _loaded(resolve_spec(spec, "check", settings), checkpoint, settings)
-    check_before_work(None if toy else spec, json=json, force=force, command="check", trains=checkpoint is None)
+    check_before_work(spec, json=json, force=force, command="check", trains=checkpoint is None, toy=bool(toy))
     if toy:  # epochs unset: the toy's own fitting epochs
         return _written(run_toy(spec, toy, settings.get("epochs"), progress), json)
     if checkpoint is None:

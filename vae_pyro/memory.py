@@ -267,3 +267,17 @@ def time_estimate(spec, command: str, options: dict, trains: bool = True) -> dic
         steps = options.get("refine_steps") or 0
         _loop(loops, "reproduce refine_steps", steps, steps * REFINE_BATCH * REFINE_K * 6 * params)
     return {name: (calls, flops) for name, (calls, flops) in loops.items()}
+
+
+def check_draws(spec, device: torch.device) -> None:
+    """The checks' draws of a toy model (``check --toy``): the model is tiny, the draws are what can
+    exceed memory (the gradient projections, the values) or a day (each draw a call)."""
+    c, free = spec.checks, available_bytes(device)
+    parts = {"checks.grad_draws": 8 * GRAD_PROJECTIONS * 16 * c.grad_draws, "checks.draws": DRAW_BYTES * c.draws}
+    if free is not None and sum(parts.values()) > free:
+        option, biggest = max(parts.items(), key=lambda kv: kv[1])
+        raise MemoryBoundError(f"this run needs about {_gib(sum(parts.values()))} but device {device} has "
+                               f"{_gib(free)} free; lower {option} (it accounts for {_gib(biggest)})")
+    estimators = len(c.estimators) + 1
+    check_time({"checks.draws": (estimators * c.draws, 0), "checks.grad_draws": (estimators * c.grad_draws, 0)},
+               device)

@@ -98,17 +98,20 @@ def fit_run(run: Run, trainer: str, note: str | None, progress: bool, **train_kw
 
 def check_before_work(spec, *, json=None, checkpoint=None, resume: bool = False, out=None, force: bool = False,
                       k: int | None = None, chunk: int | None = None, command: str | None = None,
-                      options: dict | None = None, trains: bool = True) -> None:
+                      options: dict | None = None, trains: bool = True, toy: bool = False) -> None:
     """What every command checks before it loads data or allocates a model, so a bad output or an
     impossible size is one clear error instead of a traceback after the work: every output can be
     written and none is an earlier result unless ``force`` (:func:`vae_pyro.preflight.check_outputs`;
     ``checkpoint`` here is a training checkpoint to write or, with ``resume``, to continue), and the
     run's sizes fit the device's free memory and a day's time (:func:`vae_pyro.memory.check_fits`;
     ``k``/``chunk``: the IWAE test NLL's; ``command``, ``options``: the loops it runs, its own options;
-    ``trains``: False where a saved model is evaluated). ``spec`` None: no model of the spec's (a toy) to size."""
+    ``trains``: False where a saved model is evaluated; ``toy``: the spec's model is not run, only its
+    checks' draws are sized, :func:`vae_pyro.memory.check_draws`). ``spec`` None: nothing to size."""
     preflight.check_outputs(json=json, checkpoint=checkpoint, resume=resume, out=out, force=force,
                             epochs=spec.training.epochs if spec is not None and resume else None)
-    if spec is not None:
+    if spec is not None and toy:
+        memory.check_draws(spec, torch.device("cpu"))  # toys run on the CPU (the toy says so, for --device)
+    elif spec is not None:
         spec.resolved_data()  # the likelihood's support holds for the data options, after every override
         memory.check_fits(spec, resolve_device(spec.training.device), k=k, chunk=chunk, command=command,
                           options=options, trains=trains)
