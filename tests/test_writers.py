@@ -272,3 +272,14 @@ def test_keyword_options_are_named_as_keywords_by_the_library_and_as_flags_by_th
         api.train(None, resume=True, dataset="idx:/no/such/folder")
     assert main(["train", *TINY, *NO_DATA, "--resume"]) == 2
     _one_error_line(capsys, "vae-pyro: error: --resume needs --checkpoint PATH, the checkpoint to continue from")
+
+
+def test_a_symlinked_result_file_is_replaced_through_the_link(tmp_path):
+    real, link = tmp_path / "real.json", tmp_path / "link.json"
+    real.write_text("old")
+    link.symlink_to(real)
+    outputs.check_output_file(link, "--json", force=True)
+    outputs.atomic_write_text(link, "new")
+    outputs.release_claims()
+    assert link.is_symlink() and real.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "real.json"]
