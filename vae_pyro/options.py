@@ -98,14 +98,28 @@ def add_settings(p: argparse.ArgumentParser, command: str) -> None:
 
 
 def given_settings(args) -> dict:
-    """Setting path -> flag, for the settings given on this command line (the CLI names those flags
-    in the library's errors, which name settings)."""
+    """Setting path -> flag, for the settings given on this command line, and the command's own
+    options given (``"nll k"`` -> ``--k``): the CLI names those flags in the library's errors, which
+    name settings."""
     given = {path: declared.flag for path, declared in setting_options().items()
              if declared.flag and path in COMMAND_SETTINGS.get(args.command, ())
              and getattr(args, keyword_of(path), None) is not None}
     given.update({path: flag for path, flag in COMPONENT_FLAGS.items()
                   if getattr(args, path.split(".")[0], None) is not None})
+    given.update({f"{args.command} {name}": opt.flag for name, opt in COMMAND_OPTIONS.get(args.command, {}).items()
+                  if opt.flag and getattr(args, name, None) not in (None, False)})  # a command's own: "nll k"
     return given
+
+
+def explicit_settings(args) -> list[str]:
+    """The setting paths this command line gave explicitly: its setting flags, ``--prior`` /
+    ``--likelihood`` and every ``--set SECTION.KEY=...`` (a spec file's values are not explicit)."""
+    paths = list(given_settings(args))
+    for text in getattr(args, "overrides", None) or ():
+        key = text.partition("=")[0].strip()
+        if key.count(".") == 1 and key not in paths:
+            paths.append(key)
+    return paths
 
 
 def settings_from_args(args) -> dict:
