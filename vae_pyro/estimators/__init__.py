@@ -36,6 +36,8 @@ from .base import (
     INVALID,
     IWAE_BOUND,
     MONTE_CARLO_KL,
+    RENYI_BOUND,
+    TMC_BOUND,
     Estimator,
     Validity,
     build_estimator,
@@ -54,6 +56,7 @@ from .hand_reference import HandMonteCarloEstimator  # noqa: E402  (hand_mc, the
 
 __all__ = [
     "DEFAULT_ESTIMATORS", "ELBO_BOUND", "ESTIMATORS", "EXACT_KL", "INVALID", "IWAE_BOUND", "MONTE_CARLO_KL",
+    "RENYI_BOUND", "TMC_BOUND",
     "Estimator", "PyroEstimator", "Validity", "AnalyticEstimator", "IWAEEstimator", "RenyiEstimator",
     "STLEstimator", "GraphEstimator", "HandMonteCarloEstimator", "NoClosedFormError", "build_estimator",
     "estimator_names", "mean_field_kl_kind",
