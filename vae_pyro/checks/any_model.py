@@ -221,6 +221,8 @@ class PyroProgram(Subject):
         if est.gradient_via == "differentiable_loss":
             return est.elbo.differentiable_loss(self.model, self.guide, *self.args, **self.kwargs)
         _, params = self._params
+        if not params:  # nothing to differentiate: the value, as a constant
+            return torch.as_tensor(self.value(est))
         grads = accumulated_grads(est.elbo, self.model, self.guide, self.args, self.kwargs, params)
         return sum(((p * g.detach()).sum() for p, g in zip(params, grads) if g is not None), params[0].sum() * 0)
 
