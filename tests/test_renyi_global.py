@@ -14,8 +14,8 @@ improve on the ELBO for large N. The per-example IWAE one would write by hand fo
 
     L_k = log p(g)/q(g) + sum_i log (1/k) sum_j p(z_ij | g) p(x_i | z_ij) / q(z_ij),   g ~ q(g),
 
-also <= log p(x) (Jensen, inner then outer) and far tighter here. Neither is Pyro's with the VAE's
-layout, where every site is in the data plate and RenyiELBO gives one bound per example (:mod:`vae_pyro.estimators.iwae`).
+also <= log p(x) (Jensen, inner then outer) and tighter here. With the VAE's layout, every site in
+the data plate, RenyiELBO gives one bound per example instead (:mod:`vae_pyro.estimators.iwae`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _problem():
     # exact: x ~ N(0, 2 I + 1 1^T); q: the exact posterior marginals, correlations dropped (mean field)
     cov = 2.0 * torch.eye(N, dtype=torch.float64) + 1.0
     log_px = float(dist.MultivariateNormal(torch.zeros(N, dtype=torch.float64), cov).log_prob(x))
-    joint_cov = torch.zeros(2 * N + 1, 2 * N + 1, dtype=torch.float64)  # (g, z, x) jointly Gaussian
+    # (g, z, x) = A u with u ~ N(0, I) of g, z - g, x - z: jointly Gaussian, covariance A A^T
     a = torch.cat([torch.ones(1, 1), torch.ones(N, 1), torch.ones(N, 1)]).double()
     b = torch.cat([torch.zeros(1, N), torch.eye(N), torch.eye(N)]).double()
     c = torch.cat([torch.zeros(N + 1, N), torch.eye(N)]).double()
