@@ -11,7 +11,14 @@ Three of Pyro's ELBO classes estimate the same number for any model and guide:
 * ``RenyiELBO(num_particles=1)``: log of the mean of one importance weight, i.e. the same
   single-sample ELBO ("RenyiELBO as ELBO"; for k > 1 it would be IWAE_k, a different bound).
 
-Checks, with ``Trace_ELBO`` the reference:
+Those are the defaults; any ``pyro.infer`` ELBO, or a user's subclass, can be given. Values come from
+``loss``, gradients from ``loss_and_grads`` (read from the param store's ``.grad``,
+:func:`accumulated_grads`) or ``differentiable_loss`` (:func:`gradient_interface`). One that Pyro
+refuses for the model (``NotImplementedError``) is ``skip`` with Pyro's reason (:meth:`PyroProgram.validity`);
+one that estimates another bound (:func:`bound_of`) is ``skip`` too; a crash is ``error``.
+``TraceMeanField_ELBO`` failing on a guide with ``Delta`` sites gets the cause (:func:`delta_cause`).
+
+Checks, with the first estimator (by default ``Trace_ELBO``) the reference:
 
 ============  ======================================================================  =========
 check         value                                                                   tolerance
