@@ -160,3 +160,28 @@ def test_renyi_half_lies_between_the_elbo_and_iwae_draw_by_draw_and_is_pyros(sma
             low, high = log_w.mean(0), torch.logsumexp(log_w, dim=0) - math.log(k)
             assert bool((low <= renyi.detach() + 1e-12).all() and (renyi.detach() <= high + 1e-12).all())
             assert float((high - low).min()) > 0  # the weights are not all equal: the bounds differ
+
+
+def test_dreg_with_one_sample_is_the_path_derivative_estimator(small_vae, binary_test):
+    """k = 1: w~ = 1, so DReG's encoder gradient is the path derivative of Roeder et al. (``stl``):
+    at the same seed (both draw eps after one encoder pass) every gradient entry agrees to float64 rounding."""
+    vae, x = small_vae.clone(dtype=torch.float64), binary_test[:32].double()
+    params = list(vae.parameters())
+    torch.manual_seed(7)
+    a = build_estimator("dreg", 1).differentiable_loss(vae, x)
+    torch.manual_seed(7)
+    b = build_estimator("stl", 1).differentiable_loss(vae, x)
+    value, grad = differences(a, b, params, x.shape[0])
+    assert value < VALUE_TOL and grad < GRAD_TOL
+
+
+def test_the_registered_renyi_is_alpha_one_half_and_the_elbo_at_one_particle(small_vae, binary_test):
+    """``renyi`` builds RenyiELBO(alpha = 1/2); with one particle its value is log w, the ELBO's
+    single-sample value: equal to ``trace``'s at the same seed (float64 rounding)."""
+    vae, x = small_vae.clone(dtype=torch.float64), binary_test[:32].double()
+    assert build_estimator("renyi", 4).make_elbo().alpha == 0.5
+    values = []
+    for name in ("renyi", "trace"):
+        torch.manual_seed(9)
+        values.append(build_estimator(name, 1).loss(vae, x))
+    assert abs(values[0] - values[1]) / x.shape[0] < VALUE_TOL
