@@ -245,8 +245,12 @@ def _gradient_table(vae, x, cfg) -> list[dict]:
     rows = [row for row in rows if row[1].validity(vae).valid]
     bar = tqdm(total=len(rows) * cfg.grad_draws, desc="check: gradient SNR", unit="draw",
                disable=not cfg.progress, leave=False)
-    torch.manual_seed(cfg.seed + 4)
-    out = [gradient_quality(est, vae, x, cfg.grad_draws, bar, label).to_dict() for _, est, label in rows]
+    out = []
+    for _, est, label in rows:
+        # every row from the same seed: a row's draws do not depend on which estimators the registry
+        # lists before it, and rows are compared on common random numbers
+        torch.manual_seed(cfg.seed + 4)
+        out.append(gradient_quality(est, vae, x, cfg.grad_draws, bar, label).to_dict())
     bar.close()
     return out
 
