@@ -104,10 +104,12 @@ def compare_table(result: dict) -> str:
             lines.append(f"{r['name']} skipped: {r['validity']['reason']}")
     if skipped:
         lines.append(f"device check skipped: {'; '.join(skipped)}")
-    other_bounds = [r["name"] for r in result["estimators"] if r.get("bound", "elbo") != "elbo"]
-    if other_bounds:  # IWAE_k estimators are listed, not judged against the ELBO
-        lines.append(f"not judged against the ELBO (their value is the tighter IWAE_k bound; see `vae-pyro check`): "
-                     f"{', '.join(other_bounds)}")
+    other_bounds = [r for r in result["estimators"] if r.get("bound", "elbo") != "elbo"]
+    if other_bounds:  # IWAE_k (and Renyi-bound) estimators are listed, not judged against the ELBO
+        kinds = " or ".join(dict.fromkeys({"iwae": "IWAE_k", "renyi": "Renyi L_alpha,k"}.get(r["bound"], r["bound"])
+                                          for r in other_bounds))
+        lines.append(f"not judged against the ELBO (their value is the tighter {kinds} bound; see `vae-pyro check`): "
+                     f"{', '.join(r['name'] for r in other_bounds)}")
     lines.append(f"overall: {result['verdict'].upper()} in {result['seconds']:.0f} s")
     return "\n".join(lines)
 

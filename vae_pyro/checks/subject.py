@@ -37,6 +37,8 @@ class Subject:
     seed: int = 0
     z_tol: float = Z_TOL
     report_crashes: bool = False
+    #: what the reason of a skipped check says about an estimator of another bound than the ELBO
+    other_bound_note: str = "it is checked against exact log p(x) and its twin by `vae-pyro check`"
 
     def reference(self):
         """The :class:`~vae_pyro.checks.agreement.Reference` the estimators are judged against."""

@@ -36,6 +36,8 @@ from .base import (
     INVALID,
     IWAE_BOUND,
     MONTE_CARLO_KL,
+    RENYI_BOUND,
+    TMC_BOUND,
     Estimator,
     Validity,
     build_estimator,
@@ -51,9 +53,13 @@ from .iwae import IWAEEstimator, RenyiEstimator  # noqa: E402  (iwae, renyi0)
 from .stl import STLEstimator  # noqa: E402  (stl)
 from .graph import GraphEstimator  # noqa: E402  (analytic_graph, trace_graph, tmf_graph)
 from .hand_reference import HandMonteCarloEstimator  # noqa: E402  (hand_mc, the reference without a closed-form KL)
+from .score_function import ScoreFunctionEstimator  # noqa: E402,F401  (score_function, tracegraph, tracegraph_baseline)
+from .dreg import DReGEstimator  # noqa: E402,F401  (dreg)
+from .renyi import RenyiHalfEstimator  # noqa: E402,F401  (renyi, alpha = 1/2)
 
 __all__ = [
     "DEFAULT_ESTIMATORS", "ELBO_BOUND", "ESTIMATORS", "EXACT_KL", "INVALID", "IWAE_BOUND", "MONTE_CARLO_KL",
+    "RENYI_BOUND", "TMC_BOUND",
     "Estimator", "PyroEstimator", "Validity", "AnalyticEstimator", "IWAEEstimator", "RenyiEstimator",
     "STLEstimator", "GraphEstimator", "HandMonteCarloEstimator", "NoClosedFormError", "build_estimator",
     "estimator_names", "mean_field_kl_kind",

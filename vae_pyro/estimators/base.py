@@ -22,9 +22,10 @@ register_estimator = ESTIMATORS.register
 #: the one vocabulary for how an estimator gets the KL term: exactly (closed form), by sampling
 #: (log q(z|x) - log p(z) at the sampled z), or not at all (the estimator does not apply)
 EXACT_KL, MONTE_CARLO_KL, INVALID = "exact_kl", "monte_carlo_kl", "invalid"
-#: which bound an estimator's value estimates: the ELBO, or the tighter IWAE_k, which the
-#: ELBO-agreement checks must not judge against the ELBO
-ELBO_BOUND, IWAE_BOUND = "elbo", "iwae"
+#: which bound an estimator's value estimates: the ELBO, or a tighter one the ELBO-agreement checks must
+#: not judge against the ELBO: IWAE_k, the Renyi bound L_alpha,k of Li & Turner 2016 (alpha in (0, 1):
+#: between the ELBO and IWAE_k), or a tensor Monte Carlo estimate of log p(x) (Aitchison 2019)
+ELBO_BOUND, IWAE_BOUND, RENYI_BOUND, TMC_BOUND = "elbo", "iwae", "renyi", "tmc"
 
 #: What ``vae-pyro compare`` runs by default: every estimator that computes the ELBO correctly. The
 #: ``*_pyro`` entries are Pyro's JIT classes as shipped, kept to show what our fixes change.
