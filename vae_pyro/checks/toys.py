@@ -62,6 +62,8 @@ class ToyConfig:
     likelihood: str = "bernoulli"
     likelihood_options: dict = field(default_factory=dict)
     kl_weight: float = 1.0  # the toys' exact answers are for the plain ELBO
+    guide: str = "diag_normal"  # q(z|x)'s family (vae_pyro.guides)
+    guide_options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = asdict(self)
