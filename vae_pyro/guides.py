@@ -41,6 +41,9 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import conditional_affine_autoregressive
 from torch import nn
+from torch.distributions.lowrank_multivariate_normal import _batch_lowrank_logdet, _batch_lowrank_mahalanobis
+from torch.distributions.multivariate_normal import _batch_mahalanobis
+from torch.distributions.utils import _standard_normal
 
 from .priors import DiagNormal, StandardNormal, prior_kl
 from .registry import Option, Registry
@@ -180,8 +183,9 @@ class Posterior:
                                       "closed form here is against a diagonal-Normal prior only)")
         return self.kl_to_normal(*params)
 
-    #: the registered family that built it (:meth:`Guide.from_encoding` sets it), for messages
+    #: the registered family that built it and its z_dim as a Python int (:meth:`Guide.from_encoding` sets both)
     family = "guide"
+    z_dim: int
 
 
 class DiagPosterior(Posterior):
@@ -216,6 +220,29 @@ class DiagPosterior(Posterior):
             raise NotImplementedError(f"prior {prior.name!r} ({why})") from None
 
 
+class _ConstantInPython:
+    """torch's ``MultivariateNormal.log_prob`` (and the low-rank one's) adds ``self._event_shape[0] *
+    math.log(2 * math.pi)``; under ``torch.jit.trace`` (the ``jit_*`` and ``*_graph`` estimators) the
+    event size is a traced tensor and that product a *float32* one, 1e-7 nats off in float64, above
+    the same-noise tolerance. Here the constant is ``z_dim`` (a Python int, kept through ``expand``)
+    times log 2 pi, a Python float; the rest is torch's own formula."""
+
+    z_dim: int
+
+    def expand(self, batch_shape, _instance=None):
+        new = super().expand(batch_shape, _instance)
+        new.z_dim = self.z_dim
+        return new
+
+
+class _MultivariateNormal(_ConstantInPython, dist.MultivariateNormal):
+    def log_prob(self, value):
+        diff = value - self.loc
+        mahalanobis = _batch_mahalanobis(self._unbroadcasted_scale_tril, diff)
+        half_log_det = self._unbroadcasted_scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return -0.5 * (self.z_dim * LOG_2PI + mahalanobis) - half_log_det
+
+
 class FullPosterior(Posterior):
     """N(mu, L L^T), ``scale_tril`` = L (B, z_dim, z_dim) with diag(L) = exp(logvar / 2)."""
 
@@ -224,7 +251,9 @@ class FullPosterior(Posterior):
         self.scale_tril = scale_tril
 
     def dist(self):
-        return dist.MultivariateNormal(self.mu, scale_tril=self.scale_tril)
+        q = _MultivariateNormal(self.mu, scale_tril=self.scale_tril)
+        q.z_dim = self.z_dim
+        return q
 
     def rsample(self, num_particles=1, eps=None):
         eps = self.draw_noise(num_particles, eps)
@@ -252,21 +281,32 @@ class FullPosterior(Posterior):
                                           loc_p, scale_p)
 
 
-class RecordingLowRankMultivariateNormal(dist.LowRankMultivariateNormal):
+class RecordingLowRankMultivariateNormal(_ConstantInPython, dist.LowRankMultivariateNormal):
     """``LowRankMultivariateNormal`` whose ``rsample`` keeps the noise it drew (``last_noise``,
     [eps_W, eps_D] on the last axis): z = mu + W eps_W + sqrt(D) eps_D does not determine eps, and the
     same-noise checks need the very eps behind the z the Pyro guide drew. The sample is torch's
-    formula (``torch/distributions/lowrank_multivariate_normal.py``), with the noise drawn in its order."""
+    formula (``torch/distributions/lowrank_multivariate_normal.py``), its noise drawn as one block of
+    rank + z_dim numbers per sample (torch draws eps_W and eps_D separately: one block draws the same
+    numbers whether or not the guide is being traced by the JIT)."""
 
     last_noise: torch.Tensor | None = None
 
     def rsample(self, sample_shape=torch.Size()):
         shape = self._extended_shape(sample_shape)
-        eps_w = torch.randn(shape[:-1] + self.cov_factor.shape[-1:], dtype=self.loc.dtype, device=self.loc.device)
-        eps_d = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
-        self.last_noise = torch.cat([eps_w, eps_d], dim=-1)
+        rank = self.cov_factor.shape[-1]
+        self.last_noise = _standard_normal(shape[:-1] + (rank + shape[-1],), dtype=self.loc.dtype,
+                                           device=self.loc.device)
+        eps_w, eps_d = self.last_noise[..., :rank], self.last_noise[..., rank:]
         return (self.loc + (self._unbroadcasted_cov_factor @ eps_w.unsqueeze(-1)).squeeze(-1)
                 + self._unbroadcasted_cov_diag.sqrt() * eps_d)
+
+    def log_prob(self, value):
+        diff = value - self.loc
+        mahalanobis = _batch_lowrank_mahalanobis(self._unbroadcasted_cov_factor, self._unbroadcasted_cov_diag,
+                                                 diff, self._capacitance_tril)
+        log_det = _batch_lowrank_logdet(self._unbroadcasted_cov_factor, self._unbroadcasted_cov_diag,
+                                        self._capacitance_tril)
+        return -0.5 * (self.z_dim * LOG_2PI + log_det + mahalanobis)
 
 
 class LowRankPosterior(Posterior):
@@ -279,7 +319,9 @@ class LowRankPosterior(Posterior):
         self.noise_dim = self.rank + mu.shape[-1]
 
     def dist(self):
-        return RecordingLowRankMultivariateNormal(self.mu, cov_factor=self.cov_factor, cov_diag=self.logvar.exp())
+        q = RecordingLowRankMultivariateNormal(self.mu, cov_factor=self.cov_factor, cov_diag=self.logvar.exp())
+        q.z_dim = self.z_dim
+        return q
 
     def rsample(self, num_particles=1, eps=None):
         eps = self.draw_noise(num_particles, eps)
@@ -397,7 +439,8 @@ class Guide(nn.Module):
 
     def from_encoding(self, mu: torch.Tensor, logvar: torch.Tensor) -> Posterior:
         q = self._posterior(mu, logvar)
-        q.family = self.name
+        # a Python int, not mu.shape[-1]: under torch.jit.trace a tensor's size is itself traced
+        q.family, q.z_dim = self.name, self.z_dim
         return q
 
     def _posterior(self, mu: torch.Tensor, logvar: torch.Tensor) -> Posterior:

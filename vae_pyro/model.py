@@ -199,7 +199,9 @@ class VAE(nn.Module):
 
     def clone(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "VAE":
         """An independent copy (own parameters, own Pyro prefix), optionally moved/cast."""
-        copy = type(self)(self.config)  # subclasses (the toy models) clone as themselves
+        # subclasses (the toy models) clone as themselves; cast before loading, so a float64 model's
+        # values are not rounded through float32 on the way
+        copy = type(self)(self.config).to(device=device or self.device, dtype=dtype or self.dtype)
         copy.load_state_dict(self.state_dict())
         copy.kl_weight = self.kl_weight
-        return copy.to(device=device or self.device, dtype=dtype or self.dtype)
+        return copy
