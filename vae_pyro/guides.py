@@ -176,11 +176,12 @@ class Posterior:
 
     def closed_form_kl(self, prior) -> torch.Tensor:
         """KL(q || prior) in closed form, shape B: :meth:`kl_to_normal` for a diagonal-Normal prior;
-        ``NotImplementedError`` whose message says why not for any other (or for a family without one)."""
+        for any other (or a family without one) ``NotImplementedError(what, why)``: what has no closed
+        form ("prior 'mog'", "guide 'iaf'") and why not."""
         params = normal_prior_params(prior, self.mu)
         if params is None:
-            raise NotImplementedError(f"guide {self.family!r} with prior {prior.name!r} (a Gaussian guide's "
-                                      "closed form here is against a diagonal-Normal prior only)")
+            raise NotImplementedError(f"guide {self.family!r} with prior {prior.name!r}",
+                                      "a Gaussian guide's closed form here is against a diagonal-Normal prior only")
         return self.kl_to_normal(*params)
 
     #: the registered family that built it and its z_dim as a Python int (:meth:`Guide.from_encoding` sets both)
@@ -217,7 +218,7 @@ class DiagPosterior(Posterior):
             return prior_kl(prior, self.mu, self.logvar)
         except NotImplementedError:
             why = getattr(prior, "no_closed_form", None) or "torch registers no KL(Normal || this prior)"
-            raise NotImplementedError(f"prior {prior.name!r} ({why})") from None
+            raise NotImplementedError(f"prior {prior.name!r}", why) from None
 
 
 class _ConstantInPython:
@@ -402,7 +403,7 @@ class FlowPosterior(Posterior):
         return (z.reshape(-1, *self.mu.shape) - self.mu) / self.std
 
     def closed_form_kl(self, prior):
-        raise NotImplementedError(f"guide {self.family!r} ({IAFGuide.no_closed_form})")
+        raise NotImplementedError(f"guide {self.family!r}", IAFGuide.no_closed_form)
 
     def detach(self):
         raise NotImplementedError("a flow's log q with its parameters stopped needs the flow's networks "
@@ -431,6 +432,11 @@ class Guide(nn.Module):
     def __init__(self, z_dim: int, rank: int = 2, flows: int = 2):
         super().__init__()
         self.z_dim, self.rank, self.flows = z_dim, rank, flows
+
+    @property
+    def noise_dim(self) -> int:
+        """Standard-normal numbers per sample of z (:meth:`Posterior.rsample`)."""
+        return self.z_dim
 
     def posterior(self, encoder: nn.Module, x: torch.Tensor) -> Posterior:
         """q(z|x) of the batch ``x`` through ``encoder`` (the VAE's, or a refined copy of it)."""
@@ -506,6 +512,10 @@ class LowRankNormalGuide(Guide):
     def __init__(self, z_dim, rank=2, flows=2):
         super().__init__(z_dim, rank, flows)
         self.head = _zero_head(2 * z_dim, z_dim * rank)
+
+    @property
+    def noise_dim(self):
+        return self.rank + self.z_dim
 
     def _posterior(self, mu, logvar):
         w = self.head(self.context(mu, logvar)).unflatten(-1, (self.z_dim, self.rank))

@@ -116,15 +116,28 @@ def posterior_kl(vae, q: Posterior) -> torch.Tensor:
     try:
         return q.closed_form_kl(vae.prior)
     except NotImplementedError as err:
-        raise NoClosedFormError(
-            f"the analytic loss has no closed-form KL for {err}; "
-            "use a Monte Carlo estimator: trace, tmf (falls back to Monte Carlo) or their jit_ variants"
-        ) from None
+        what, why = err.args
+        refusal = NoClosedFormError(
+            f"the analytic loss has no closed-form KL for {what} ({why}); "
+            "use a Monte Carlo estimator: trace, tmf (falls back to Monte Carlo) or their jit_ variants")
+        refusal.subject = what  # "prior 'mog'", "guide 'iaf'": for the reports that name it
+        raise refusal from None
 
 
 def closed_form_kl(vae, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """:func:`posterior_kl` of the VAE's guide at the encoder's outputs ``mu``, ``logvar``."""
     return posterior_kl(vae, vae.guide_family.from_encoding(mu, logvar))
+
+
+def closed_form_kl_subject(vae) -> str | None:
+    """What lacks the closed-form KL here ("prior 'mog'", "guide 'iaf'"); None when there is one."""
+    mu = torch.zeros(1, vae.config.z_dim, dtype=vae.dtype, device=vae.device)
+    try:
+        with torch.no_grad():
+            closed_form_kl(vae, mu, torch.zeros_like(mu))
+    except NoClosedFormError as err:
+        return err.subject
+    return None
 
 
 def closed_form_kl_reason(vae) -> str | None:
