@@ -21,14 +21,15 @@ from vae_pyro.checks.agreement import same_noise_check
 from vae_pyro.checks.ground_truth import _guide_axis_at_posterior, elbo_estimators
 from vae_pyro.checks.result import EXACT_TOL
 from vae_pyro.checks.toys import build_toy, pooled_digits, with_guide
+from vae_pyro.checkpoint import load_checkpoint, restore, save_checkpoint
 from vae_pyro.cli import main
-from vae_pyro.errors import SpecError
+from vae_pyro.errors import CheckpointError, SpecError
 from vae_pyro.estimators import MONTE_CARLO_KL, build_estimator, validity
 from vae_pyro.estimators.analytic import closed_form_kl, posterior_kl
 from vae_pyro.estimators.iwae import iwae_same_noise, log_weights
 from vae_pyro.evaluation import iwae_bounds_at
 from vae_pyro.guides import GUIDES, gaussian_kl_to_diag_normal
-from vae_pyro.model import VAE
+from vae_pyro.model import VAE, VAEConfig
 from vae_pyro.priors import PRIORS, gaussian_kl_to_standard_normal
 from vae_pyro.spec import load_spec
 
@@ -109,6 +110,26 @@ def test_the_heads_start_at_zero_so_the_gaussian_families_start_as_the_diagonal_
         z = q0.rsample(4)
         torch.testing.assert_close(q.log_prob(z), q0.log_prob(z), rtol=0, atol=1e-12)
         torch.testing.assert_close(posterior_kl(other, q), posterior_kl(diag, q0), rtol=0, atol=1e-12)
+
+
+def test_a_checkpoint_keeps_the_family_and_an_old_one_loads_as_the_diagonal_guide(tmp_path):
+    vae = small_vae("iaf", flows=3).float()
+    save_checkpoint(tmp_path / "iaf.pt", vae=vae, epoch=1, estimator="trace")
+    payload = load_checkpoint(tmp_path / "iaf.pt")
+    fresh = VAE(VAEConfig.from_dict(payload["model_config"]))
+    assert (fresh.config.guide, fresh.config.guide_options) == ("iaf", {"flows": 3})
+    restore(payload, fresh)
+    x = data_for(vae).float()
+    eps = vae.posterior(x).draw_noise(2, None)
+    assert torch.equal(vae.posterior(x).rsample(2, eps), fresh.posterior(x).rsample(2, eps))
+    # a checkpoint saved before guide families (no guide keys) is today's diagonal guide
+    diag = small_vae("diag_normal").float()
+    save_checkpoint(tmp_path / "old.pt", vae=diag, epoch=1, estimator="analytic")
+    payload = load_checkpoint(tmp_path / "old.pt")
+    del payload["model_config"]["guide"], payload["model_config"]["guide_options"]
+    restore(payload, VAE(hidden=(16,), z_dim=3))
+    with pytest.raises(CheckpointError, match="guide"):
+        restore(payload, VAE(hidden=(16,), z_dim=3, guide="full_normal"))
 
 
 # ----------------------------------------------------------------------------------------------

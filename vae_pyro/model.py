@@ -41,7 +41,7 @@ from pyro import poutine
 from torch import nn
 
 from .datasets import DATASETS, DEFAULT_DATASET
-from .guides import DEFAULT_GUIDE, Guide, Posterior, build_guide
+from .guides import DEFAULT_GUIDE, GUIDE_SETTINGS, GUIDES, Guide, Posterior, build_guide
 from .likelihoods import Likelihood, build_likelihood
 from .networks import Network, build_network
 from .priors import Prior, build_prior
@@ -84,6 +84,13 @@ class VAEConfig:
         self.x_dim = math.prod(self.image_shape)
         if self.max_value is None:
             self.max_value = default.max_value
+        # only the settings the family reads (rank: lowrank_normal, flows: iaf), defaults filled in: a
+        # diagonal-guide config, and so its checkpoint, reads as it did before guides had settings
+        unknown = set(self.guide_options) - set(GUIDE_SETTINGS)
+        if unknown:
+            raise ValueError(f"unknown guide option {sorted(unknown)[0]!r}; allowed: {', '.join(GUIDE_SETTINGS)}")
+        given = {k: opt.default for k, opt in GUIDE_SETTINGS.items()} | dict(self.guide_options)
+        self.guide_options = {k: given[k] for k in GUIDES[self.guide].uses}
 
     @classmethod
     def from_dict(cls, saved: dict) -> "VAEConfig":
@@ -131,7 +138,7 @@ class VAE(nn.Module):
         #: q(z|x)'s family, built last: its parameters (none for ``diag_normal``) and the random numbers
         #: their initialisation draws come after the networks', which therefore start as before
         self.guide_family: Guide = build_guide(getattr(config, "guide", DEFAULT_GUIDE), config.z_dim,
-                                               **getattr(config, "guide_options", {}))
+                                               **getattr(config, "guide_options", {}))  # toys: ToyConfig
         #: the current beta; training may anneal it, the checks run at ``config.kl_weight``
         self.kl_weight = float(config.kl_weight)
         self.pyro_prefix = f"{self.prefix}{next(type(self)._ids)}"
