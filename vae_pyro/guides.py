@@ -163,7 +163,7 @@ class Posterior:
 
     def noise(self, z: torch.Tensor, fn) -> torch.Tensor:
         """The eps behind a z that the distribution ``fn`` (this posterior's :meth:`dist`, as the Pyro
-        guide drew it) produced, shape (num_particles, B, noise_dim) for z of (num_particles * B, z_dim)."""
+        guide drew it) produced: shape (num_particles, B, noise_dim) for z of shape (..., B, z_dim)."""
         raise NotImplementedError
 
     def detach(self) -> "Posterior":
