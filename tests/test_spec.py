@@ -98,7 +98,7 @@ BAD_SPECS = [
     ("unknown option", '[prior]\nname = "laplace"\ncomponents = 3\n',
      "unknown option 'components' for prior 'laplace'; allowed: scale"),
     ("unknown section", '[model]\nz_dim = 2\n',
-     "unknown section 'model'; allowed: description, data, networks, prior, likelihood, training, checks"),
+     "unknown section 'model'; allowed: description, data, networks, prior, likelihood, guide, training, checks"),
     ("likelihood/data mismatch", '[likelihood]\nname = "binomial"\n[data]\nbinarization = "static"\n',
      "likelihood 'binomial' takes counts data (transform 'counts'): transform 'counts' takes the raw "
      "intensities, so binarization must be 'none' or 'auto', got 'static'"),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from vae_pyro.cli import main
+from vae_pyro.guides import GUIDES
 from vae_pyro.likelihoods import LIKELIHOODS
 from vae_pyro.priors import PRIORS
 
@@ -43,14 +44,21 @@ def test_estimators_json_for_a_spec(capsys):
 def test_estimators_all_pairs_prints_every_pair(capsys):
     assert main(["estimators", "--all-pairs"]) == 0
     out = capsys.readouterr().out
-    rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in PRIORS]
-    assert {(r[0], r[1]) for r in rows} == {(p, lk) for p in PRIORS.names() for lk in LIKELIHOODS.names()}
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in GUIDES]
+    assert {(r[0], r[1], r[2]) for r in rows} == {(g, p, lk) for g in GUIDES.names() for p in PRIORS.names()
+                                                  for lk in LIKELIHOODS.names()}
     assert main(["estimators", "--all-pairs", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
-    assert len(records) == 36
-    by = {(r["prior"], r["likelihood"]): r["estimators"] for r in records}
-    assert by[("mog", "normal")]["analytic"]["kind"] == "invalid"
-    assert by[("laplace", "beta")]["tmf"]["kind"] == "exact_kl"
+    assert len(records) == len(GUIDES.names()) * 36
+    by = {(r["guide"], r["prior"], r["likelihood"]): r["estimators"] for r in records}
+    assert by[("diag_normal", "mog", "normal")]["analytic"]["kind"] == "invalid"
+    assert by[("diag_normal", "laplace", "beta")]["tmf"]["kind"] == "exact_kl"
+    # the guide axis: a closed form for the Gaussian families against a Normal prior only, none for a flow
+    assert by[("full_normal", "diag_normal", "beta")]["analytic"]["kind"] == "exact_kl"
+    assert by[("lowrank_normal", "laplace", "beta")]["analytic"]["kind"] == "invalid"
+    assert by[("full_normal", "standard_normal", "bernoulli")]["tmf"]["kind"] == "monte_carlo_kl"
+    assert {by[("iaf", p, "bernoulli")]["analytic"]["kind"] for p in PRIORS.names()} == {"invalid"}
+    assert by[("iaf", "standard_normal", "bernoulli")]["stl"]["kind"] == "invalid"
 
 
 def test_compare_on_a_prior_without_closed_form_skips_analytic_and_says_why(tmp_path, capsys):

@@ -124,12 +124,12 @@ def _all_pairs(args) -> int:
         print(json.dumps(records, indent=2))
         return 0
     headers, rows = validity.matrix_rows(records)
-    print("validity of each estimator for each prior x likelihood pair: exact = exact KL, "
+    print("validity of each estimator for each guide x prior x likelihood: exact = exact KL, "
           "MC = Monte Carlo KL, invalid = does not apply")
     print(report.table(headers, rows, align="l" * len(headers)))
     print()
-    for (name, kind, reason), priors in validity.reasons(records).items():
-        print(f"{name}, {validity.SHORT[kind]} for {', '.join(priors)}: {reason}")
+    for (name, kind, reason), where in validity.reasons(records).items():
+        print(f"{name}, {validity.SHORT[kind]} for {', '.join(where)}: {reason}")
     return 0
 
 
@@ -137,17 +137,20 @@ def cmd_estimators(args) -> int:
     if args.all_pairs:
         return _all_pairs(args)
     spec = spec_from_args(args)
-    opts = dict(prior_options=spec.prior.options, likelihood_options=spec.likelihood.options)
+    opts = dict(prior_options=spec.prior.options, likelihood_options=spec.likelihood.options,
+                guide=spec.guide.family, guide_options={"rank": spec.guide.rank, "flows": spec.guide.flows})
     table = validity.pair_validity(spec.prior.name, spec.likelihood.name, **opts)
     if args.json:
         print(json.dumps({"spec": spec.source, "prior": spec.prior.name, "likelihood": spec.likelihood.name,
+                          "guide": spec.guide.family,
                           "estimators": {n: {**v, "description": ESTIMATORS[n].description,
                                              "default": n in DEFAULT_ESTIMATORS} for n, v in table.items()}},
                          indent=2))
         return 0
     rows = [[name, ESTIMATORS[name].description, "yes" if name in DEFAULT_ESTIMATORS else "no",
              report.VALIDITY_LABELS[table[name]["kind"]]] for name in estimator_names()]
-    print(f"prior {spec.prior.name}, likelihood {spec.likelihood.name} (spec {spec.source})")
+    print(f"prior {spec.prior.name}, likelihood {spec.likelihood.name}, guide {spec.guide.family} "
+          f"(spec {spec.source})")
     print(report.table(["estimator", "what", "in compare by default", "validity"], rows, align="llll"))
     print()
     for name in estimator_names():

@@ -27,7 +27,7 @@ def iwae_bounds_at(vae, x: torch.Tensor, ks, chunk: int = NLL_CHUNK, batch_size:
     unbiased draw of IWAE_k; they share samples, so a curve over k is smooth).
 
     Memory: the decoder's output for ``batch_size * chunk`` samples at a time (100 * 500 * 784 floats =
-    157 MB for MNIST); a batch's noise is drawn at once (k * batch_size * z_dim floats) and its log-weights
+    157 MB for MNIST); a batch's noise is drawn at once (k * batch_size * noise_dim floats) and its log-weights
     are reduced with one logsumexp, so at one seed the result does not depend on the chunking. Batch b is
     seeded by its index (:func:`vae_pyro.distributed.map_seeded_batches`), so the estimates do not depend
     on how many processes computed them. ``proposal``: draw z from this encoder instead of the model's
@@ -39,7 +39,7 @@ def iwae_bounds_at(vae, x: torch.Tensor, ks, chunk: int = NLL_CHUNK, batch_size:
     bar = tqdm(total=-(-len(x) // batch_size) * chunks, desc=desc, unit="chunk", disable=not progress, leave=False)
 
     def one_batch(xb):
-        eps = torch.randn((k_max, len(xb), vae.config.z_dim), dtype=vae.dtype, device=xb.device)
+        eps = torch.randn((k_max, len(xb), vae.guide_family.noise_dim), dtype=vae.dtype, device=xb.device)
         parts = []
         for j in range(0, k_max, chunk):
             parts.append(log_weights(vae, xb, min(chunk, k_max - j), eps[j:j + chunk], proposal=proposal))

@@ -11,6 +11,9 @@ estimator sees the very same parameters, and a difference between them is a diff
                 z = sample("z", p(z))                       with scale(beta):
             sample("x", p(x | decoder(z)), obs=x)               sample("z", N(mu, exp(logvar / 2)))
 
+(the guide's distribution is its family's, :mod:`vae_pyro.guides`: the diagonal Normal above by
+default, or a full-covariance or low-rank Normal, or an IAF flow on top of it).
+
 **The KL weight beta** (beta-VAE, and KL annealing when beta changes during training) turns the
 objective into E_q[log p(x|z)] - beta KL(q(z|x) || p(z)). It must scale *both* z sites. Pyro's
 ``Trace_ELBO`` computes log p(x|z) + log p(z) - log q(z) from each site's own (scaled) log-density,
@@ -33,12 +36,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Sequence
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import nn
 
 from .datasets import DATASETS, DEFAULT_DATASET
+from .guides import DEFAULT_GUIDE, GUIDE_SETTINGS, GUIDES, Guide, Posterior, build_guide
 from .likelihoods import Likelihood, build_likelihood
 from .networks import Network, build_network
 from .priors import Prior, build_prior
@@ -66,6 +69,9 @@ class VAEConfig:
     network: str = "mlp"
     image_shape: Sequence[int] | None = None
     max_value: int | None = None
+    #: the registered guide family q(z|x) (:data:`vae_pyro.guides.GUIDES`) and its settings (rank, flows)
+    guide: str = DEFAULT_GUIDE
+    guide_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         default = DATASETS[DEFAULT_DATASET]
@@ -78,6 +84,13 @@ class VAEConfig:
         self.x_dim = math.prod(self.image_shape)
         if self.max_value is None:
             self.max_value = default.max_value
+        # only the settings the family reads (rank: lowrank_normal, flows: iaf), defaults filled in: a
+        # diagonal-guide config, and so its checkpoint, reads as it did before guides had settings
+        unknown = set(self.guide_options) - set(GUIDE_SETTINGS)
+        if unknown:
+            raise ValueError(f"unknown guide option {sorted(unknown)[0]!r}; allowed: {', '.join(GUIDE_SETTINGS)}")
+        given = {k: opt.default for k, opt in GUIDE_SETTINGS.items()} | dict(self.guide_options)
+        self.guide_options = {k: given[k] for k in GUIDES[self.guide].uses}
 
     @classmethod
     def from_dict(cls, saved: dict) -> "VAEConfig":
@@ -122,6 +135,10 @@ class VAE(nn.Module):
         self.decoder = network.decoder(self.likelihood.out_per_pixel)
         if self.prior.needs_encoder:
             self.prior.attach(self.encoder)
+        #: q(z|x)'s family, built last: its parameters (none for ``diag_normal``) and the random numbers
+        #: their initialisation draws come after the networks', which therefore start as before
+        self.guide_family: Guide = build_guide(getattr(config, "guide", DEFAULT_GUIDE), config.z_dim,
+                                               **getattr(config, "guide_options", {}))  # toys: ToyConfig
         #: the current beta; training may anneal it, the checks run at ``config.kl_weight``
         self.kl_weight = float(config.kl_weight)
         self.pyro_prefix = f"{self.prefix}{next(type(self)._ids)}"
@@ -162,13 +179,19 @@ class VAE(nn.Module):
             pyro.sample("x", self.likelihood.dist(self.decoder(z)), obs=x)
 
     def guide(self, x: torch.Tensor, kl_weight: float | torch.Tensor | None = None) -> None:
-        """q(z|x) = N(mu(x), diag(sigma(x)^2)), sigma = exp(logvar / 2); scaled by beta like the
-        model's z (``TraceMeanField_ELBO`` takes the KL's scale from this site)."""
-        self._register("encoder")
+        """q(z|x) of the guide family (default N(mu(x), diag(sigma(x)^2)), sigma = exp(logvar / 2)), a
+        vector event in the data plate; scaled by beta like the model's z (``TraceMeanField_ELBO``
+        takes the KL's scale from this site)."""
+        self._register("encoder", "guide_family")
         with pyro.plate("data", x.shape[0]):
-            mu, logvar = self.encoder(x)
+            q = self.posterior(x)
             with poutine.scale(scale=self.kl_weight if kl_weight is None else kl_weight):
-                pyro.sample("z", dist.Normal(mu, torch.exp(0.5 * logvar)).to_event(1))
+                pyro.sample("z", q.dist())
+
+    def posterior(self, x: torch.Tensor, encoder: nn.Module | None = None) -> Posterior:
+        """q(z|x) of the batch ``x`` (:class:`vae_pyro.guides.Posterior`), through ``encoder`` (default:
+        the VAE's; a refined copy of it for :mod:`vae_pyro.amortization`)."""
+        return self.guide_family.posterior(self.encoder if encoder is None else encoder, x)
 
     def kl_weight_arg(self, x: torch.Tensor) -> torch.Tensor:
         """The current beta as a 0-d tensor on ``x``'s device, to pass to a compiled (JIT) model:
@@ -183,7 +206,9 @@ class VAE(nn.Module):
 
     def clone(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "VAE":
         """An independent copy (own parameters, own Pyro prefix), optionally moved/cast."""
-        copy = type(self)(self.config)  # subclasses (the toy models) clone as themselves
+        # subclasses (the toy models) clone as themselves; cast before loading, so a float64 model's
+        # values are not rounded through float32 on the way
+        copy = type(self)(self.config).to(device=device or self.device, dtype=dtype or self.dtype)
         copy.load_state_dict(self.state_dict())
         copy.kl_weight = self.kl_weight
-        return copy.to(device=device or self.device, dtype=dtype or self.dtype)
+        return copy

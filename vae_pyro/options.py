@@ -17,18 +17,22 @@ from .registry import Option
 from .reproduce import TARGETS
 from .spec import COMMAND_OPTIONS, SpecError, command_default, keyword_of, setting_options, shipped_specs
 
+#: the guide family and its settings (``--guide``, ``--guide-rank``, ``--guide-flows``)
+GUIDE_FLAGS = ("guide.family", "guide.rank", "guide.flows")
 #: the spec settings each command takes as flags (every other setting: ``--set`` or a spec file)
 RUN_SETTINGS = ("data.dataset", "data.binarization", "data.transform", "networks.hidden", "networks.z_dim",
                 "networks.network",
                 "training.device", "training.seed", "training.epochs", "training.batch_size", "training.lr",
-                "training.particles", "training.step")
+                "training.particles", "training.step", *GUIDE_FLAGS)
 CHECK_SETTINGS = ("checks.particles", "checks.draws", "checks.grad_draws")
 COMMAND_SETTINGS = {
     "compare": (*RUN_SETTINGS, *CHECK_SETTINGS, "checks.estimators"),
     "train": (*RUN_SETTINGS, "training.estimator"),
     "nll": RUN_SETTINGS,
     "experiment": RUN_SETTINGS,
-    "check": ("training.device", "training.seed", "training.epochs", "training.particles", *CHECK_SETTINGS),
+    "check": ("training.device", "training.seed", "training.epochs", "training.particles", *CHECK_SETTINGS,
+              *GUIDE_FLAGS),
+    "estimators": GUIDE_FLAGS,
     "reproduce": ("data.dataset", "training.epochs", "training.device", "training.seed", "training.step"),
 }
 #: the flags that name a setting without being one of its declarations (a fresh component)
@@ -245,8 +249,9 @@ def _add_estimators_and_spec(sub) -> None:
                                    "whether its KL term is exact, Monte Carlo (TraceMeanField_ELBO's silent "
                                    "fallback included) or it does not apply, and why.")
     add_spec_options(p)
+    add_settings(p, "estimators")
     p.add_argument("--all-pairs", action="store_true",
-                   help="the validity matrix for every prior x likelihood pair (as in docs/validity.md)")
+                   help="the validity matrix for every prior x likelihood x guide (as in docs/validity.md)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = sub.add_parser("spec", help="the shipped VAE specs: list them, or show one resolved",

@@ -4,6 +4,7 @@
     [networks]    hidden = [400]             z_dim = 20              activation = "relu"
     [prior]       name = "mog"               components = 10         (the prior's own options)
     [likelihood]  name = "bernoulli"                                 (the likelihood's own options)
+    [guide]       family = "diag_normal"     rank = 2                flows = 2
     [training]    epochs = 10   batch_size = 128   lr = 1e-3   seed = 0   estimator = "analytic"
                   kl_weight = 1.0   kl_anneal_epochs = 0   device = "auto"
     [checks]      particles = 1   draws = 100   grad_draws = 50   grad_batch = 256
@@ -39,6 +40,7 @@ from .devices import DEVICES, STEPS
 from .errors import DataError, SpecError, VaePyroError
 from .estimators import DEFAULT_ESTIMATORS, estimator_names
 from .estimators.iwae import BURDA_K, NLL_CHUNK
+from .guides import DEFAULT_GUIDE, GUIDE_SETTINGS, GUIDES
 from .likelihoods import LIKELIHOODS
 from .model import VAEConfig
 from .networks import ACTIVATIONS, NETWORKS
@@ -83,6 +85,18 @@ class NetworksSpec:
     z_dim: int = setting(20, "latent dimensions", low=1, flag="--z-dim")
     activation: str = setting("relu", "nonlinearity between layers", choices=tuple(ACTIVATIONS))
     network: str = setting("mlp", "encoder and decoder (vae_pyro.networks)", choices=NETWORKS.names, flag="--network")
+
+
+@dataclass
+class GuideSpec:
+    """q(z|x)'s family (:mod:`vae_pyro.guides`) and the settings the families read."""
+
+    family: str = setting(DEFAULT_GUIDE, "the guide family q(z|x) (vae_pyro.guides): " + ", ".join(GUIDES.names()),
+                          choices=GUIDES.names, kind="guide", flag="--guide")
+    rank: int = setting(GUIDE_SETTINGS["rank"].default, "rank of lowrank_normal's covariance factor W",
+                        low=GUIDE_SETTINGS["rank"].low, flag="--guide-rank")
+    flows: int = setting(GUIDE_SETTINGS["flows"].default, "number of iaf flow steps", low=GUIDE_SETTINGS["flows"].low,
+                         flag="--guide-flows")
 
 
 @dataclass
@@ -143,13 +157,13 @@ class SelectionSpec:
 
 #: the plain sections, each a dataclass of declared settings; [prior] and [likelihood] take ``name``
 #: plus the options the named class declares
-SECTION_TYPES = {"data": DataSpec, "networks": NetworksSpec, "training": TrainingSpec, "checks": ChecksSpec,
-                 "selection": SelectionSpec}
+SECTION_TYPES = {"data": DataSpec, "networks": NetworksSpec, "guide": GuideSpec, "training": TrainingSpec,
+                 "checks": ChecksSpec, "selection": SelectionSpec}
 #: section -> key -> its :class:`Option`, read from the declarations above
 FIELDS: dict[str, dict[str, Option]] = {name: {f.name: f.metadata["option"] for f in fields(cls)}
                                         for name, cls in SECTION_TYPES.items()}
 COMPONENTS = {"prior": (PRIORS, "standard_normal"), "likelihood": (LIKELIHOODS, "bernoulli")}
-SECTIONS = ("description", "data", "networks", "prior", "likelihood", "training", "checks", "selection")
+SECTIONS = ("description", "data", "networks", "prior", "likelihood", "guide", "training", "checks", "selection")
 
 
 @dataclass
@@ -158,6 +172,7 @@ class VAESpec:
     networks: NetworksSpec = field(default_factory=NetworksSpec)
     prior: ComponentSpec = field(default_factory=lambda: ComponentSpec("standard_normal"))
     likelihood: ComponentSpec = field(default_factory=lambda: ComponentSpec("bernoulli"))
+    guide: GuideSpec = field(default_factory=GuideSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     checks: ChecksSpec = field(default_factory=ChecksSpec)
     selection: SelectionSpec = field(default_factory=SelectionSpec)
@@ -180,7 +195,7 @@ class VAESpec:
         lines = [f"# resolved spec: {self.source}"]
         if self.description:
             lines.append(f"description = {_toml_value(self.description)}")
-        for section in ("data", "networks", "prior", "likelihood", "training", "checks", "selection"):
+        for section in SECTIONS[1:]:
             lines += ["", f"[{section}]"]
             value = getattr(self, section)
             items = ({"name": value.name, **value.options} if isinstance(value, ComponentSpec) else asdict(value))
@@ -195,7 +210,8 @@ class VAESpec:
                          prior=self.prior.name, likelihood=self.likelihood.name,
                          prior_options=dict(self.prior.options), likelihood_options=dict(self.likelihood.options),
                          kl_weight=self.training.kl_weight, activation=self.networks.activation,
-                         network=self.networks.network, image_shape=images.image_shape, max_value=images.max_value)
+                         network=self.networks.network, image_shape=images.image_shape, max_value=images.max_value,
+                         guide=self.guide.family, guide_options={"rank": self.guide.rank, "flows": self.guide.flows})
 
     def resolved_data(self) -> tuple[str, str]:
         """(binarization, transform) with ``auto`` replaced by what the likelihood takes."""

@@ -53,7 +53,8 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..estimators import ELBO_BOUND, build_estimator
-from ..estimators.analytic import closed_form_kl_reason, neg_elbo, neg_elbo_from_terms, neg_elbo_terms
+from ..estimators.analytic import (closed_form_kl_reason, closed_form_kl_subject, neg_elbo, neg_elbo_from_terms,
+                                   neg_elbo_terms)
 from ..estimators.same_noise import differences, recorded_noise
 from .result import DRAWS, ERROR, GRAD_DETERMINISTIC_REL, GRAD_DRAWS, GRAD_REL_TOL, REFERENCE_PARTICLES, SAME_NOISE_TOL
 from .result import Z_TOL, CheckResult, skipped, verdict_of
@@ -88,7 +89,7 @@ def reference_for(vae, particles: int = 1, reference_particles: int = REFERENCE_
         return Reference("analytic", particles, "closed-form KL: the hand-derived loss is the reference",
                          trainer="analytic")
     return Reference("hand_mc", max(reference_particles, particles),
-                     f"no closed-form KL for prior {vae.prior.name!r}, so the analytic loss does not apply; "
+                     f"no closed-form KL for {closed_form_kl_subject(vae)}, so the analytic loss does not apply; "
                      f"reference is hand_mc (hand-written recon + log q - log p at reparameterised z, no Pyro) "
                      f"with {max(reference_particles, particles)} particles", trainer="tmf")
 

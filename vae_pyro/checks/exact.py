@@ -16,6 +16,12 @@ closed-form too:
 and the diagonal Gaussian that minimises KL(q || p(z|x)) has mu = m and v_i = 1 / (S^{-1})_ii. The
 three formulas share no code path, so ``ELBO == log p(x) - KL`` is a real identity test.
 
+**Guide families** (:mod:`vae_pyro.guides`). Rotating the decoder, W -> W R, leaves p(x) unchanged
+and makes S a full matrix (:func:`rotate_linear_decoder`). A ``full_normal`` guide then still
+contains the exact posterior (:func:`set_optimal_full_encoder`: mean m, Cholesky factor chol(S)),
+where log p(x, z) - log q(z|x) = log p(x) for *every* z and every estimator equals log p(x) to
+float rounding; the best diagonal guide (above) is left with the gap KL(q || p(z|x)) > 0.
+
 **Nonlinear toys (1 or 2 latent dimensions).** log p(x) = log \int p(x|z) p(z) dz on a tensor grid:
 
 1. a coarse scan over [-R, R]^d (shared by all examples; R = 8: the prior puts 1.2e-15 of its mass
@@ -111,6 +117,44 @@ def set_optimal_linear_encoder(toy) -> None:
         toy.encoder.logvar.copy_(-torch.log(torch.diagonal(precision)))
 
 
+def rotate_linear_decoder(toy, seed: int = 0) -> None:
+    """W -> W R with R a seeded random rotation. p(x) depends on W only through W W^T = W R R^T W^T,
+    so log p(x) is unchanged, but W^T W is no longer diagonal: the exact posterior covariance
+    S = s^2 (R^T W^T W R + s^2 I)^{-1} is then a full matrix, which a diagonal guide cannot match
+    and a full-covariance one can."""
+    d = toy.decoder.weight.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    rotation, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    with torch.no_grad():
+        toy.decoder.weight.copy_(toy.decoder.weight.detach().double() @ rotation)
+
+
+def set_optimal_full_encoder(toy) -> None:
+    """Set a ``full_normal`` toy's guide to the exact posterior: the linear encoder's mean m =
+    M^{-1} W^T (x - b), and L = chol(S), its diagonal as the encoder's exp(logvar / 2) (logvar = 2 log
+    L_jj, the same for every x) and the entries below it as the guide head's bias (weight zero)."""
+    w, b, s2 = _ppca_parts(toy)
+    m_mat = w.T @ w + s2 * torch.eye(w.shape[1], dtype=torch.float64)
+    a = torch.linalg.solve(m_mat, w.T)
+    tril = torch.linalg.cholesky(s2 * torch.linalg.inv(m_mat))
+    rows, cols = torch.tril_indices(w.shape[1], w.shape[1], offset=-1)
+    head = toy.guide_family.head
+    with torch.no_grad():
+        toy.encoder.mean.weight.copy_(a)
+        toy.encoder.mean.bias.copy_(-(a @ b))
+        toy.encoder.logvar.copy_(2 * torch.log(torch.diagonal(tril)))
+        head.weight.zero_()
+        head.bias.copy_(tril[rows, cols])
+
+
+@torch.no_grad()
+def linear_gaussian_posterior_log_prob(toy, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log p(z|x) of the exact posterior N(m, S), for z (..., B, d) -> (..., B), with torch's
+    ``MultivariateNormal`` (no code shared with the guides' densities)."""
+    mean, cov = linear_gaussian_posterior(toy, x)
+    return torch.distributions.MultivariateNormal(mean, covariance_matrix=cov).log_prob(z.double())
+
+
 @torch.no_grad()
 def linear_gaussian_elbo(toy, x: torch.Tensor) -> torch.Tensor:
     """The exact ELBO of the toy's current encoder, per example (closed form, see module doc)."""
@@ -138,6 +182,24 @@ def linear_gaussian_kl_to_posterior(toy, x: torch.Tensor) -> torch.Tensor:
     trace_term = (torch.diagonal(prec) * logvar.exp()).sum(-1)
     maha = torch.einsum("bi,ij,bj->b", diff, prec, diff)
     return 0.5 * (trace_term + maha - d + torch.logdet(cov) - logvar.sum(-1))
+
+
+@torch.no_grad()
+def linear_gaussian_elbo_full(toy, x: torch.Tensor) -> torch.Tensor:
+    """The exact ELBO of a ``full_normal`` toy's current guide N(mu, L L^T), per example:
+    -D/2 log(2 pi s^2) - (|x - W mu - b|^2 + tr(W^T W L L^T)) / (2 s^2) - KL(q || N(0, I)), the KL from
+    torch's ``kl_divergence(MultivariateNormal, MultivariateNormal)`` (not the guides' formula)."""
+    w, b, s2 = _ppca_parts(toy)
+    x = x.double()
+    q = toy.posterior(x.to(toy.dtype))
+    mu, tril = q.mu.double(), q.scale_tril.double()
+    resid = x - mu @ w.T - b
+    trace_term = ((w @ tril).pow(2)).sum((-1, -2))                       # tr(W L L^T W^T)
+    expected_log_lik = -0.5 * len(b) * math.log(2 * math.pi * s2) - (resid.pow(2).sum(-1) + trace_term) / (2 * s2)
+    eye = torch.eye(mu.shape[-1], dtype=torch.float64)
+    kl_prior = torch.distributions.kl_divergence(torch.distributions.MultivariateNormal(mu, scale_tril=tril),
+                                                 torch.distributions.MultivariateNormal(torch.zeros_like(mu), eye))
+    return expected_log_lik - kl_prior
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,6 +19,11 @@ check                        value                                              
 ``tight_at_posterior``       max |ELBO - log p(x)| at the closed-form posterior (linear only),    1e-9 nats
                              closed form and every single draw of trace, stl and iwae
 ``stl_zero_variance``        encoder gradient variance, stl / trace, at the posterior (linear)    <= 1e-12
+``full_normal_tight``        the decoder rotated (full-covariance p(z|x), log p(x) unchanged),    1e-9 nats
+                             ``full_normal`` guide at chol(S): max |ELBO - log p(x)|, closed
+                             form and every single draw of each Monte Carlo ELBO estimator, iwae
+``diag_gap_is_kl``           the same rotated decoder, best diagonal guide: max |(log p(x) -      1e-9 nats
+                             ELBO) - KL(q || p(z|x))|, both closed form (the gap is > 0 there)
 ===========================  ==================================================================  ============
 
 Why these tolerances: 1e-9 and 1e-8 nats are float64 rounding with five orders of margin (values are
@@ -47,7 +52,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import SpecError
-from ..estimators import ELBO_BOUND, ESTIMATORS, Estimator, build_estimator, checked_estimator_names, estimator_names
+from ..estimators import (ELBO_BOUND, ESTIMATORS, MONTE_CARLO_KL, Estimator, build_estimator, checked_estimator_names,
+                          estimator_names)
 from ..estimators.iwae import iwae_same_noise, log_weights
 from ..evaluation import iwae_log_likelihood
 from . import exact
@@ -60,7 +66,7 @@ from .agreement import AgreementSetup, reference_for, run_agreement
 from .gradquality import gradient_quality
 from .stats import loss_draws, mean_se
 from .tolerances import t_tolerance, z_tolerances
-from .toys import TOYS, build_toy, pooled_digits
+from .toys import TOYS, build_toy, pooled_digits, with_guide
 
 IWAE_KS = (1, 5, 50, 500, 5000)
 QUAD_POINTS = {1: 128, 2: 48}
@@ -194,6 +200,7 @@ def toy_checks(toy, x: torch.Tensor, cfg: SimpleNamespace, estimators: dict[str,
     # --- the posterior-matching encoder ----------------------------------------------------------
     if linear:
         results += _linear_gaussian_at_posterior(toy, x, log_px, cfg)
+        results += _guide_axis_at_posterior(toy, x, log_px, cfg)
     else:
         reason = ("p(z|x) of a nonlinear decoder is not Gaussian, so no Gaussian encoder makes the ELBO "
                   f"tight; the fitted encoder's gap KL(q || p(z|x)) is {float(kl.mean()):.4f} nats/example")
@@ -227,6 +234,34 @@ def _linear_gaussian_at_posterior(toy, x, log_px, cfg) -> list[CheckResult]:
     out.append(result("stl_zero_variance", "stl", ratio, STL_RATIO_TOL, ratio <= STL_RATIO_TOL, 0.0,
                        stl_encoder_var=stl.encoder_var, trace_encoder_var=trace.encoder_var,
                        stl_decoder_var=stl.decoder_var, trace_decoder_var=trace.decoder_var))
+    return out
+
+
+def _guide_axis_at_posterior(toy, x, log_px, cfg) -> list[CheckResult]:
+    """The guide axis where the answer is exact: with the decoder rotated (log p(x) unchanged, p(z|x)
+    full-covariance), ``full_normal`` at chol(S) closes the gap for every estimator and every draw,
+    while the best diagonal guide keeps a gap equal to KL(q || p(z|x)), both in closed form."""
+    rotated = toy.clone()
+    exact.rotate_linear_decoder(rotated, cfg.seed)
+    full = with_guide(rotated, "full_normal")
+    exact.set_optimal_full_encoder(full)
+    closed = float((exact.linear_gaussian_elbo_full(full, x) - log_px).abs().max())
+    names = [n for n in elbo_estimators(full) if ESTIMATORS[n]().validity(full).kind == MONTE_CARLO_KL]
+    worst = {}
+    torch.manual_seed(cfg.seed + 4)
+    with torch.no_grad():
+        for name in names:  # every draw is log p(x, z) - log q(z|x) = log p(x): the batch mean is exact
+            worst[name] = abs(-build_estimator(name).loss(full, x) / len(x) - float(log_px.mean()))
+        worst["iwae (each draw, k = 10)"] = float((log_weights(full, x, 10) - log_px).abs().max())
+    value = max(closed, *worst.values())
+    out = [result("full_normal_tight", "full_normal: closed form, " + ", ".join(worst), value, EXACT_TOL,
+                  value <= EXACT_TOL, 0.0, closed_form_max_abs_diff=closed, max_abs_diff=worst)]
+    diag = with_guide(rotated, "diag_normal")
+    exact.set_optimal_linear_encoder(diag)
+    gap = log_px - exact.linear_gaussian_elbo(diag, x)
+    diff = float((gap - exact.linear_gaussian_kl_to_posterior(diag, x)).abs().max())
+    out.append(result("diag_gap_is_kl", "diag_normal: closed form", diff, EXACT_TOL, diff <= EXACT_TOL, 0.0,
+                      gap_mean=float(gap.mean()), gap_min=float(gap.min())))
     return out
 
 

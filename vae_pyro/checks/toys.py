@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pyro.distributions as dist
 import torch
@@ -62,6 +62,8 @@ class ToyConfig:
     likelihood: str = "bernoulli"
     likelihood_options: dict = field(default_factory=dict)
     kl_weight: float = 1.0  # the toys' exact answers are for the plain ELBO
+    guide: str = "diag_normal"  # q(z|x)'s family (vae_pyro.guides)
+    guide_options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -167,6 +169,16 @@ class ToyVAE(VAE):
             likelihood = build_likelihood(config.likelihood, config.x_dim, **config.likelihood_options)
             network = SmoothNetwork
         return likelihood, prior, network((config.x_dim,), config.z_dim, config.hidden)
+
+
+def with_guide(toy: ToyVAE, guide: str, **guide_options) -> ToyVAE:
+    """The toy's model and encoder with the guide family ``guide`` (whose own parameters, if any, start
+    fresh), at the toy's dtype and device."""
+    new = type(toy)(replace(toy.config, guide=guide, guide_options=guide_options)).to(dtype=toy.dtype,
+                                                                                     device=toy.device)
+    new.load_state_dict(toy.state_dict(), strict=False)  # the family's own parameters are not the toy's
+    new.kl_weight = toy.kl_weight
+    return new
 
 
 # ----------------------------------------------------------------------------------------------

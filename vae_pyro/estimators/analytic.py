@@ -47,6 +47,24 @@ For the others (a mixture of Gaussians, the VampPrior, Student-t) E_q[log p(z)] 
 The analytic loss then *refuses* (:class:`NoClosedFormError`) rather than quietly switching to a
 Monte Carlo KL: an "analytic" number that is secretly sampled would make the comparison meaningless.
 
+**Other guides** (:mod:`vae_pyro.guides`). For a full-covariance guide q = N(mu, Sigma), Sigma = L L^T
+(``full_normal``) or W W^T + diag(sigma^2) (``lowrank_normal``), against N(m, S), S = diag(s^2), with
+d latent dimensions (Rasmussen & Williams 2006, eq. A.23; Kullback 1959):
+
+    E_q[log q(z)] = -d/2 log 2 pi - 1/2 log det Sigma - 1/2 E_q[(z - mu)^T Sigma^{-1} (z - mu)]
+                  = -d/2 log 2 pi - 1/2 log det Sigma - d/2          (E[(z-mu)(z-mu)^T] = Sigma, tr I = d)
+    E_q[log p(z)] = -d/2 log 2 pi - 1/2 log det S - 1/2 [tr(S^{-1} Sigma) + (mu - m)^T S^{-1} (mu - m)]
+
+    KL(q || p)    = 1/2 [tr(S^{-1} Sigma) + (mu - m)^T S^{-1} (mu - m) - d + log det S - log det Sigma]
+
+and against N(0, I): **KL = 1/2 (tr Sigma + mu^T mu - d - log det Sigma)**; a diagonal Sigma =
+diag(exp(logvar)) gives back the classic formula above. tr Sigma is the sum of squares of L's rows
+(of W's rows plus sigma^2); log det Sigma = sum logvar for L (its diagonal is sigma), and log det D +
+log det(I + W^T D^{-1} W) for the low-rank one (the matrix determinant lemma). The code is
+:func:`vae_pyro.guides.gaussian_kl_to_diag_normal`. A normalising flow (``iaf``) has no closed form
+at all (log q(z|x) carries the flow's Jacobian at z), so the analytic loss refuses it, as it refuses
+priors without one.
+
 **The KL weight.** With beta = ``vae.kl_weight`` the loss is recon + beta KL, the negative of the
 beta-ELBO every estimator computes (see :mod:`vae_pyro.model`).
 
@@ -56,16 +74,13 @@ batch size for nats per example.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from ..guides import LOG_2PI, Posterior, log_normal_diag, reparameterize  # noqa: F401  (re-exported)
 from ..priors import gaussian_kl_diag, gaussian_kl_to_standard_normal, prior_kl  # noqa: F401  (the KL formulas)
 from .base import EXACT_KL, INVALID, Estimator, Validity, register_estimator
 from ..errors import NoClosedFormError  # noqa: F401  (re-exported)
-
-LOG_2PI = math.log(2 * math.pi)
 
 
 def bernoulli_neg_log_lik(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -73,58 +88,61 @@ def bernoulli_neg_log_lik(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     return F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
 
 
-def log_normal_diag(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, diag(exp(logvar))) summed over dimensions, written out by hand."""
-    return -0.5 * torch.sum(LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp(), dim=-1)
-
-
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, num_particles: int = 1,
-                   eps: torch.Tensor | None = None) -> torch.Tensor:
-    """z = mu + sigma * eps with eps ~ N(0, I), shape (num_particles, *mu.shape)."""
-    std = torch.exp(0.5 * logvar)
-    shape = (num_particles,) + tuple(std.shape)
-    if eps is None:
-        eps = torch.randn(shape, dtype=std.dtype, device=std.device)
-    elif tuple(eps.shape) != shape:
-        raise ValueError(f"eps has shape {tuple(eps.shape)}, expected {shape} (num_particles, batch, z_dim)")
-    return mu + eps * std
-
-
 def neg_elbo_terms(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None,
                    sampled_kl: bool = False):
     """The two terms of the hand-written -ELBO, per example: ``(recon, kl, z, mu, logvar)`` where
     ``recon`` (shape (num_particles, B)) is -log p(x|z) at each sample z = mu + sigma eps and ``kl`` is
     the closed-form KL (shape (B,)), or with ``sampled_kl`` the Monte Carlo KL log q(z|x) - log p(z)
-    at each sample (shape (num_particles, B); any prior). Uses the VAE's own likelihood and prior."""
-    mu, logvar = vae.encoder(x)
-    z = reparameterize(mu, logvar, num_particles, eps)
+    at each sample (shape (num_particles, B); any prior). Uses the VAE's own likelihood, prior and
+    guide family: z is the family's reparameterised sample (z = mu + sigma eps for the diagonal guide),
+    ``eps`` its noise, and ``mu``, ``logvar`` the encoder's outputs."""
+    q = vae.posterior(x)
+    eps = q.draw_noise(num_particles, eps)
+    z = q.rsample(num_particles, eps)
     if sampled_kl:
         recon = -vae.likelihood.log_prob(vae.decoder(z), x)
-        return recon, log_normal_diag(z, mu, logvar) - vae.prior.dist((x.shape[0],)).log_prob(z), z, mu, logvar
-    kl = closed_form_kl(vae, mu, logvar)  # first, so a prior without one refuses before any work
+        return recon, q.log_prob(z) - vae.prior.dist((x.shape[0],)).log_prob(z), z, q.mu, q.logvar
+    kl = posterior_kl(vae, q)  # first, so a prior or guide without one refuses before any work
     recon = -vae.likelihood.log_prob(vae.decoder(z), x)
-    return recon, kl, z, mu, logvar
+    return recon, kl, z, q.mu, q.logvar
+
+
+def posterior_kl(vae, q: Posterior) -> torch.Tensor:
+    """The KL term of the analytic loss, KL(q(z|x) || p(z)) summed over latent dimensions, shape
+    ``q.mu.shape[:-1]``: for the diagonal guide the prior's own closed form
+    (:func:`~vae_pyro.priors.prior_kl`, dispatched on the prior *object's* type, so a swapped-in prior
+    is honoured), for the full-covariance and low-rank ones the formula above against a Normal prior.
+    A pair without one raises :class:`NoClosedFormError` rather than being replaced by a sampled KL."""
+    try:
+        return q.closed_form_kl(vae.prior)
+    except NotImplementedError as err:
+        what, why = err.args
+        refusal = NoClosedFormError(
+            f"the analytic loss has no closed-form KL for {what} ({why}); "
+            "use a Monte Carlo estimator: trace, tmf (falls back to Monte Carlo) or their jit_ variants")
+        refusal.subject = what  # "prior 'mog'", "guide 'iaf'": for the reports that name it
+        raise refusal from None
 
 
 def closed_form_kl(vae, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """The KL term of the analytic loss, KL(q(z|x) || p(z)) summed over latent dimensions, shape
-    ``mu.shape[:-1]``: the prior's own closed form (:func:`~vae_pyro.priors.prior_kl`, dispatched on the
-    prior *object's* type, so a swapped-in prior is honoured). A prior without one raises
-    :class:`NoClosedFormError` rather than being replaced by a sampled KL."""
-    prior = vae.prior
+    """:func:`posterior_kl` of the VAE's guide at the encoder's outputs ``mu``, ``logvar``."""
+    return posterior_kl(vae, vae.guide_family.from_encoding(mu, logvar))
+
+
+def closed_form_kl_subject(vae) -> str | None:
+    """What lacks the closed-form KL here ("prior 'mog'", "guide 'iaf'"); None when there is one."""
+    mu = torch.zeros(1, vae.config.z_dim, dtype=vae.dtype, device=vae.device)
     try:
-        return prior_kl(prior, mu, logvar)
-    except NotImplementedError:
-        why = getattr(prior, "no_closed_form", None) or "torch registers no KL(Normal || this prior)"
-        raise NoClosedFormError(
-            f"the analytic loss has no closed-form KL for prior {prior.name!r} ({why}); "
-            "use a Monte Carlo estimator: trace, tmf (falls back to Monte Carlo) or their jit_ variants"
-        ) from None
+        with torch.no_grad():
+            closed_form_kl(vae, mu, torch.zeros_like(mu))
+    except NoClosedFormError as err:
+        return err.subject
+    return None
 
 
 def closed_form_kl_reason(vae) -> str | None:
-    """None when the analytic loss has a closed-form KL for this VAE's prior; else why not. Asked the
-    same way the loss asks (on a tiny batch), so the answer cannot drift from the behaviour."""
+    """None when the analytic loss has a closed-form KL for this VAE's prior and guide; else why not.
+    Asked the same way the loss asks (on a tiny batch), so the answer cannot drift from the behaviour."""
     mu = torch.zeros(1, vae.config.z_dim, dtype=vae.dtype, device=vae.device)
     try:
         with torch.no_grad():
@@ -167,5 +185,10 @@ class AnalyticEstimator(Estimator):
         why_not = closed_form_kl_reason(vae)
         if why_not:
             return Validity(INVALID, why_not)
-        return Validity(EXACT_KL, f"closed-form KL(Normal || {vae.prior.name}) plus the likelihood's "
+        return Validity(EXACT_KL, f"closed-form KL({_q_name(vae)} || {vae.prior.name}) plus the likelihood's "
                                   "hand-written log-density")
+
+
+def _q_name(vae) -> str:
+    """How the validity reasons name q: ``Normal`` for today's diagonal guide, else the family."""
+    return vae.guide_family.label

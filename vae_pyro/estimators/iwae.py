@@ -46,7 +46,6 @@ from pyro.distributions.util import is_identically_zero
 from pyro.infer import RenyiELBO
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 
-from .analytic import log_normal_diag, reparameterize
 from .base import INVALID, IWAE_BOUND, MONTE_CARLO_KL, Estimator, Validity, register_estimator
 from .pyro_elbos import PyroEstimator
 from .same_noise import differences, recorded_noise
@@ -66,20 +65,21 @@ def iwae_validity(vae) -> Validity:
 
 def log_weights(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None,
                 stop_q_grad: bool = False, proposal=None) -> torch.Tensor:
-    """log w = log p(x|z) + log p(z) - log q(z|x) at z = mu + sigma * eps, shape (num_particles, B).
+    """log w = log p(x|z) + log p(z) - log q(z|x) at z = mu + sigma * eps (the guide family's
+    reparameterised sample, :meth:`vae_pyro.guides.Posterior.rsample`), shape (num_particles, B).
 
     ``stop_q_grad=True`` evaluates log q with the encoder's outputs detached (z itself still carries
     the gradient): the path-derivative of Roeder et al. 2017, used by :mod:`vae_pyro.estimators.stl`.
     ``proposal``: an encoder to draw z from instead of the VAE's (q is only the importance
     distribution: any q gives a bound on the same log p(x)); the model, p(x|z) p(z), is the VAE's,
     including a VampPrior's use of the VAE's own encoder."""
-    mu, logvar = (vae.encoder if proposal is None else proposal)(x)
-    z = reparameterize(mu, logvar, num_particles, eps)
+    q = vae.posterior(x, proposal)
+    eps = q.draw_noise(num_particles, eps)
+    z = q.rsample(num_particles, eps)
     log_lik = vae.likelihood.log_prob(vae.decoder(z), x)
     log_prior = vae.prior.dist(z.shape[:-1]).log_prob(z)
-    if stop_q_grad:
-        mu, logvar = mu.detach(), logvar.detach()
-    return log_lik + log_prior - log_normal_diag(z, mu, logvar)
+    log_q = (q.detach() if stop_q_grad else q).log_prob(z)
+    return log_lik + log_prior - log_q
 
 
 def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:

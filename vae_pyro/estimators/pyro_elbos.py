@@ -3,7 +3,12 @@ two Pyro 1.9.2 defects (:class:`CachedJitTraceMeanField_ELBO`, :class:`DetachedJ
 
 **Validity.** ``trace`` and its JIT twins always use a Monte Carlo KL; ``tmf`` and its twins use
 torch's registered KL where there is one and silently fall back to the Monte Carlo KL where there is
-none, which :meth:`PyroEstimator.validity` reports instead of hiding. With a KL weight beta
+none, which :meth:`PyroEstimator.validity` reports instead of hiding. The guide axis
+(:mod:`vae_pyro.guides`) goes through the same rule, asked on the real sites: torch registers no KL
+from ``MultivariateNormal``, ``LowRankMultivariateNormal`` or a flow's ``TransformedDistribution`` to
+the priors' ``Independent(Normal)``, so ``tmf`` with those guides is the Monte Carlo fallback
+(``trace_mean_field_elbo.py``: ``except NotImplementedError: ... log_prob_sum - entropy_term``), and
+says so; for a flow no closed form exists at all, so the fallback is the only answer there is. With a KL weight beta
 (``vae.kl_weight``) every estimator computes the same beta-ELBO (see :mod:`vae_pyro.model`).
 """
 
@@ -153,9 +158,10 @@ class PyroEstimator(Estimator):
             return Validity(MONTE_CARLO_KL, "Trace_ELBO estimates the KL by log q(z|x) - log p(z) at the "
                                             "sampled z, for any prior")
         p_name = _dist_name(vae.prior.dist((1,)))
+        q_name = vae.guide_family.label
         if mean_field_kl_kind(vae) == EXACT_KL:
-            return Validity(EXACT_KL, f"torch registers KL(Normal || {p_name}); TraceMeanField_ELBO uses it")
-        return Validity(MONTE_CARLO_KL, f"torch registers no KL(Normal || {p_name}): TraceMeanField_ELBO "
+            return Validity(EXACT_KL, f"torch registers KL({q_name} || {p_name}); TraceMeanField_ELBO uses it")
+        return Validity(MONTE_CARLO_KL, f"torch registers no KL({q_name} || {p_name}): TraceMeanField_ELBO "
                                         "silently falls back to log q(z|x) - log p(z) at the sampled z")
 
 

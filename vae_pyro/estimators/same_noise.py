@@ -6,7 +6,9 @@ reparameterisation z = mu + sigma * eps (Kingma & Welling 2013, section 2.4),
 
     eps = (z - mu(x)) / sigma(x),   sigma = exp(logvar / 2),
 
-then feed that eps to the other computation. In float64 two computations of the same quantity then
+then feed that eps to the other computation. Other guide families invert their own sampling
+(:meth:`vae_pyro.guides.Posterior.noise`: a triangular solve, a flow's cached inputs, or the noise
+the low-rank distribution recorded). In float64 two computations of the same quantity then
 differ by float rounding only (~1e-13 nats), so a real modelling difference stands out by orders of
 magnitude (see :mod:`vae_pyro.checks.agreement` for the tolerances). Used by the same-noise check of
 every Pyro ELBO against the analytic loss and by IWAE's check against ``RenyiELBO(alpha=0)``.
@@ -24,9 +26,11 @@ def recorded_noise(vae, x: torch.Tensor, elbo, num_particles: int, *args) -> tup
     detached (the other computation differentiates through mu and sigma, not through the noise)."""
     traced_guide = poutine.trace(vae.guide)
     loss = elbo.differentiable_loss(vae.model, traced_guide, x, *args)
-    z = traced_guide.msngr.trace.nodes["z"]["value"].detach().reshape(num_particles, x.shape[0], -1)
-    mu, logvar = vae.encoder(x)
-    return loss, ((z - mu) / torch.exp(0.5 * logvar)).detach()
+    site = traced_guide.msngr.trace.nodes["z"]
+    # the value itself, not a detached copy: a flow recovers its noise from each transform's cache,
+    # which is keyed on the very tensor it returned
+    eps = vae.posterior(x).noise(site["value"], site["fn"])
+    return loss, eps.detach().reshape(num_particles, x.shape[0], -1)
 
 
 def max_rel_grad_diff(ga, gb) -> float:

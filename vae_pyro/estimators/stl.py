@@ -35,5 +35,7 @@ class STLEstimator(Estimator):
         if float(vae.kl_weight) != 1.0:
             return Validity(INVALID, f"the path-derivative estimator here is of the plain ELBO; beta = "
                                      f"{vae.kl_weight:g} != 1")
+        if vae.guide_family.no_path_derivative:
+            return Validity(INVALID, f"guide {vae.guide_family.name!r}: {vae.guide_family.no_path_derivative}")
         return Validity(MONTE_CARLO_KL, "log p(x, z) - log q(z|x) at the sampled z with the score term dropped, "
                                         "for any prior")
