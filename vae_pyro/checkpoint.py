@@ -145,9 +145,16 @@ def _nonfinite(name: str, tensor: torch.Tensor) -> str | None:
 
 
 def expected_shapes(model_config: dict) -> dict[str, tuple[int, ...]]:
-    """The tensors (name -> shape) of the model ``model_config`` describes, built on the meta device."""
-    with torch.device("meta"):
-        vae = VAE(VAEConfig.from_dict(model_config))
+    """The tensors (name -> shape) of the model ``model_config`` describes, built on the meta device
+    (no memory) where its parts allow; a part whose construction reads a value (Pyro's autoregressive
+    networks build their masks from numbers: the ``iaf`` guide) is built on the CPU instead."""
+    config = VAEConfig.from_dict(model_config)
+    try:
+        with torch.device("meta"):
+            vae = VAE(config)
+    except RuntimeError:
+        with torch.random.fork_rng(devices=[]):  # its random initial weights must not move the run's stream
+            vae = VAE(config)
     return {name: tuple(t.shape) for name, t in vae.state_dict().items()}
 
 

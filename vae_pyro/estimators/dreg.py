@@ -1,6 +1,7 @@
 r"""The doubly-reparameterised gradient of IWAE_k (DReG; Tucker, Lawson, Gu & Maddison 2018).
 
-With z_j = z(eps_j, phi) = mu_phi + sigma_phi * eps_j, log w_j = log p(x, z_j) - log q_phi(z_j|x) and
+With z_j = z(eps_j, phi) (mu_phi + sigma_phi * eps_j for the diagonal guide; any guide family's
+reparameterised sample), log w_j = log p(x, z_j) - log q_phi(z_j|x) and
 normalised weights w~_j = w_j / sum_l w_l, the IWAE_k gradient (:mod:`.iwae`) for the encoder is
 
     grad_phi IWAE_k = E[ sum_j w~_j ( d log w_j/dz_j  dz_j/dphi  -  partial_phi log q_phi(z_j|x) ) ].
@@ -30,17 +31,16 @@ from __future__ import annotations
 
 import torch
 
-from .analytic import log_normal_diag, reparameterize
-from .base import IWAE_BOUND, Estimator, register_estimator
+from .base import INVALID, IWAE_BOUND, Estimator, Validity, register_estimator
 from .iwae import iwae_validity, log_mean_exp
 
 
 def dreg_neg_bound(vae, x: torch.Tensor, k: int, eps: torch.Tensor | None = None) -> torch.Tensor:
     """-sum_i IWAE_k(x_i) whose gradient is DReG's (encoder) and IWAE's (decoder, prior, likelihood)."""
-    mu, logvar = vae.encoder(x)
-    z = reparameterize(mu, logvar, k, eps)
+    q = vae.posterior(x)  # the guide family's q(z|x); log q below with its parameters stopped
+    z = q.rsample(k, q.draw_noise(k, eps))
     log_w = (vae.likelihood.log_prob(vae.decoder(z), x) + vae.prior.dist(z.shape[:-1]).log_prob(z)
-             - log_normal_diag(z, mu.detach(), logvar.detach()))
+             - q.detach().log_prob(z))
     w_tilde = torch.softmax(log_w.detach(), dim=0)                       # (k, B), sums to 1 over k
     if z.requires_grad:
         z.register_hook(lambda grad: grad * w_tilde.unsqueeze(-1))      # w~ once more on the path: w~^2
@@ -62,4 +62,6 @@ class DReGEstimator(Estimator):
         return dreg_neg_bound(vae, x, self.num_particles)
 
     def validity(self, vae):
+        if vae.guide_family.no_path_derivative:  # DReG's log q needs q's parameters stopped, as stl's
+            return Validity(INVALID, f"guide {vae.guide_family.name!r}: {vae.guide_family.no_path_derivative}")
         return iwae_validity(vae)

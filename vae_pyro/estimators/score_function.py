@@ -42,7 +42,6 @@ import torch
 from pyro.infer import TraceGraph_ELBO
 from pyro.poutine.messenger import Messenger
 
-from .analytic import log_normal_diag, reparameterize
 from .base import INVALID, MONTE_CARLO_KL, Estimator, Validity, register_estimator
 from .iwae import log_weights
 from .pyro_elbos import PyroEstimator
@@ -121,9 +120,10 @@ class PyroScoreFunctionEstimator(PyroEstimator):
 
     def baseline(self, vae, x) -> torch.Tensor:
         """b_i = log p(x_i, mu_i) - log q(mu_i|x_i), the cost at the guide's mean: free of the sampled z."""
-        with torch.no_grad():
-            mu, _ = vae.encoder(x)
-            b = log_weights(vae, x, 1, torch.zeros_like(mu)[None])[0]
+        with torch.no_grad():  # eps = 0: z at the guide's centre (mu; a flow's image of mu)
+            q = vae.posterior(x)
+            zero = torch.zeros(1, *q.mu.shape[:-1], q.noise_dim, dtype=q.mu.dtype, device=q.mu.device)
+            b = log_weights(vae, x, 1, zero)[0]
         return b.expand((self.num_particles, -1)) if self.num_particles > 1 else b
 
     def same_noise_elbo(self, vae):
@@ -136,10 +136,10 @@ class PyroScoreFunctionEstimator(PyroEstimator):
 def score_function_neg_elbo(vae, x: torch.Tensor, num_particles: int = 1,
                             eps: torch.Tensor | None = None) -> torch.Tensor:
     """-sum_i ELBO(x_i) with the score-function gradient of the module docstring (differentiable)."""
-    mu, logvar = vae.encoder(x)
-    z = reparameterize(mu, logvar, num_particles, eps).detach()
+    q = vae.posterior(x)  # the guide family's q(z|x): its own sampler and hand-written log-density
+    z = q.rsample(num_particles, q.draw_noise(num_particles, eps)).detach()
     log_p = vae.likelihood.log_prob(vae.decoder(z), x) + vae.prior.dist(z.shape[:-1]).log_prob(z)
-    log_q = log_normal_diag(z, mu, logvar)
+    log_q = q.log_prob(z)
     cost = (log_p - log_q).detach()
     surrogate = log_p + cost * log_q
     return -(cost + surrogate - surrogate.detach()).mean(0).sum()
