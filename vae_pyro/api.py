@@ -9,7 +9,7 @@
 
 Each takes a spec (a :class:`~vae_pyro.spec.VAESpec`, a shipped name, a path, or None for the built-in
 defaults) and keyword settings (``epochs``, ``seed``, ``draws`` ... any field the command line sets,
-:data:`SETTINGS`), runs the command and returns its result: a dict whose header (command, spec,
+:func:`vae_pyro.spec.keywords`), runs the command and returns its result: a dict whose header (command, spec,
 versions, device, seed, schema_version) is the same for every command (:func:`~vae_pyro.runs.result_header`).
 ``checkpoint`` on :func:`nll`, :func:`check` and :func:`compare` evaluates the model saved there
 instead of training one.

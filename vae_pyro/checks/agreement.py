@@ -20,7 +20,7 @@ hand-written recon + log q - log p at reparameterised z, no Pyro code (:mod:`vae
 * **devices**: the same numbers on CUDA as on the CPU (skipped, and reported as skipped, without CUDA).
 
 **The engine.** :func:`run_agreement` runs the checks named in :data:`AGREEMENT_CHECKS` (one function
-each) for a list of estimators against the reference and returns their :class:`CheckResult`s;
+each) for a list of estimators against the reference and returns their :class:`CheckResult` objects;
 ``vae-pyro compare`` and ``vae-pyro check`` call it on the MNIST VAE (:class:`AgreementSetup`), and
 :func:`~vae_pyro.checks.any_model.check_estimators` on any Pyro model and guide
 (:class:`~vae_pyro.checks.any_model.PyroProgram`): both are a :class:`~vae_pyro.checks.subject.Subject`,
