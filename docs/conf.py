@@ -43,15 +43,17 @@ autodoc_inherit_docstrings = False  # torch.nn.Module.forward's docstring is tor
 
 
 # The docstrings are plain text with Sphinx roles (:func:, :class:, :mod:) and simple tables: math such
-# as |z| or sigma * eps is written as it reads, not as reST markup. Before autodoc parses a docstring,
-# _plain_text replaces the characters reST would read as markup (| and unpaired *) outside ``literals``
-# and roles by their one-character mathematical look-alikes (so simple tables keep their columns), and puts the blank lines reST wants around an indented block (outside tables and literal
-# blocks). The cross-references stay live: a role is never touched.
+# as |z| or sigma * eps is written as it reads, not as reST markup, and a formula or a code example is
+# an indented block. Before autodoc parses a docstring, _plain_text makes it the reST it reads as:
+# an indented block (4 columns or more past the text before it) becomes a literal block, and outside
+# literal blocks, ``literals`` and roles the characters reST would read as markup (| and unpaired *)
+# become their one-character mathematical look-alikes (so simple tables keep their columns), with
+# the blank lines reST wants where the indentation changes. A role is never touched: every
+# cross-reference stays live.
 _KEEP = re.compile(r"(``.+?``|:\w+:`[^`]+`|`[^`]+`_?)")
 _PAIRED = re.compile(r"(?<![\w*\\])(\*\*?)(?=[^\s*])(.+?)(?<=[^\s*\\])\1(?![\w*])")
-
-
 BAR, STAR = "\u2223", "\u2217"  # DIVIDES and ASTERISK OPERATOR
+BORDER = re.compile(r"=+( +=+)*")
 
 
 def _escape(text: str) -> str:
@@ -60,7 +62,7 @@ def _escape(text: str) -> str:
         if i % 2:
             out.append(piece)
             continue
-        kept = _PAIRED.split(piece)  # [text, marker, body, marker-closed text, ...]
+        kept = _PAIRED.split(piece)  # [text, marker, body, text, marker, body, ...]
         for j, part in enumerate(kept):
             if j % 3 == 0:
                 out.append(part.replace("|", BAR).replace("*", STAR))
@@ -75,22 +77,26 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
 
 
-BORDER = re.compile(r"=+( +=+)*")
-
-
 def _plain_text(app, what, name, obj, options, lines):
-    out, in_table, literal_at = [], False, None
+    out, in_table, literal_at, text_at = [], False, None, 0
     for line in lines:
         stripped = line.strip()
         if literal_at is not None and stripped and _indent(line) <= literal_at:
             literal_at = None
+            if out and out[-1].strip():
+                out.append("")
         if BORDER.fullmatch(stripped):
             in_table = True
         elif not stripped and in_table and out and BORDER.fullmatch(out[-1].strip()):
             in_table = False  # a table ends with a border and a blank line
-        if literal_at is None and not in_table and stripped and out and out[-1].strip() \
-                and _indent(line) != _indent(out[-1]) and not out[-1].rstrip().endswith("::"):
-            out.append("")
+        if literal_at is None and not in_table and stripped:
+            if _indent(line) >= text_at + 4 and out:
+                out += ["", " " * text_at + "::", ""]  # an expanded "::" alone prints nothing
+                literal_at = text_at
+            elif out and out[-1].strip() and _indent(line) != _indent(out[-1]):
+                out.append("")
+        if literal_at is None and stripped:
+            text_at = _indent(line)
         out.append(line if literal_at is not None else _escape(line))
         if literal_at is None and stripped.endswith("::"):
             literal_at = _indent(line)

@@ -49,7 +49,8 @@ def estimator_table() -> str:
     for name in ESTIMATORS.names():
         cls = ESTIMATORS[name]
         bound = "IWAE_k (listed, not judged against the ELBO)" if cls.bound == IWAE_BOUND else "ELBO"
-        rows.append([f"`{name}`", cls.description.replace("|", "\\|"), bound, "yes" if name in DEFAULT_ESTIMATORS else "no"])
+        default = "yes" if name in DEFAULT_ESTIMATORS else "no"
+        rows.append([f"`{name}`", cls.description.replace("|", "\\|"), bound, default])
     return markdown_table(["name", "what", "bound", "in `compare` by default"], rows) + "\n"
 
 
