@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from typing import Sequence
 
 from . import api, distributed, report
@@ -187,10 +188,20 @@ def in_flags(message: str, given: dict[str, str]) -> str:
     return message
 
 
+def installed_version() -> str:
+    """The installed distribution's version (setup.cfg's, through the package metadata)."""
+    try:
+        return version("vae-pyro")
+    except PackageNotFoundError:  # run from a checkout on PYTHONPATH (scripts/gpu_check.sh), not installed
+        return "(not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if distributed.launched() and not distributed.active():  # under torchrun: start the process group first
         return distributed.launch(main, argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    parser.add_argument("--version", action="version", version=f"vae-pyro {installed_version()}")
+    args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except VaePyroError as err:  # bad input only: a bug (ValueError, TypeError ...) is a traceback, exit 1
