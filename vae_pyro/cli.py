@@ -67,7 +67,7 @@ def _evaluated_spec(args, command: str):
 
 def cmd_compare(args) -> int:
     result = api.compare(_evaluated_spec(args, "compare"), checkpoint=args.checkpoint, progress=not args.no_progress,
-                         **_outputs(args))
+                         **options_from_args(args), **_outputs(args))
     print(report.compare_table(result))
     _wrote_json(args)
     return 0 if result["verdict"] != "fail" else 1
@@ -79,10 +79,10 @@ def cmd_check(args) -> int:
                          "--checkpoint, or drop --toy to check the MNIST VAE they describe")
     if args.toy:
         result = api.check(spec_from_args(args), toy=args.toy, progress=not args.no_progress, epochs=args.epochs,
-                           **_outputs(args))
+                           **options_from_args(args), **_outputs(args))
     else:
         result = api.check(_evaluated_spec(args, "check"), checkpoint=args.checkpoint, progress=not args.no_progress,
-                           **_outputs(args))
+                           **options_from_args(args), **_outputs(args))
     print(check_table(result))
     _wrote_json(args)
     return 1 if result["verdict"] == "fail" else 0
@@ -99,7 +99,7 @@ def cmd_nll(args) -> int:
 def cmd_train(args) -> int:
     result = api.train(spec_from_args(args), eval_estimator=args.eval_estimator, checkpoint=args.checkpoint,
                        resume=args.resume, progress=not args.no_progress, capture_step=args.capture_step,
-                       explicit_estimator=args.estimator is not None, **_outputs(args))
+                       explicit_estimator=args.estimator is not None, **options_from_args(args), **_outputs(args))
     print(report.train_lines(result))
     _wrote_json(args)
     return 0

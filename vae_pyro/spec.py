@@ -362,17 +362,27 @@ COMMAND_DEFAULTS = {
     "experiment": {"training.epochs": 20},
 }
 
+#: ``--log-dir``: an output every command that measures takes (:mod:`vae_pyro.tblog`)
+LOG_DIR = Option(str, None, flag="--log-dir", help="also write the results as TensorBoard scalars (per-epoch "
+                 "losses and bounds, every estimator's values and checks) into this folder; needs the "
+                 "[tensorboard] extra")
+
 #: Each command's own options, the settings that are not the VAE's (so not in a spec): declared
 #: once, like the spec's; the command line's flags and the API's keywords come from here
 #: (:func:`command_options`).
 COMMAND_OPTIONS: dict[str, dict[str, Option]] = {
+    "compare": {"log_dir": LOG_DIR},
+    "check": {"log_dir": LOG_DIR},
+    "train": {"log_dir": LOG_DIR},
     "nll": {
+        "log_dir": LOG_DIR,
         "k": Option(int, BURDA_K, low=1, flag="--k", help="importance samples per test digit (Burda et al. 2015)"),
         "examples": Option(int, 1000, low=1, flag="--examples",
                            help="test digits to evaluate, every (1000 / N)-th so all classes appear"),
         "chunk": Option(int, NLL_CHUNK, low=1, flag="--chunk", help="samples per example held in memory at once"),
     },
     "experiment": {
+        "log_dir": LOG_DIR,
         "out": Option(str, "runs/experiment", flag="--out", help="run folder"),
         "train_estimators": Option(list, ["analytic", "trace", "tmf"], item=str, choices=estimator_names,
                                    kind="estimator", flag="--train-estimators",
@@ -384,6 +394,7 @@ COMMAND_OPTIONS: dict[str, dict[str, Option]] = {
                              f"`vae-pyro nll` uses Burda et al.'s {BURDA_K})"),
     },
     "reproduce": {
+        "log_dir": LOG_DIR,
         "k": Option(int, BURDA_K, low=1, flag="--k", help="importance samples per test digit"),
         "rows": Option(list, [], item=str, flag="--rows", help="comma-separated subset of the rows (empty: all)"),
         "lr_schedule": Option(str, None, choices=LR_SCHEDULES, flag="--lr-schedule",
