@@ -35,8 +35,8 @@ def require(log_dir) -> None:
         import tensorboard  # noqa: F401  (an optional dependency, imported only when asked for)
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError:
-        raise LogDirError("--log-dir (log_dir) needs TensorBoard, which is not installed: "
-                          "pip install 'vae-pyro[tensorboard]' (or pip install tensorboard), or drop --log-dir") from None
+        raise LogDirError("--log-dir (log_dir) needs TensorBoard, which is not installed: pip install "
+                          "'vae-pyro[tensorboard]' (or pip install tensorboard), or drop --log-dir") from None
 
 
 def _number(value) -> bool:
