@@ -375,14 +375,13 @@ COMMAND_OPTIONS: dict[str, dict[str, Option]] = {
     "check": {"log_dir": LOG_DIR},
     "train": {"log_dir": LOG_DIR},
     "nll": {
-        "log_dir": LOG_DIR,
         "k": Option(int, BURDA_K, low=1, flag="--k", help="importance samples per test digit (Burda et al. 2015)"),
         "examples": Option(int, 1000, low=1, flag="--examples",
                            help="test digits to evaluate, every (1000 / N)-th so all classes appear"),
         "chunk": Option(int, NLL_CHUNK, low=1, flag="--chunk", help="samples per example held in memory at once"),
+        "log_dir": LOG_DIR,
     },
     "experiment": {
-        "log_dir": LOG_DIR,
         "out": Option(str, "runs/experiment", flag="--out", help="run folder"),
         "train_estimators": Option(list, ["analytic", "trace", "tmf"], item=str, choices=estimator_names,
                                    kind="estimator", flag="--train-estimators",
@@ -392,9 +391,9 @@ COMMAND_OPTIONS: dict[str, dict[str, Option]] = {
         "nll_k": Option(int, 1000, low=0, flag="--nll-k",
                         help="importance samples per test digit for the final test NLL (IWAE_k; 0 skips it; "
                              f"`vae-pyro nll` uses Burda et al.'s {BURDA_K})"),
+        "log_dir": LOG_DIR,
     },
     "reproduce": {
-        "log_dir": LOG_DIR,
         "k": Option(int, BURDA_K, low=1, flag="--k", help="importance samples per test digit"),
         "rows": Option(list, [], item=str, flag="--rows", help="comma-separated subset of the rows (empty: all)"),
         "lr_schedule": Option(str, None, choices=LR_SCHEDULES, flag="--lr-schedule",
@@ -406,6 +405,7 @@ COMMAND_OPTIONS: dict[str, dict[str, Option]] = {
                                     "unset: the target's, best-nll 2000, burda2015 0)"),
         "fast": Option(bool, False, flag="--fast",
                        help="a smoke run: 2 epochs, validation k=5, test k=20, the target's fast rows"),
+        "log_dir": LOG_DIR,
     },
 }
 
