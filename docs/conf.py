@@ -5,6 +5,7 @@ cross-reference into vae_pyro must resolve)."""
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 from importlib.metadata import version as _version
@@ -18,9 +19,18 @@ author = "the vae-pyro developers"
 release = _version("vae-pyro")
 version = release
 
-extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.mathjax"]
-source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+extensions = ["myst_nb", "sphinx.ext.autodoc", "sphinx.ext.mathjax"]  # myst_nb: MyST pages and notebooks
+exclude_patterns = ["_build", "notebooks/.ipynb_checkpoints"]
+
+# The notebooks (docs/notebooks links to ../notebooks, where they are stored without outputs) are
+# executed at build time, in their fast mode, so the site shows them with their outputs; the cache
+# (in _build) re-executes a notebook only when it changed. A failing cell fails the build.
+# `make docs NOTEBOOKS=off` shows them without outputs (a quick build while writing pages).
+os.environ["VAE_PYRO_FAST"] = "1"
+nb_execution_mode = os.environ.get("VAE_PYRO_DOCS_NOTEBOOKS", "cache")
+nb_execution_cache_path = str(Path(__file__).resolve().parent / "_build" / ".jupyter_cache")
+nb_execution_timeout = 600
+nb_execution_raise_on_error = True
 myst_heading_anchors = 3  # the pages link to sections by their GitHub-style anchors
 myst_enable_extensions = ["dollarmath"]
 
