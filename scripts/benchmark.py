@@ -47,11 +47,13 @@ import subprocess
 import sys
 import time
 
+import numpyro_peer  # first: it pins XLA's CPU backend to one thread before JAX is imported
 import pyro
 import torch
 
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from vae_pyro.captured_step import CapturedTrainStep
 from vae_pyro.data import load_mnist5k, prepare
@@ -59,6 +61,7 @@ from vae_pyro.estimators import DEFAULT_ESTIMATORS, build_estimator
 from vae_pyro.model import VAE
 from vae_pyro.report import atomic_write_text, fmt, table, write_json
 from vae_pyro.estimators.syncfree import step_without_validation
+from vae_pyro.fused_step import FusedTrainStep
 from vae_pyro.train import make_optimizer, resolve_device, seed_all, time_steps, train_step
 
 REFERENCE = "pytorch_example"
@@ -67,10 +70,14 @@ REFERENCE = "pytorch_example"
 WHOLE_STEP = {"analytic_step_graph": "analytic_graph", "trace_step_graph": "trace_graph",
               "tmf_step_graph": "tmf_graph"}
 CAPTURED = ("analytic_graph", "trace_graph", "tmf_graph", *WHOLE_STEP)
-DEFAULT_CPU = ("analytic", *CAPTURED[:1], *DEFAULT_ESTIMATORS[1:], *CAPTURED[1:], REFERENCE)
+#: whole-step rows traced out of Pyro by make_fx and fused by inductor (vae_pyro.fused_step.FusedTrainStep)
+FUSED = {"analytic_step_fused": "analytic", "trace_step_fused": "trace", "tmf_step_fused": "tmf"}
+#: the peer's rows (scripts/numpyro_peer.py): NumPyro's jitted SVI.update, when numpyro is installed
+PEERS = tuple(numpyro_peer.ROWS)
+DEFAULT_CPU = ("analytic", *CAPTURED[:1], *DEFAULT_ESTIMATORS[1:], *CAPTURED[1:], *FUSED, *PEERS, REFERENCE)
 #: on CUDA without jit_tmf_pyro: it re-traces every step (tens of ms), a full epoch of it adds minutes
 DEFAULT_CUDA = ("analytic", "analytic_graph", "trace", "tmf", "jit_trace", "jit_tmf", "trace_graph", "tmf_graph",
-                *WHOLE_STEP, REFERENCE)
+                *WHOLE_STEP, *FUSED, *PEERS, REFERENCE)
 WARMUP = 4
 
 
@@ -130,6 +137,10 @@ def make_step(name: str, device: torch.device):
         return step
     if name in WHOLE_STEP:
         return make_whole_step(WHOLE_STEP[name], device)
+    if name in FUSED:
+        return make_fused_step(FUSED[name], device)
+    if name in PEERS:
+        return numpyro_peer.NumPyroStep(name, torch.zeros(128, 784))
     vae = VAE().to(device)
     est = build_estimator(name)
     optimizer = make_optimizer(vae)  # as vae_pyro.train.train: fused Adam on CUDA
@@ -158,6 +169,26 @@ def make_whole_step(estimator: str, device: torch.device):
         step.calls += 1
     step.calls = 0
     return step
+
+
+def make_fused_step(estimator: str, device: torch.device):
+    """``step(x)``: one :class:`~vae_pyro.fused_step.FusedTrainStep` per batch shape (traced and compiled
+    at its first batch: not timed), sharing one model and one Adam, as ``make_whole_step``."""
+    vae = VAE().to(device)
+    est = build_estimator(estimator)
+    optimizer = make_optimizer(vae, fused=False)
+    per_shape: dict[tuple, FusedTrainStep] = {}
+
+    def step(x):
+        if x.shape not in per_shape:
+            per_shape[x.shape] = FusedTrainStep(vae, est, optimizer, tuple(x.shape), dtype=x.dtype)
+        per_shape[x.shape].step(x, 1.0)
+        fused_kernels[f"{estimator} @ {x.shape[0]}"] = per_shape[x.shape].kernels
+    return step
+
+
+#: what fusion did to each fused step, by "estimator @ batch" (FusedTrainStep.kernels), for the JSON
+fused_kernels: dict[str, dict] = {}
 
 
 def timed_ms(step, batches: list[torch.Tensor], device: torch.device) -> float:
@@ -190,12 +221,12 @@ def capture_probe(name: str, batch_sizes: list[int]) -> None:
 
 
 def capture_preflight(names: list[str], batch_sizes: list[int]) -> dict[str, str]:
-    """Which captured estimators capture on this GPU, each tried in its own process (in parallel): a
+    """Which captured (and fused) steps capture on this GPU, each tried in its own process (in parallel): a
     failed CUDA-graph capture leaves the process's CUDA generator unusable ("Offset increment outside
     graph capture"), so one failure must not spoil the other rows. Returns {name: error}."""
     cmd = [sys.executable, __file__, "--_capture_probe"]
     procs = {n: subprocess.Popen(cmd + [f"{n}:{','.join(map(str, batch_sizes))}"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for n in names if n in CAPTURED}
+                                 stderr=subprocess.PIPE, text=True) for n in names if n in CAPTURED or n in FUSED}
     failed = {}
     for name, proc in procs.items():
         try:
@@ -281,6 +312,29 @@ def host_copy_ms(vae, x_host: torch.Tensor, device, steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1e3
 
 
+def step_floor(batch: int, device: torch.device, repeats: int = 20) -> dict:
+    """The floor of one training step of the default VAE at ``batch``, from counts, not guesses: its
+    FLOPs (``torch.utils.flop_counter`` over one eager step: the matrix products, forward and
+    backward), the bytes its Adam update must move (read parameter, gradient and both moments, write
+    parameter and moments: 7 x 4 bytes per parameter), the GEMM throughput this device reaches on the
+    step's largest product (B x 784 by 784 x 400, median of ``repeats``), and so the compute floor
+    FLOPs / throughput. Kernels before and after fusion come from :class:`FusedTrainStep`."""
+    vae = VAE().to(device)
+    est, opt = build_estimator("analytic"), make_optimizer(vae)
+    x = torch.bernoulli(torch.full((batch, 784), 0.13, device=device))
+    with FlopCounterMode(display=False) as counter:
+        train_step(vae, est, opt, x)
+    a, b = torch.randn(batch, 784, device=device), torch.randn(784, 400, device=device)
+    times = []
+    for _ in range(repeats):
+        times.append(timed_ms(lambda _: torch.mm(a, b), [None] * 10, device) / 10)
+    gemm_gflops = 2 * batch * 784 * 400 / statistics.median(times) / 1e6
+    flops = counter.get_total_flops()
+    params = sum(p.numel() for p in vae.parameters())
+    return {"batch": batch, "flops": flops, "params": params, "adam_bytes": 7 * 4 * params,
+            "gemm_gflops": gemm_gflops, "compute_floor_ms": flops / gemm_gflops / 1e6}
+
+
 def profile_overhead(device, batch: int = 32, steps: int = 100) -> dict:
     """Where a ``Trace_ELBO`` step spends its time, at a small batch where overhead dominates: cProfile
     self-time grouped by package, plus the cost of Pyro's argument validation."""
@@ -339,8 +393,14 @@ def main(argv=None) -> int:
                              "(default: 60000 on CUDA, off on the CPU)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="interleaved repeats; the median is kept (default: 3 on the CPU, 2 on CUDA)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads on the CPU (default: 1, one thread per process, as the NumPyro rows' "
+                             "XLA backend is pinned)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--profile", action="store_true", help="also profile Pyro's per-step overhead")
+    parser.add_argument("--floor", action="store_true",
+                        help="also count one step's FLOPs and bytes and measure this device's GEMM throughput: "
+                             "the step's compute floor")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--markdown", metavar="PATH",
                         help="also write the tables as a Markdown page (docs/benchmark.md)")
@@ -362,11 +422,11 @@ def main(argv=None) -> int:
         batch_sizes = [int(b) for b in (args.batch_sizes or ("128,1024" if cuda else "32,128,512")).split(",")]
         names = [n for n in (args.estimators or ",".join(DEFAULT_CUDA if cuda else DEFAULT_CPU)).split(",") if n]
         for n in names:
-            if n != REFERENCE and n not in WHOLE_STEP:
+            if n != REFERENCE and n not in WHOLE_STEP and n not in FUSED and n not in PEERS:
                 build_estimator(n)
         epoch_examples = args.epoch_examples if args.epoch_examples is not None else (60000 if cuda else 0)
         repeats = args.repeats if args.repeats is not None else (2 if cuda else 3)
-        for value, what in ((args.steps, "--steps"), (repeats, "--repeats"),
+        for value, what in ((args.steps, "--steps"), (repeats, "--repeats"), (args.threads, "--threads"),
                             *((b, "--batch-sizes") for b in batch_sizes)):
             if value < 1:
                 raise ValueError(f"{what} must be >= 1, got {value}")
@@ -379,6 +439,12 @@ def main(argv=None) -> int:
     for required in ("analytic", "analytic_graph"):  # the two bases of the ratios
         if required not in names:
             names.insert(0, required)
+    missing = {n: numpyro_peer.MISSING for n in names if n in PEERS and not numpyro_peer.AVAILABLE}
+    for name, why in missing.items():
+        print(f"benchmark: {name} left out: {why}", file=sys.stderr)
+    names = [n for n in names if n not in missing]
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
     failed = capture_preflight(names, batch_sizes) if cuda else {}
     for name, why in failed.items():
         print(f"benchmark: {name} could not be captured on this device, left out: {why}", file=sys.stderr)
@@ -394,12 +460,15 @@ def main(argv=None) -> int:
     bar = tqdm(total=len(batch_sizes) * len(names) * repeats, desc="benchmark", unit="run")
     for batch in batch_sizes:
         n_steps = epoch_examples // batch if epoch_examples else args.steps
-        steps = {}
+        steps, first_call_s = {}, {}
         for name in names:  # built and warmed up once: compilation and capture are not timed
             seed_all(0)
+            start = time.perf_counter()
             steps[name] = make_step(name, device)
-            for x in epoch_batches(x_all, batch, WARMUP, seed=-1):
+            for i, x in enumerate(epoch_batches(x_all, batch, WARMUP, seed=-1)):
                 steps[name](x)
+                if i == 0:  # building the step and its first call: tracing, compilation, capture
+                    first_call_s[name] = time.perf_counter() - start
         times: dict[str, list[float]] = {n: [] for n in names}
         peak: dict[str, float] = {}
         for r in range(repeats):
@@ -421,9 +490,10 @@ def main(argv=None) -> int:
             row = {"batch_size": batch, "estimator": name, "ms_per_step": ms, "examples_per_s": batch / ms * 1e3,
                    "steps": n_steps, "epoch_s": ms * n_steps / 1e3 if epoch_examples else None,
                    "ratio_to_analytic": ms / base, "ratio_to_analytic_graph": ms / base_graph if base_graph else None,
-                   "ms_all_repeats": times[name], "peak_mib": None}
+                   "ms_all_repeats": times[name], "first_call_s": first_call_s[name], "peak_mib": None}
             if not args.no_memory:
-                row["peak_mib"] = peak[name] if cuda else cpu_peak_memory(name, batch, 5)
+                # the peer's memory is JAX's, which neither torch nor a torch-only probe sees
+                row["peak_mib"] = None if name in PEERS else peak[name] if cuda else cpu_peak_memory(name, batch, 5)
             results.append(row)
         if cuda:
             ms = host_copy_ms(VAE().to(device), digits[:batch], device, args.steps)
@@ -443,23 +513,34 @@ def main(argv=None) -> int:
         "memory": None if args.no_memory else ("torch.cuda.max_memory_allocated during the epoch, above what was "
                                                "allocated before it" if cuda
                                                else "peak RSS of a fresh process doing the steps (absolute)"),
+        "threads": torch.get_num_threads() if not cuda else None, "peers_missing": missing,
         "results": results, "failed": failed,
     }
     if args.profile:
         out["profile"] = profile_overhead(device)
+    if args.floor:
+        out["floor"] = [step_floor(b, device) for b in batch_sizes]
+    out["kernels"] = {name: kernels for name, kernels in fused_kernels.items()}
 
     print(f"device: {out['device']} ({out['device_name']}), torch {out['torch_version']}, pyro {out['pyro_version']}")
     rows = [[r["batch_size"], r["estimator"], fmt(r["ms_per_step"], ".3f"), fmt(r["examples_per_s"], ".0f"),
              fmt(r["epoch_s"], ".3f"), fmt(r["ratio_to_analytic"], ".2f"), fmt(r["ratio_to_analytic_graph"], ".2f"),
-             fmt(r["peak_mib"], ".1f")] for r in results]
+             fmt(r["peak_mib"], ".1f"), fmt(r.get("first_call_s"), ".1f")] for r in results]
     print(table(["batch", "estimator", "ms/step", "examples/s", "epoch s", "x analytic", "x analytic_graph",
-                 "peak MiB"], rows))
+                 "peak MiB", "first call s"], rows))
     if args.profile:
         p = out["profile"]
         print(f"\nTrace_ELBO step at batch {p['batch']}: {p['trace_ms']:.2f} ms "
               f"({p['trace_ms_without_validation']:.2f} ms with pyro.enable_validation(False); "
               f"analytic {p['analytic_ms']:.2f} ms; jit_trace {p['jit_trace_ms']:.2f} ms). Self time by package:")
         print(table(["where", "share"], [[k, f"{v:.0%}"] for k, v in p["self_time_share"].items()]))
+    for f in out.get("floor", []):
+        print(f"\nfloor at batch {f['batch']}: {f['flops'] / 1e6:.1f} MFLOP per step (forward + backward products), "
+              f"{f['params']:,} parameters (Adam moves {f['adam_bytes'] / 2 ** 20:.1f} MiB), GEMM "
+              f"{f['gemm_gflops']:.1f} GFLOP/s here: compute floor {f['compute_floor_ms']:.3f} ms")
+    for name, k in out["kernels"].items():
+        print(f"fused {name}: {k['aten_ops']} ATen operations eagerly -> {k['gemms']} GEMM calls + "
+              f"{k['fused_kernels']} generated kernels")
     if args.json:
         write_json(args.json, out)
         print(f"wrote {args.json}")
@@ -480,15 +561,27 @@ def markdown(out: dict, command: str) -> str:
         f"interleaved repeats, {per}; timing: {out.get('timing', 'perf_counter')}. "
         f"Memory: {out['memory'] or 'not measured'}.",
         "",
-        "| batch | estimator | ms/step | examples/s | epoch s | × analytic | × analytic_graph | peak MiB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| batch | estimator | ms/step | examples/s | epoch s | × analytic | × analytic_graph | peak MiB "
+        "| first call s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, why in (out.get("failed") or {}).items():
-        lines.append(f"| - | {name} | could not be captured here: {why} | | | | | |")
+        lines.append(f"| - | {name} | could not be captured here: {why} | | | | | | |")
+    for name, why in (out.get("peers_missing") or {}).items():
+        lines.append(f"| - | {name} | not measured: {why} | | | | | | |")
     for r in out["results"]:
         lines.append(f"| {r['batch_size']} | {r['estimator']} | {r['ms_per_step']:.3f} | {r['examples_per_s']:.0f} | "
                      f"{fmt(r.get('epoch_s'), '.3f')} | {r['ratio_to_analytic']:.2f} | "
-                     f"{fmt(r.get('ratio_to_analytic_graph'), '.2f')} | {fmt(r['peak_mib'], '.0f')} |")
+                     f"{fmt(r.get('ratio_to_analytic_graph'), '.2f')} | {fmt(r['peak_mib'], '.0f')} | "
+                     f"{fmt(r.get('first_call_s'), '.1f')} |")
+    for f in out.get("floor", []):
+        lines += ["", f"Floor at batch {f['batch']} (`--floor`): {f['flops'] / 1e6:.1f} MFLOP per step (the "
+                  f"matrix products, forward and backward), {f['params']:,} parameters (Adam moves "
+                  f"{f['adam_bytes'] / 2 ** 20:.1f} MiB), GEMM throughput here {f['gemm_gflops']:.1f} GFLOP/s: "
+                  f"compute floor {f['compute_floor_ms']:.3f} ms per step."]
+    for name, k in (out.get("kernels") or {}).items():
+        lines += ["", f"Fused `{name}`: {k['aten_ops']} ATen operations eagerly, after fusion {k['gemms']} "
+                  f"GEMM calls + {k['fused_kernels']} generated kernels."]
     if "profile" in out:
         p = out["profile"]
         lines += [

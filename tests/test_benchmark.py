@@ -107,3 +107,16 @@ def test_benchmark_whole_step_rows_run_on_the_cpu(tmp_path):
     assert set(rows) == {"analytic", "analytic_graph", "analytic_step_graph", "trace_step_graph", "tmf_step_graph"}
     for r in rows.values():
         assert r["ratio_to_analytic"] == pytest.approx(r["ms_per_step"] / rows["analytic"]["ms_per_step"])
+
+
+def test_the_floor_counts_the_steps_flops_exactly(tmp_path):
+    """``--floor``: torch's FLOP counter over one step of the 784-400-20 VAE equals the count by hand.
+    Forward: 2·B·W multiply-adds over all weight matrices W; backward: 2·B·W for the weight gradients
+    plus 2·B·(W - W1) for the inputs' gradients (none for the data, the first layer's input)."""
+    _, result = run_cpu_benchmark(tmp_path, "--batch-sizes", "8", "--estimators", "analytic", "--steps", "1",
+                                  "--floor")
+    w1 = 784 * 400
+    weights = w1 + 400 * 2 * 20 + 20 * 400 + 400 * 784  # encoder layer, its two heads, decoder layers
+    (floor,) = result["floor"]
+    assert floor["flops"] == 2 * 8 * (3 * weights - w1)
+    assert floor["compute_floor_ms"] == pytest.approx(floor["flops"] / floor["gemm_gflops"] / 1e6)

@@ -53,5 +53,5 @@ def test_the_default_runs_fit():
 
 def test_refusal_is_a_value_error_with_the_biggest_part():
     spec = load_spec(overrides=[f"training.particles={HUGE}"])
-    with pytest.raises(MemoryBoundError, match="lower --particles"):
+    with pytest.raises(MemoryBoundError, match="lower training.particles "):  # the library names settings
         check_fits(spec, torch.device("cpu"))

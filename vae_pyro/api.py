@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from . import distributed, tblog
+from . import distributed, outputs, tblog
 from .captured_step import captured_loss_fn
 from .checks.ground_truth import run_mnist, run_toy
 from .compare import run_comparison
@@ -61,8 +61,14 @@ def _split(command: str, settings: dict) -> tuple[dict, dict]:
             command_options(command, {k: v for k, v in settings.items() if k in own and v is not None}))
 
 
-def _loaded(spec, checkpoint):
-    return spec if checkpoint is None else spec_for_checkpoint(spec, checkpoint)
+def _loaded(spec, checkpoint, settings: dict | None = None):
+    """``spec`` with the model of ``checkpoint``; the keyword ``settings`` given are explicit, so one
+    that contradicts the checkpoint is refused (:func:`~vae_pyro.runs.spec_for_checkpoint`)."""
+    if checkpoint is None:
+        return spec
+    names = keywords()
+    asked = {names[k]: v for k, v in (settings or {}).items() if k in names and v is not None}
+    return spec_for_checkpoint(spec, checkpoint, asked)
 
 
 def _written(result: dict, json, log_dir=None) -> dict:
@@ -72,26 +78,28 @@ def _written(result: dict, json, log_dir=None) -> dict:
     return result
 
 
+@outputs.releasing_claims
 def compare(spec=None, *, checkpoint: str | None = None, progress: bool = False, json=None, force: bool = False,
             **settings) -> dict:
     """Train briefly (or load ``checkpoint``), then run every agreement check for every estimator;
     ``log_dir``: also as TensorBoard scalars (:mod:`vae_pyro.tblog`)."""
     settings, o = _split("compare", settings)
     tblog.require(o["log_dir"])
-    spec = _loaded(resolve_spec(spec, "compare", settings), checkpoint)
-    check_before_work(spec, json=json, force=force)
+    spec = _loaded(resolve_spec(spec, "compare", settings), checkpoint, settings)
+    check_before_work(spec, json=json, force=force, command="compare", trains=checkpoint is None)
     result = run_comparison(spec, prepare_run(spec, checkpoint=checkpoint), checkpoint, progress)
     return _written(result, json, o["log_dir"])
 
 
+@outputs.releasing_claims
 def check(spec=None, *, toy: str | None = None, checkpoint: str | None = None, progress: bool = False,
           json=None, force: bool = False, **settings) -> dict:
     """Ground truth on a toy (``toy``), or the agreement and IWAE checks on the spec's MNIST VAE;
     ``log_dir``: also as TensorBoard scalars (:mod:`vae_pyro.tblog`)."""
     settings, o = _split("check", settings)
     tblog.require(o["log_dir"])
-    spec = _loaded(resolve_spec(spec, "check", settings), checkpoint)
-    check_before_work(None if toy else spec, json=json, force=force)
+    spec = _loaded(resolve_spec(spec, "check", settings), checkpoint, settings)
+    check_before_work(spec, json=json, force=force, command="check", trains=checkpoint is None, toy=bool(toy))
     if toy:  # epochs unset: the toy's own fitting epochs
         return _written(run_toy(spec, toy, settings.get("epochs"), progress), json, o["log_dir"])
     if checkpoint is None:
@@ -108,6 +116,7 @@ def _header(command: str, run) -> dict:
     return out
 
 
+@outputs.releasing_claims
 def nll(spec=None, *, checkpoint: str | None = None, progress: bool = False, json=None, force: bool = False,
         **settings) -> dict:
     """Test-set negative log-likelihood by IWAE_k (Burda et al. 2015), after training (or of the
@@ -115,8 +124,9 @@ def nll(spec=None, *, checkpoint: str | None = None, progress: bool = False, jso
     started = time.perf_counter()
     settings, o = _split("nll", settings)
     tblog.require(o["log_dir"])
-    spec = _loaded(resolve_spec(spec, "nll", settings), checkpoint)
-    check_before_work(spec, json=json, force=force, k=o["k"], chunk=o["chunk"])
+    spec = _loaded(resolve_spec(spec, "nll", settings), checkpoint, settings)
+    check_before_work(spec, json=json, force=force, k=o["k"], chunk=o["chunk"], command="nll", options=o,
+                      trains=checkpoint is None)
     run = prepare_run(spec, checkpoint=checkpoint)
     x_test = run.x_test[:: max(len(run.x_test) // o["examples"], 1)][:o["examples"]]
     run.vae.check_data(x_test)
@@ -134,19 +144,23 @@ def nll(spec=None, *, checkpoint: str | None = None, progress: bool = False, jso
     return _written(out, json, o["log_dir"])
 
 
+@outputs.releasing_claims
 def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | None = None, resume: bool = False,
           progress: bool = False, explicit_estimator: bool = False, capture_step: bool = False,
           json=None, force: bool = False, **settings) -> dict:
     """Train with the spec's estimator; per-epoch train/test -ELBO (test by ``eval_estimator``, default
     the training one). ``checkpoint``: saved there after every epoch (an existing one is refused
     unless ``resume``, which continues from it, or ``force``, which starts over in its place).
-    ``capture_step``: each full-size batch's whole step replayed as one captured step
-    (:class:`~vae_pyro.captured_step.CapturedTrainStep`; a CUDA graph on CUDA). ``log_dir``: the
-    per-epoch losses as TensorBoard scalars (:mod:`vae_pyro.tblog`)."""
+    ``capture_step``: the older spelling of ``step="captured"`` (each full-size batch's whole step as one
+    :class:`~vae_pyro.captured_step.CapturedTrainStep`; a CUDA graph on CUDA); ``step`` (a setting,
+    ``--step``) chooses between eager, captured, fused and auto (:func:`vae_pyro.steps.choose_step`).
+    ``log_dir``: the per-epoch losses as TensorBoard scalars (:mod:`vae_pyro.tblog`)."""
     settings, o = _split("train", settings)
     tblog.require(o["log_dir"])
+    if capture_step:  # the older spelling of training.step = "captured"
+        settings = {**settings, "step": "captured"}
     spec = resolve_spec(spec, "train", settings)
-    check_before_work(spec, json=json, checkpoint=checkpoint, resume=resume, force=force)
+    check_before_work(spec, json=json, checkpoint=checkpoint, resume=resume, force=force, command="train")
     probe = VAE(spec.model_config())  # asked before the run is seeded: asking may draw random numbers
     trainer, note = training_estimator(probe, spec.training.estimator, explicit_estimator)
     if eval_estimator is not None:
@@ -158,7 +172,7 @@ def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | Non
     run.vae.check_data(run.x_test)
     eval_est = build_estimator(eval_estimator or trainer, spec.training.particles)
     history, training = fit_run(run, trainer, note, progress, x_test=run.x_test, eval_estimator=eval_est,
-                                checkpoint=checkpoint, resume=resume, capture=capture_step)
+                                checkpoint=checkpoint, resume=resume)
     out = _header("train", run)
     out.update({"particles": spec.training.particles, "estimator": training["estimator"],
                 "eval_estimator": eval_est.name, "training": training, "kl_weight": spec.training.kl_weight,
@@ -168,6 +182,7 @@ def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | Non
     return _written(out, json, o["log_dir"])
 
 
+@outputs.releasing_claims
 def experiment(spec=None, *, progress: bool = False, json=None, force: bool = False, **settings) -> dict:
     """One model per estimator (``train_estimators``): curves, plots, report and metrics in ``out``
     (an earlier run there is replaced, whole and atomically, only with ``force``); the command's own
@@ -175,16 +190,20 @@ def experiment(spec=None, *, progress: bool = False, json=None, force: bool = Fa
     settings, o = _split("experiment", settings)
     tblog.require(o["log_dir"])
     spec = resolve_spec(spec, "experiment", settings)
-    check_before_work(spec, json=json, out=o["out"], force=force)
+    check_before_work(spec, json=json, out=o["out"], force=force, k=o["nll_k"] or None, command="experiment",
+                      options=o)
     return _written(run_experiment(spec, o, progress=progress, force=force), json, o["log_dir"])
 
 
+@outputs.releasing_claims
 def reproduce(target: str = "burda2015", *, out: str = "runs/burda2015", overrides=(), force: bool = False,
               progress: bool = True, **settings) -> dict:
     """Train and evaluate every row of a published comparison (``burda2015``) or the shipped recipe
     (``best-nll``); writes the run folder ``out``. ``settings``: ``dataset``, ``epochs``, ``device``,
     ``seed`` (over the target's spec) and the command's own options (``k``, ``rows``, ``fast`` ...:
     :data:`~vae_pyro.spec.COMMAND_OPTIONS`); ``overrides``: ``--set`` strings for every row."""
+    own = COMMAND_OPTIONS["reproduce"]
+    given_options = {k: v for k, v in settings.items() if k in own and v is not None}  # --fast keeps them
     settings, o = _split("reproduce", settings)
     tblog.require(o["log_dir"])
     names = keywords()
@@ -193,6 +212,6 @@ def reproduce(target: str = "burda2015", *, out: str = "runs/burda2015", overrid
     if unknown:
         raise SpecError(f"unknown reproduce option {unknown[0]!r}; allowed: {', '.join((*allowed, *o))}")
     given = {names[k]: v for k, v in settings.items() if v is not None}
-    result = run_reproduce(target, str(out), o, given, tuple(overrides), force=force, progress=progress)
+    result = run_reproduce(target, str(out), given_options, given, tuple(overrides), force=force, progress=progress)
     tblog.write(o["log_dir"], result, "reproduce")
     return result

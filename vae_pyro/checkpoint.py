@@ -7,6 +7,11 @@
   lists, dicts), never code, so loading one from elsewhere cannot run anything.
 * Checked before use: a file that is not a vae-pyro checkpoint, or one saved for another model shape,
   gives one clear error instead of a cryptic ``load_state_dict`` traceback.
+* Checked when loaded (:func:`model_problem`): every tensor of the model and of the optimiser's
+  state is finite, and the model's tensors are the ones its saved config builds, shape for shape
+  (the config's model is built on the meta device: no memory, no random numbers). A NaN bias or an
+  all-inf checkpoint is one line naming the file and the tensor, never a ``nan`` result or a Pyro
+  tensor dump; ``--resume`` refuses it before any work.
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .model import VAEConfig
+from .model import VAE, VAEConfig
 from .outputs import atomic_write
-from .errors import CheckpointError  # noqa: F401  (re-exported)
+from .errors import CheckpointError, VaePyroError  # noqa: F401  (CheckpointError: re-exported)
 
 FORMAT = "vae-pyro-checkpoint"
 VERSION = 1
@@ -66,7 +71,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} is not a vae-pyro checkpoint")
     if payload.get("version") != VERSION:
         raise CheckpointError(f"checkpoint {path} has version {payload.get('version')}; this vae-pyro reads {VERSION}")
-    problem = structure_problem(payload)
+    problem = structure_problem(payload) or model_problem(payload)
     if problem:
         raise CheckpointError(f"checkpoint {path} is damaged: {problem}")
     return payload
@@ -127,6 +132,52 @@ def structure_problem(payload: dict) -> str | None:
                 bad = next(k for k, check in CONFIG_FIELDS.items() if not check(payload[key].get(k)))
                 return f"model_config.{bad} is {payload[key].get(bad)!r}"
             return f"field {key!r} is not a valid {key.replace('_', ' ')}"
+    return None
+
+
+def _nonfinite(name: str, tensor: torch.Tensor) -> str | None:
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+        return None
+    bad = tensor[~torch.isfinite(tensor)]
+    kinds = " and ".join(k for k, hit in (("nan", bool(bad.isnan().any())), ("inf", bool(bad.isinf().any()))) if hit)
+    return (f"tensor {name!r} has {bad.numel()} non-finite value(s) ({kinds}) of {tensor.numel()}; "
+            "these weights cannot be evaluated or trained on: use an earlier checkpoint or train again")
+
+
+def expected_shapes(model_config: dict) -> dict[str, tuple[int, ...]]:
+    """The tensors (name -> shape) of the model ``model_config`` describes, built on the meta device."""
+    with torch.device("meta"):
+        vae = VAE(VAEConfig.from_dict(model_config))
+    return {name: tuple(t.shape) for name, t in vae.state_dict().items()}
+
+
+def model_problem(payload: dict) -> str | None:
+    """The first tensor of a structurally whole ``payload`` that is not what its config builds (missing,
+    unexpected, another shape) or not finite (its optimiser's state included), as words; None if sound."""
+    try:
+        expected = expected_shapes(payload["model_config"])
+    except (VaePyroError, ValueError, KeyError, TypeError) as err:
+        return f"its model_config does not describe a model ({err})"
+    state = payload["model_state"]
+    for name, shape in expected.items():
+        if name not in state:
+            return f"tensor {name!r} is missing"
+        if tuple(state[name].shape) != shape:
+            return f"tensor {name!r} has shape {tuple(state[name].shape)}; its model_config builds {shape}"
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        return f"unexpected tensor {extra[0]!r}"
+    for name, tensor in state.items():
+        problem = _nonfinite(name, tensor)
+        if problem:
+            return problem
+    optimizer = payload["optimizer_state"] or {"state": {}}
+    for index, entry in optimizer["state"].items():
+        for key, value in (entry.items() if isinstance(entry, dict) else ()):
+            problem = _nonfinite(f"optimizer_state.state.{index}.{key}", value) if isinstance(
+                value, torch.Tensor) else None
+            if problem:
+                return problem
     return None
 
 

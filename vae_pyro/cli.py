@@ -28,20 +28,22 @@ library before any work; an existing result is refused unless ``--force``
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Sequence
 
-from . import api, distributed, report
+from . import api, distributed, outputs, report
+from .checkpoint import load_checkpoint
 from .checks import validity
 from .checks.ground_truth import check_table
 from .errors import SpecError, VaePyroError
 from .estimators import DEFAULT_ESTIMATORS, ESTIMATORS, estimator_names
 from .experiment import experiment_table
-from .options import build_parser, given_settings, options_from_args, spec_from_args
+from .options import build_parser, explicit_settings, given_settings, options_from_args, spec_from_args
 from .reproduce import data_label, text_table
-from .runs import spec_for_checkpoint
+from .runs import spec_for_checkpoint, spec_value
 from .spec import load_spec, shipped_specs
 
 
@@ -56,11 +58,12 @@ def _wrote_json(args) -> None:
 
 
 def _evaluated_spec(args, command: str):
-    """The spec of a command that may evaluate a checkpoint: the checkpoint's model, where given (a
-    --prior or --z-dim that differs from it is one clear error)."""
+    """The spec of a command that may evaluate a checkpoint: the checkpoint's model, where given (an
+    explicit option that contradicts it, --prior, --likelihood, --hidden, --z-dim, a --set of the
+    model, is one clear error: refused, not ignored)."""
     spec = spec_from_args(args)
     if getattr(args, "checkpoint", None):
-        asked = {"prior.name": args.prior, "networks.z_dim": getattr(args, "z_dim", None)}
+        asked = {path: spec_value(spec, path) for path in explicit_settings(args)}
         spec = spec_for_checkpoint(spec, args.checkpoint, asked)
     return spec
 
@@ -180,10 +183,15 @@ COMMANDS = {"compare": cmd_compare, "train": cmd_train, "experiment": cmd_experi
             "reproduce": cmd_reproduce}
 
 
+#: the library's names of the entry points' keyword options, and their flags (always on the command line)
+KEYWORD_FLAGS = {"resume=True": "--resume", "force=True": "--force", "checkpoint=PATH": "--checkpoint PATH"}
+
+
 def in_flags(message: str, given: dict[str, str]) -> str:
     """``message`` (the library's, naming settings) with each setting the user gave as a flag named
-    by that flag: "training.estimator 'x' ..." -> "--estimator 'x' ..."."""
-    for path, flag in given.items():
+    by that flag: "training.estimator 'x' ..." -> "--estimator 'x' ..."; a keyword option
+    (:data:`KEYWORD_FLAGS`) by its flag: "resume=True needs checkpoint=PATH" -> "--resume needs --checkpoint PATH"."""
+    for path, flag in {**given, **KEYWORD_FLAGS}.items():
         message = re.sub(rf"(?<![\w.]){re.escape(path)}(?![\w.])", flag, message)
     return message
 
@@ -196,17 +204,39 @@ def installed_version() -> str:
         return "(not installed)"
 
 
+def interrupted(args, written_before: int) -> str:
+    """The one line a Ctrl-C ends a command with: what is on disk. Temporaries were removed on the way
+    out (:func:`vae_pyro.outputs.atomic_write`, :func:`~vae_pyro.outputs.staged_folder`), and so
+    were this run's locks."""
+    checkpoint = getattr(args, "checkpoint", None)
+    if args.command == "train" and checkpoint and os.path.isfile(checkpoint):
+        try:
+            epoch = load_checkpoint(checkpoint)["epoch"]
+        except VaePyroError:
+            epoch = None
+        if epoch is not None:
+            return f"interrupted; the last checkpoint at epoch {epoch} is intact ({checkpoint})"
+    written = [p for p in dict.fromkeys(outputs.WRITTEN[written_before:]) if p.exists()]  # a stage's went with it
+    if not written:
+        return "interrupted; nothing was written"
+    return f"interrupted; written before the interruption, whole: {', '.join(map(str, written))}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if distributed.launched() and not distributed.active():  # under torchrun: start the process group first
         return distributed.launch(main, argv)
     parser = build_parser()
     parser.add_argument("--version", action="version", version=f"vae-pyro {installed_version()}")
     args = parser.parse_args(argv)
+    written_before = len(outputs.WRITTEN)
     try:
         return COMMANDS[args.command](args)
     except VaePyroError as err:  # bad input only: a bug (ValueError, TypeError ...) is a traceback, exit 1
         print(f"vae-pyro: error: {in_flags(str(err), given_settings(args))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line saying what is on disk, the shell's 128 + SIGINT
+        print(f"vae-pyro: {interrupted(args, written_before)}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from .spec import COMMAND_OPTIONS, SpecError, command_default, keyword_of, setti
 RUN_SETTINGS = ("data.dataset", "data.binarization", "data.transform", "networks.hidden", "networks.z_dim",
                 "networks.network",
                 "training.device", "training.seed", "training.epochs", "training.batch_size", "training.lr",
-                "training.particles")
+                "training.particles", "training.step")
 CHECK_SETTINGS = ("checks.particles", "checks.draws", "checks.grad_draws")
 #: each command's declared settings that get a flag (beside the spec options every model command takes)
 COMMAND_SETTINGS = {
@@ -30,7 +30,7 @@ COMMAND_SETTINGS = {
     "nll": RUN_SETTINGS,
     "experiment": RUN_SETTINGS,
     "check": ("training.device", "training.seed", "training.epochs", "training.particles", *CHECK_SETTINGS),
-    "reproduce": ("data.dataset", "training.epochs", "training.device", "training.seed"),
+    "reproduce": ("data.dataset", "training.epochs", "training.device", "training.seed", "training.step"),
 }
 #: the flags that name a setting without being one of its declarations (a fresh component)
 COMPONENT_FLAGS = {"prior.name": "--prior", "likelihood.name": "--likelihood"}
@@ -99,14 +99,28 @@ def add_settings(p: argparse.ArgumentParser, command: str) -> None:
 
 
 def given_settings(args) -> dict:
-    """Setting path -> flag, for the settings given on this command line (the CLI names those flags
-    in the library's errors, which name settings)."""
+    """Setting path -> flag, for the settings given on this command line, and the command's own
+    options given (``"nll k"`` -> ``--k``): the CLI names those flags in the library's errors, which
+    name settings."""
     given = {path: declared.flag for path, declared in setting_options().items()
              if declared.flag and path in COMMAND_SETTINGS.get(args.command, ())
              and getattr(args, keyword_of(path), None) is not None}
     given.update({path: flag for path, flag in COMPONENT_FLAGS.items()
                   if getattr(args, path.split(".")[0], None) is not None})
+    given.update({f"{args.command} {name}": opt.flag for name, opt in COMMAND_OPTIONS.get(args.command, {}).items()
+                  if opt.flag and getattr(args, name, None) not in (None, False)})  # a command's own: "nll k"
     return given
+
+
+def explicit_settings(args) -> list[str]:
+    """The setting paths this command line gave explicitly: its setting flags, ``--prior`` /
+    ``--likelihood`` and every ``--set SECTION.KEY=...`` (a spec file's values are not explicit)."""
+    paths = list(given_settings(args))
+    for text in getattr(args, "overrides", None) or ():
+        key = text.partition("=")[0].strip()
+        if key.count(".") == 1 and key not in paths:
+            paths.append(key)
+    return paths
 
 
 def settings_from_args(args) -> dict:
@@ -208,8 +222,8 @@ def _add_compare_and_train(sub) -> None:
                    help="continue from --checkpoint up to --epochs (the model options must match it; --lr, "
                         "--batch-size, --estimator given now apply from there on)")
     p.add_argument("--capture-step", action="store_true",
-                   help="run each full-size batch's whole step (loss, backward, Adam) as one captured step: "
-                        "a CUDA-graph replay on CUDA (analytic, trace, tmf and their *_graph twins)")
+                   help="the older spelling of --step captured: each full-size batch's whole step (loss, backward, "
+                        "Adam) as one captured step, a CUDA-graph replay on CUDA (analytic, trace, tmf, *_graph)")
 
 
 def _training_command(sub, name: str, help_text: str, description: str) -> argparse.ArgumentParser:

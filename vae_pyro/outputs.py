@@ -16,14 +16,28 @@
   under the usual umask 022), like any other program's output (``mkstemp`` would give 0600).
 * **No litter.** Temporaries left by a killed process (its PID is no longer running) are removed by
   the next write of the same target.
+* **One writer per output.** Every output a run will write is *claimed* (:func:`claim`): an advisory
+  ``fcntl.flock`` on a sibling lock file ``.NAME.lock`` holding the writer's PID, taken before the
+  existence check and held until the run ends (:func:`release_claims`, after the final rename). A
+  second run on the same output is refused at once, naming the holder; the lock file is removed by
+  its holder, and a killed holder's lock is released by the kernel.
+* **Paths as the OS will see them.** Before any work: an empty path, a trailing slash or ``.`` where
+  a file is wanted, a name too long once our temporary suffix is added (``NAME_MAX``, ``PATH_MAX``),
+  anything but a regular file in a file's place (a device node, a FIFO), the current folder as a run
+  folder, a run folder (or a subfolder) that cannot be written to. Symbolic links are followed, like
+  ``open()`` would: the file or folder they point to is the one replaced.
 """
 
 from __future__ import annotations
 
+import atexit
+import fcntl
+import functools
 import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +50,9 @@ from .errors import OutputError  # noqa: F401  (re-exported)
 # ----------------------------------------------------------------------------------------------
 # Temporary siblings
 
+
+#: every file and run folder this process has put in place (renamed over its target), in order
+WRITTEN: list[Path] = []
 
 _TEMP = re.compile(r"\.(tmp|old)-(\d+)-[0-9a-f]+$")
 #: ``tempfile.mkstemp``'s suffix: what earlier versions of vae-pyro left after a SIGKILL
@@ -101,7 +118,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None]) -> No
     a crash, a full disk or a SIGKILL leaves ``path`` as it was. The file gets the user's mode."""
     if not distributed.is_main():  # several processes: only process 0 writes
         return
-    path = Path(path)
+    path = resolved(path)  # through a symbolic link, like open(): the file it points to is replaced
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(path)
     tmp = _sibling(path, "tmp")
@@ -111,6 +128,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None]) -> No
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        WRITTEN.append(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -150,7 +168,7 @@ def staged_folder(path: str | os.PathLike) -> Iterator[Path]:
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return
-    target = Path(path)
+    target = resolved(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(target)
     stage = _sibling(target, "tmp")
@@ -161,10 +179,174 @@ def staged_folder(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     replace_folder(stage, target)
+    WRITTEN.append(target)
+
+
+# ----------------------------------------------------------------------------------------------
+# One writer per output
+
+
+#: output (resolved) -> (file descriptor holding its lock, the lock file)
+_CLAIMS: dict[Path, tuple[int, Path]] = {}
+
+
+def resolved(path: str | os.PathLike) -> Path:
+    """``path`` as the OS will write it: absolute, symbolic links followed (a missing tail is kept)."""
+    return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
+
+
+def lock_file(target: Path) -> Path:
+    return target.parent / f".{target.name}.lock"
+
+
+def _holder(fd: int) -> str:
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return f"pid {text}" if text.isdigit() else "a process that is starting"
+
+
+def claim(path: str | os.PathLike, option: str) -> Path | None:
+    """Hold the lock of output ``path`` (:func:`resolved`) for this process until
+    :func:`release_claims`: ``fcntl.flock`` on ``.NAME.lock`` beside it, not waiting; held by another
+    process, one :class:`OutputError` line naming it. Claiming an output this process holds is a
+    no-op. The lock file is created in ``path``'s folder, which must exist. Returns the target."""
+    if not distributed.is_main():  # several processes: process 0 alone owns the output paths
+        return None
+    target = resolved(path)
+    if target in _CLAIMS:
+        return target
+    lock = lock_file(target)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise OutputError(f"{option} {path} is being written by another vae-pyro run ({holder}); wait for it "
+                              "to end or choose another path") from None
+        try:  # its last holder may have removed the file between our open and our lock: lock the new one
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _CLAIMS[target] = (fd, lock)
+    return target
+
+
+def release_claims(keep: frozenset = frozenset()) -> None:
+    """Release this process's claims (but those in ``keep``): each lock file is removed while still
+    locked, so a run waiting on it sees the file change and locks the new one (:func:`claim`)."""
+    for target in [t for t in _CLAIMS if t not in keep]:
+        fd, lock = _CLAIMS.pop(target)
+        try:
+            os.unlink(lock)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+atexit.register(release_claims)
+
+
+def releasing_claims(fn):
+    """Decorate a library entry point: the outputs it claims are released when it returns or raises
+    (the claims its caller held before are kept)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        held = frozenset(_CLAIMS)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_claims(keep=held)
+
+    return wrapper
 
 
 # ----------------------------------------------------------------------------------------------
 # Validation, before any work
+
+
+#: the longest suffix a temporary sibling adds to a name: ``.NAME.tmp-PID-XXXXXXXX`` (a PID has at
+#: most 7 digits: Linux's pid_max is at most 2**22)
+TEMP_EXTRA = len(".") + len(".tmp-") + 7 + len("-") + 8
+#: room for what a run folder holds below its own path (checkpoints/NAME.pt and its temporary)
+FOLDER_INSIDE = 100
+
+
+def _limit(folder: str, name: str, default: int) -> int:
+    while folder and not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    try:
+        return os.pathconf(folder or "/", name)
+    except (OSError, ValueError):
+        return default
+
+
+def check_path_text(path: str | os.PathLike, option: str, *, folder: bool = False) -> None:
+    """``path`` as text, before any system call sees it: not empty; for a file, not ending in a slash
+    or ``.``; every name within ``NAME_MAX`` and the whole within ``PATH_MAX`` once a temporary
+    sibling's suffix (:data:`TEMP_EXTRA`, and for a folder what it will hold) is added."""
+    raw = os.fspath(path)
+    if raw == "":
+        raise OutputError(f"{option} is an empty path; give a path")
+    if not folder and (raw.endswith(os.sep) or os.path.basename(raw) in (".", "..")):
+        raise OutputError(f"{option} {raw} names a folder; give a file path")
+    full = os.path.abspath(raw)
+    name_max, path_max = _limit(full, "PC_NAME_MAX", 255), _limit(full, "PC_PATH_MAX", 4096)
+    parts = [p for p in full.split(os.sep) if p]
+    for part in parts[:-1]:
+        if len(part.encode()) > name_max:
+            raise OutputError(f"{option} {raw}: the folder name {part[:20]}... is {len(part.encode())} bytes, "
+                              f"longer than the file system's {name_max}; choose a shorter path")
+    name = parts[-1] if parts else ""
+    if len(name.encode()) + TEMP_EXTRA > name_max:
+        raise OutputError(f"{option} {raw}: the name is {len(name.encode())} bytes; with the temporary suffix "
+                          f"vae-pyro writes first (up to {TEMP_EXTRA} more) it exceeds the file system's "
+                          f"{name_max}; choose a name of at most {name_max - TEMP_EXTRA} bytes")
+    extra = TEMP_EXTRA + (FOLDER_INSIDE if folder else 0)
+    if len(full.encode()) + extra >= path_max:
+        raise OutputError(f"{option} {raw}: the path is {len(full.encode())} bytes; with what vae-pyro writes "
+                          f"below it (up to {extra} more) it exceeds the system's {path_max}; choose a shorter path")
+
+
+_KINDS = {stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device", stat.S_ISFIFO: "a FIFO",
+          stat.S_ISSOCK: "a socket"}
+
+
+def _kind(mode: int) -> str:
+    return next((word for test, word in _KINDS.items() if test(mode)), "not a regular file")
+
+
+#: ``FS_IOC_GETFLAGS`` (linux/fs.h) and its immutable and append-only flags (``chattr +i``, ``+a``)
+_GETFLAGS, _IMMUTABLE, _APPEND = 0x80086601, 0x10, 0x20
+
+
+def immutable(path: Path) -> bool:
+    """Whether ``path`` is immutable or append-only (``chattr +i``/``+a``): then no one, root included,
+    can replace or remove it. False where the file system keeps no such flags."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        flags = fcntl.ioctl(fd, _GETFLAGS, b"\0" * 8)
+        return bool(int.from_bytes(flags[:4], "little") & (_IMMUTABLE | _APPEND))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def check_replaceable(path: Path, option: str, shown) -> None:
+    """An existing output that a run will replace (with ``--force``, or a resumed checkpoint) can be:
+    not immutable or append-only, which would fail the final rename after the work."""
+    if path.exists() and immutable(path):
+        raise OutputError(f"{option} {shown} is immutable or append-only (chattr +i/+a), so it cannot be replaced; "
+                          "clear the flag or choose another path")
 
 
 def writable_folder(folder: Path, option: str, path: Path) -> None:
@@ -185,17 +367,24 @@ def writable_folder(folder: Path, option: str, path: Path) -> None:
 
 def check_output_file(path: str | os.PathLike, option: str, *, force: bool = False,
                       resumable: bool = False) -> Path:
-    """``path`` can be written as a result file: not a folder, its folder writable, and not an
-    existing file unless ``force``."""
-    path = Path(path)
+    """``path`` can be written as a result file: its text sound (:func:`check_path_text`), not a
+    folder nor anything but a regular file, its folder writable, claimed by this run (:func:`claim`),
+    and not an existing file unless ``force``."""
+    check_path_text(path, option)
+    shown, path = Path(path), resolved(path)
     if path.is_dir():
-        raise OutputError(f"{option} {path} is a folder; give a file path")
-    writable_folder(path.parent, option, path)
+        raise OutputError(f"{option} {shown} is a folder; give a file path")
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        raise OutputError(f"{option} {shown} is {_kind(path.stat().st_mode)}; vae-pyro replaces only regular files, "
+                          "even with --force: choose a file path")
+    writable_folder(path.parent, option, shown)
+    claim(path, option)
     if path.exists() and not force:
         resume = ", --resume to continue from it," if resumable else ""
-        raise OutputError(f"{option} {path} already exists; pass --force to replace it{resume} "
+        raise OutputError(f"{option} {shown} already exists; pass --force to replace it{resume} "
                           "or choose a new path")
-    return path
+    check_replaceable(path, option, shown)
+    return shown
 
 
 #: what a run folder holds (vae_pyro.experiment); --force replaces only a folder of these, so a
@@ -208,19 +397,40 @@ def _foreign_entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not any(p.match(pattern) for pattern in RUN_FOLDER_ENTRIES))
 
 
+def _unwritable_inside(folder: Path) -> Path | None:
+    """The first of ``folder`` and its subfolders that cannot be written (a run replacing it removes
+    their entries: read-only or immutable, ``rmtree`` would fail after the work)."""
+    for sub in (folder, *(p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink())):
+        if not os.access(sub, os.W_OK | os.X_OK) or immutable(sub):
+            return sub
+    return None
+
+
 def check_run_folder(path: str | os.PathLike, option: str = "--out", *, force: bool = False) -> Path:
-    """``path`` can take a new run: not a file, its parent writable (the run is built beside it), and
-    not a folder holding files unless ``force``, which replaces only an earlier run's folder."""
-    path = Path(path)
+    """``path`` can take a new run: its text sound (:func:`check_path_text`), not a file, not the
+    current folder (or one holding it), its parent writable (the run is built beside it), claimed by
+    this run (:func:`claim`), and not a folder holding files unless ``force``, which replaces only an
+    earlier run's folder, and only one it can empty."""
+    check_path_text(path, option, folder=True)
+    shown, path = Path(path), resolved(path)
     if path.exists() and not path.is_dir():
-        raise OutputError(f"{option} {path} is a file; give a folder path")
-    writable_folder(path.parent, option, path)
+        raise OutputError(f"{option} {shown} is a file; give a folder path")
+    cwd = resolved(os.getcwd())
+    if path == cwd or path in cwd.parents:
+        raise OutputError(f"{option} {shown} is the current folder or holds it; a run folder is replaced whole "
+                          "when the run ends: give a new folder")
+    writable_folder(path.parent, option, shown)
+    claim(path, option)
     if path.is_dir() and any(path.iterdir()):
         if not force:
-            raise OutputError(f"{option} {path} already holds files (an earlier run?); pass --force to replace "
+            raise OutputError(f"{option} {shown} already holds files (an earlier run?); pass --force to replace "
                               "the whole folder, or choose a new folder")
         foreign = _foreign_entries(path)
         if foreign:
-            raise OutputError(f"{option} {path} holds files that are not a vae-pyro run (e.g. {foreign[0]!r}), "
+            raise OutputError(f"{option} {shown} holds files that are not a vae-pyro run (e.g. {foreign[0]!r}), "
                               "which --force would delete; move them away or choose a new folder")
-    return path
+        stuck = _unwritable_inside(path)
+        if stuck is not None:
+            raise OutputError(f"{option} {shown}: {stuck} cannot be written (read-only or immutable), so --force "
+                              "could not replace it; make it writable or choose a new folder")
+    return shown

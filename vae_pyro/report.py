@@ -150,6 +150,8 @@ def train_lines(result: dict) -> str:
              f"device {result['device']}, seed {result['seed']}, {result['particles']} particle(s)"]
     if t.get("estimator_note"):
         lines.append(t["estimator_note"])
+    if t.get("step"):
+        lines.append(f"step: {t['step']} ({t['step_reason']})")
     lines.append(table(["epoch", "train -ELBO", f"test -ELBO ({result['eval_estimator']})", "KL weight", "seconds"],
                        rows))
     if result["test_neg_elbo"] is not None:

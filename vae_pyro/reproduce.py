@@ -45,7 +45,7 @@ from types import SimpleNamespace
 import torch
 from tqdm.auto import tqdm
 
-from . import outputs, plots
+from . import memory, outputs, plots
 from .active_units import active_units
 from .amortization import refine_proposal
 from .checkpoint import save_checkpoint
@@ -123,7 +123,9 @@ def plan(target: str = "burda2015", out: str = "runs/burda2015", options: dict |
     if target not in TARGETS:
         raise SpecError(f"unknown reproduce target {target!r}; allowed: {', '.join(TARGETS)}")
     o, t = command_options("reproduce", options or {}), settings or {}
-    return SimpleNamespace(target=target, out=out, dataset=t.get("data.dataset"), epochs=t.get("training.epochs"),
+    given = sorted(k for k, v in (options or {}).items() if v is not None)  # the options given explicitly
+    return SimpleNamespace(given=given, target=target, out=out, dataset=t.get("data.dataset"),
+                           epochs=t.get("training.epochs"),
                            k=o["k"], ks=NLL_KS, rows=tuple(o["rows"]) or None, lr_schedule=o["lr_schedule"],
                            refine_steps=o["refine_steps"], device=t.get("training.device"),
                            seed=t.get("training.seed"), overrides=tuple(overrides), fast=o["fast"], force=force,
@@ -149,10 +151,14 @@ def apply_paper_setting(cfg: SimpleNamespace) -> None:
 
 
 def apply_fast(cfg: SimpleNamespace) -> None:
-    """``fast``: 2 epochs, evaluated every epoch with k = 5, test NLL k = 20, a subset of rows."""
+    """``fast``: 2 epochs, evaluated every epoch with k = 5, test NLL k = 20, a subset of rows; each
+    only where the user left it unset (an explicit ``k``, ``refine_steps``, ``epochs``, ``rows`` or
+    ``--set`` wins)."""
     cfg.epochs = cfg.epochs or 2
-    cfg.k = min(cfg.k, 20)
-    cfg.refine_steps = min(cfg.refine_steps, 5)
+    if "k" not in cfg.given:
+        cfg.k = min(cfg.k, 20)
+    if "refine_steps" not in cfg.given:
+        cfg.refine_steps = min(cfg.refine_steps, 5)
     cfg.rows = cfg.rows or TARGETS[cfg.target].fast_rows
     cfg.overrides = ("selection.every=1", "selection.k=5", *cfg.overrides)
 
@@ -315,6 +321,8 @@ def row_spec(target: Target, row: Row, cfg: SimpleNamespace):
     if spec.training.kl_weight != 1.0 or spec.training.kl_anneal_epochs:
         raise SpecError("reproduce compares bounds on log p(x): training.kl_weight must be 1 and "
                          "training.kl_anneal_epochs 0")
+    memory.check_fits(spec, resolve_device(spec.training.device), k=cfg.k, command="reproduce",
+                      options={"k": cfg.k, "refine_steps": cfg.refine_steps})  # before the probe below is built
     training_estimator(VAE(spec.model_config()), spec.training.estimator, explicit=True)
     return spec
 
@@ -337,13 +345,25 @@ def run_reproduce(target: str, out: str, options: dict | None = None, settings: 
     if cfg.fast:
         apply_fast(cfg)
     apply_paper_setting(cfg)
+    rows = row_specs(cfg)
+    check_sizes(rows, cfg)
     outputs.check_run_folder(cfg.out, force=cfg.force)
     with outputs.staged_folder(cfg.out) as out:  # built beside, renamed into place whole when complete
-        return _run_rows(cfg, out)
+        return _run_rows(cfg, rows, out)
 
 
-def _run_rows(cfg: SimpleNamespace, out: Path) -> dict:
-    rows = row_specs(cfg)
+def check_sizes(rows: list, cfg: SimpleNamespace) -> None:
+    """All the rows together fit in a day (:func:`vae_pyro.memory.check_time`; each row's memory and
+    time are checked by :func:`row_spec`), before any work: the training, the validation bounds, the
+    test NLL's k and the proposal refinement."""
+    options, loops = {"k": cfg.k, "refine_steps": cfg.refine_steps}, {}
+    for _, spec in rows:  # each row's memory and time: checked by row_spec
+        for name, (calls, flops) in memory.time_estimate(spec, "reproduce", options).items():
+            loops[name] = (loops.get(name, (0, 0))[0] + calls, loops.get(name, (0, 0))[1] + flops)
+    memory.check_time(loops, resolve_device(rows[0][1].training.device))
+
+
+def _run_rows(cfg: SimpleNamespace, rows: list, out: Path) -> dict:
     first = rows[0][1]  # the rows differ in estimator, k and binarization only: data and device are shared
     ds, device, t = load_dataset(first.data.dataset), resolve_device(first.training.device), first.training
     print(f"reproduce {cfg.target}: {len(rows)} row(s) on {ds.name}, {t.epochs} epochs each, batch {t.batch_size}, "

@@ -8,6 +8,7 @@ a valid training estimator (:func:`training_estimator`), and the header every JS
 from __future__ import annotations
 
 import copy
+import dataclasses
 import platform
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from .errors import CheckpointError, SpecError
 from .estimators import build_estimator
 from .model import VAE, VAEConfig
 from .spec import ComponentSpec, VAESpec
+from .steps import choose_step
 from .train import seed_all, train
 
 #: version of the JSON layout every command writes (the header below plus its own fields)
@@ -88,26 +90,40 @@ def fit_run(run: Run, trainer: str, note: str | None, progress: bool, **train_kw
     """Train ``run.vae`` as its spec says, with ``trainer`` (chosen by :func:`training_estimator`);
     returns the epoch history and the training record every command's JSON carries."""
     t = run.spec.training
-    history = train(run.vae, build_estimator(trainer, t.particles), run.x_train, epochs=t.epochs,
+    estimator = build_estimator(trainer, t.particles)
+    if train_kwargs.pop("capture", False):
+        t = dataclasses.replace(t, step="captured")  # the older spelling, train(capture=True)
+    route, why = choose_step(t.step, run.vae.device, estimator, len(run.x_train) // t.batch_size * t.epochs)
+    history = train(run.vae, estimator, run.x_train, epochs=t.epochs,
                   batch_size=t.batch_size, lr=t.lr, dynamic=run.dynamic, generator=run.generator,
-                  progress=progress, kl_anneal_epochs=t.kl_anneal_epochs, **train_kwargs)
+                  progress=progress, kl_anneal_epochs=t.kl_anneal_epochs, step=route, **train_kwargs)
     return history, {"estimator": trainer, "requested_estimator": t.estimator, "estimator_note": note,
                      "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
-                     "kl_anneal_epochs": t.kl_anneal_epochs}
+                     "kl_anneal_epochs": t.kl_anneal_epochs, "step": route, "step_reason": why}
 
 
 def check_before_work(spec, *, json=None, checkpoint=None, resume: bool = False, out=None, force: bool = False,
-                      k: int | None = None, chunk: int | None = None) -> None:
+                      k: int | None = None, chunk: int | None = None, command: str | None = None,
+                      options: dict | None = None, trains: bool = True, toy: bool = False) -> None:
     """What every command checks before it loads data or allocates a model, so a bad output or an
     impossible size is one clear error instead of a traceback after the work: every output can be
     written and none is an earlier result unless ``force`` (:func:`vae_pyro.preflight.check_outputs`;
     ``checkpoint`` here is a training checkpoint to write or, with ``resume``, to continue), and the
-    run's sizes fit the device's free memory (:func:`vae_pyro.memory.check_fits`; ``k``/``chunk``:
-    the IWAE test NLL's). ``spec`` None: no model of the spec's (a toy) to size."""
-    preflight.check_outputs(json=json, checkpoint=checkpoint, resume=resume, out=out, force=force)
-    if spec is not None:
+    run's sizes fit the device's free memory and a day's time (:func:`vae_pyro.memory.check_fits`;
+    ``k``/``chunk``: the IWAE test NLL's; ``command``, ``options``: the loops it runs, its own options;
+    ``trains``: False where a saved model is evaluated; ``toy``: the spec's model is not run, only its
+    checks' draws are sized, :func:`vae_pyro.memory.check_draws`). ``spec`` None: nothing to size."""
+    preflight.check_outputs(json=json, checkpoint=checkpoint, resume=resume, out=out, force=force,
+                            epochs=spec.training.epochs if spec is not None and resume else None)
+    if spec is not None and toy:
+        memory.check_draws(spec, torch.device("cpu"))  # toys run on the CPU (the toy says so, for --device)
+    elif spec is not None:
         spec.resolved_data()  # the likelihood's support holds for the data options, after every override
-        memory.check_fits(spec, resolve_device(spec.training.device), k=k, chunk=chunk)
+        memory.check_fits(spec, resolve_device(spec.training.device), k=k, chunk=chunk, command=command,
+                          options=options, trains=trains)
+        # an explicit --step that cannot apply is refused now, not after the data is loaded
+        choose_step(spec.training.step, resolve_device(spec.training.device),
+                    build_estimator(spec.training.estimator), 0)
 
 
 def training_estimator(vae, requested: str, explicit: bool = False) -> tuple[str, str | None]:
@@ -162,20 +178,51 @@ def with_model(spec: VAESpec, model: dict) -> VAESpec:
 
 
 #: what a checkpoint fixes that a user may also ask for: the setting, and the saved model's key
-CHECKPOINT_FIXES = {"prior.name": "prior", "networks.z_dim": "z_dim"}
+#: (a prior's or likelihood's own options, ``prior.components`` ..., are compared with its saved options)
+CHECKPOINT_FIXES = {"prior.name": "prior", "likelihood.name": "likelihood", "networks.z_dim": "z_dim",
+                    "networks.hidden": "hidden", "networks.activation": "activation", "networks.network": "network",
+                    "training.kl_weight": "kl_weight"}
+
+
+def _saved_value(saved: dict, setting: str):
+    """The checkpoint's value of ``setting`` (``_NOT_FIXED`` where the checkpoint does not fix it)."""
+    if setting in CHECKPOINT_FIXES:
+        return saved.get(CHECKPOINT_FIXES[setting], _NOT_FIXED)
+    section, _, key = setting.partition(".")
+    if section in ("prior", "likelihood"):
+        return saved.get(f"{section}_options", {}).get(key, _NOT_FIXED)
+    return _NOT_FIXED
+
+
+_NOT_FIXED = object()
+
+
+def _same(a, b) -> bool:
+    return (list(a) == list(b)) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
+
+
+def spec_value(spec: VAESpec, setting: str):
+    """The value of ``setting`` (``"networks.hidden"``, ``"prior.name"``, ``"prior.components"``) in ``spec``."""
+    section, _, key = setting.partition(".")
+    part = getattr(spec, section, None)
+    if isinstance(part, ComponentSpec):
+        return part.name if key == "name" else part.options.get(key)
+    return getattr(part, key, None)
 
 
 def spec_for_checkpoint(spec: VAESpec, path: str, asked: dict | None = None) -> VAESpec:
     """``spec`` with its model (networks and their activation, prior, likelihood, KL weight) replaced by
     the one saved in the checkpoint at ``path``, so that the data, the checks and the reports all
-    describe the loaded model. ``asked``: settings the user gave explicitly ({"prior.name": "mog"});
-    one that differs from the checkpoint's is a :class:`~vae_pyro.errors.CheckpointError` naming the
-    setting (one line, exit 2 from the command line, which names its flag)."""
+    describe the loaded model. ``asked``: settings the user gave explicitly ({"prior.name": "mog",
+    "networks.hidden": [8]}); one the checkpoint fixes (:data:`CHECKPOINT_FIXES`, the prior's and
+    likelihood's options) with another value is a :class:`~vae_pyro.errors.CheckpointError` naming
+    the setting (one line, exit 2 from the command line, which names its flag): refused, not ignored."""
     saved = load_checkpoint(path)["model_config"]
     for setting, value in (asked or {}).items():
-        key = CHECKPOINT_FIXES[setting]
-        if value is not None and value != saved[key]:
-            raise CheckpointError(f"checkpoint {path} holds a model with {key} {saved[key]!r}, not {value!r}; "
+        have = _saved_value(saved, setting)
+        if value is not None and have is not _NOT_FIXED and not _same(value, have):
+            key = setting.partition(".")[2] if setting not in CHECKPOINT_FIXES else CHECKPOINT_FIXES[setting]
+            raise CheckpointError(f"checkpoint {path} holds a model with {key} {have!r}, not {value!r}; "
                                   f"leave {setting} unset (the model's settings come from the checkpoint)")
     spec = with_model(spec, saved)
     images, data = VAEConfig.from_dict(saved).image_shape, spec.model_config().image_shape

@@ -35,7 +35,7 @@ from pathlib import Path
 from .data import BINARIZATION_CHOICES, DATA_KINDS, TRANSFORMS, resolve_data
 from .checks.result import DRAWS, GRAD_DRAWS, REFERENCE_PARTICLES, SAME_NOISE_TOL, Z_TOL
 from .datasets import DEFAULT_DATASET, dataset_class, dataset_names
-from .devices import DEVICES
+from .devices import DEVICES, STEPS
 from .errors import DataError, SpecError, VaePyroError
 from .estimators import DEFAULT_ESTIMATORS, estimator_names
 from .estimators.iwae import BURDA_K, NLL_CHUNK
@@ -109,6 +109,9 @@ class TrainingSpec:
     kl_anneal_epochs: int = setting(0, "linear warm-up of beta from ~0 over this many epochs", low=0)
     device: str = setting("auto", "where tensors live: auto = CUDA when available, else CPU", choices=DEVICES,
                           flag="--device")
+    step: str = setting("auto", "how each full-size batch's step runs: eager, captured (one CUDA graph), fused "
+                        "(compiled by inductor), auto (the fastest that applies: vae_pyro.steps)", choices=STEPS,
+                        flag="--step")
 
 
 @dataclass

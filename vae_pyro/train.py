@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .captured_step import CapturedTrainStep
+from .fused_step import FusedTrainStep
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .data import Batches
 from .devices import DEVICES, resolve_device  # noqa: F401  (re-exported)
@@ -24,6 +25,7 @@ from .errors import TrainingError  # noqa: F401  (re-exported)
 from .estimators import Estimator
 from .estimators.syncfree import step_without_validation
 from .nonfinite import neutralise_nonfinite
+from .steps import choose_step
 
 #: training steps between two reads of the loss from the device (progress bar and NaN check)
 READ_EVERY = 50
@@ -70,7 +72,7 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
           eval_estimator: Estimator | None = None, generator: torch.Generator | None = None,
           progress: bool = True, optimizer: torch.optim.Optimizer | None = None,
           kl_anneal_epochs: int = 0, checkpoint: str | None = None, resume: bool = False,
-          capture: bool = False) -> list[EpochLog]:
+          capture: bool = False, step: str = "eager") -> list[EpochLog]:
     """Adam on ``estimator.differentiable_loss / batch``. ``dynamic=True``: ``x_train`` holds grey
     levels and every batch is a fresh Bernoulli draw. Raises :class:`TrainingError` on a NaN loss.
 
@@ -96,18 +98,24 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
     annealed objective. Afterwards ``vae.kl_weight`` is the target again, so evaluation and the
     checks see the objective the spec names.
 
-    ``capture=True``: full-size batches go through one :class:`vae_pyro.captured_step.CapturedTrainStep`
-    (on CUDA the whole step, Adam included, is one CUDA-graph replay; the optimiser must then be
-    ``Adam(capturable=True)``, which the default one is), other batches through :func:`train_step`."""
+    ``step`` (:data:`~vae_pyro.devices.STEPS`, chosen by :func:`vae_pyro.steps.choose_step`): how full-size
+    batches run; other batches always go through :func:`train_step`. ``captured`` (or ``capture=True``):
+    one :class:`vae_pyro.captured_step.CapturedTrainStep` (on CUDA the whole step, Adam included, is one
+    CUDA-graph replay; the optimiser must then be ``Adam(capturable=True)``, which the default one is).
+    ``fused``: one :class:`vae_pyro.fused_step.FusedTrainStep` (traced out of Pyro, compiled by inductor;
+    the default optimiser is then plain Adam)."""
+    route, _ = choose_step("captured" if capture else step, vae.device, estimator,
+                           len(x_train) // batch_size * epochs)
     own_optimizer = optimizer is None
-    optimizer = optimizer or make_optimizer(vae, lr, capturable=capture)
+    optimizer = optimizer or make_optimizer(vae, lr, capturable=route == "captured",
+                                            fused=False if route == "fused" else None)
     target = float(vae.config.kl_weight)
     batches = Batches(x_train, batch_size, dynamic=dynamic, generator=generator)
     if not dynamic:
         vae.check_data(x_train)
     history, first_epoch = _resume(checkpoint, vae, optimizer, generator, lr if own_optimizer else None) \
         if resume else ([], 1)
-    whole_step = _captured_step(vae, estimator, optimizer, x_train, batch_size) if capture else None
+    whole_step = _whole_step(route, vae, estimator, optimizer, x_train, batch_size)
     remaining = max(epochs - first_epoch + 1, 0)
     bar = tqdm(total=remaining * len(batches), desc=f"train[{estimator.name}]", disable=not progress,
                unit="step", leave=False)
@@ -174,10 +182,15 @@ def _epoch_steps(vae, estimator, optimizer, batches, whole_step, epoch: int, ann
     return losses
 
 
-def _captured_step(vae, estimator, optimizer, x_train, batch_size: int):
-    """The whole-step capture for ``train(capture=True)``, built after any resume (it holds the
-    optimiser's state tensors, which loading a checkpoint would replace)."""
-    return CapturedTrainStep(vae, estimator, optimizer, (batch_size, *x_train.shape[1:]), dtype=x_train.dtype)
+#: the whole-step class of each route of :func:`vae_pyro.steps.choose_step` (``eager``: none)
+WHOLE_STEPS = {"captured": CapturedTrainStep, "fused": FusedTrainStep}
+
+
+def _whole_step(route: str, vae, estimator, optimizer, x_train, batch_size: int):
+    """The whole step of ``route`` for full-size batches (None: eager), built after any resume (it
+    holds the optimiser's state tensors, which loading a checkpoint would replace)."""
+    cls = WHOLE_STEPS.get(route)
+    return cls and cls(vae, estimator, optimizer, (batch_size, *x_train.shape[1:]), dtype=x_train.dtype)
 
 
 def train_step(vae, estimator: Estimator, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> torch.Tensor:
@@ -195,13 +208,16 @@ def train_step(vae, estimator: Estimator, optimizer: torch.optim.Optimizer, x: t
     return loss
 
 
-def make_optimizer(vae, lr: float = 1e-3, capturable: bool = False, eps: float = 1e-8) -> torch.optim.Optimizer:
+def make_optimizer(vae, lr: float = 1e-3, capturable: bool = False, eps: float = 1e-8,
+                   fused: bool | None = None) -> torch.optim.Optimizer:
     """Adam over the VAE's parameters; fused on CUDA (one kernel for all parameters instead of a
     dozen multi-tensor launches, and a NaN step is skipped on the device: :func:`train_step`).
     ``capturable``: on CUDA, an Adam whose step can be recorded in a CUDA graph (``captured_step``).
-    ``eps``: torch's default; Burda et al. 2015 use 1e-4."""
+    ``eps``: torch's default; Burda et al. 2015 use 1e-4. ``fused=False``: plain Adam on every device,
+    which :mod:`vae_pyro.fused_step` traces (None: fused on CUDA)."""
     cuda = vae.device.type == "cuda"
-    return torch.optim.Adam(vae.parameters(), lr=lr, eps=eps, fused=cuda, capturable=capturable and cuda)
+    fused = cuda if fused is None else fused
+    return torch.optim.Adam(vae.parameters(), lr=lr, eps=eps, fused=fused, capturable=capturable and cuda)
 
 
 def _read_losses(losses: torch.Tensor, step: int, epoch: int, estimator: Estimator, bar) -> None:
