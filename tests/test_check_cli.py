@@ -15,10 +15,10 @@ from vae_pyro.estimators import Estimator, build_estimator
 
 CHECK_KEYS = {"name", "value", "reference", "tolerance", "verdict"}
 
-#: Regression values: the README's table of `vae-pyro check --toy NAME` at the default seed (exact
-#: log p(x), nats/example, and |IWAE_5000 - log p(x)|, "measured" in the README's text). The toys are
+#: Regression values: docs/checks.md's table of `vae-pyro check --toy NAME` at the default seed (exact
+#: log p(x), nats/example, and |IWAE_5000 - log p(x)|, "measured" in its text). The toys are
 #: trained from a fixed seed on one thread, so these are reproducible numbers, not laws: if a change
-#: of torch or of the toy training moves them, re-measure and update the README with them. Tolerances:
+#: of torch or of the toy training moves them, re-measure and update docs/checks.md with them. Tolerances:
 #: log p(x) is quoted to 4 decimals (rounding <= 5e-5) and its computation is exact to 1e-9 (closed
 #: form) or 6e-8 (quadrature, n vs 2n points), so 1e-4; the IWAE gap is quoted to one significant
 #: digit, so half a unit of that digit.

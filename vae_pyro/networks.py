@@ -93,6 +93,7 @@ class Network:
         return 2 * sum(self.hidden) + self.x_dim * out_per_pixel + 4 * self.z_dim
 
 
+#: the network registry: name -> :class:`Network` subclass
 NETWORKS: Registry[type[Network]] = Registry("network")
 register_network = NETWORKS.register
 

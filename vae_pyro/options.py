@@ -25,6 +25,7 @@ RUN_SETTINGS = ("data.dataset", "data.binarization", "data.transform", "networks
                 "training.device", "training.seed", "training.epochs", "training.batch_size", "training.lr",
                 "training.particles", "training.step", *GUIDE_FLAGS)
 CHECK_SETTINGS = ("checks.particles", "checks.draws", "checks.grad_draws")
+#: each command's declared settings that get a flag (beside the spec options every model command takes)
 COMMAND_SETTINGS = {
     "compare": (*RUN_SETTINGS, *CHECK_SETTINGS, "checks.estimators"),
     "train": (*RUN_SETTINGS, "training.estimator"),

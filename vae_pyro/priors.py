@@ -2,18 +2,18 @@ r"""Priors p(z), by name. Each is an ``nn.Module`` (so a learnable prior's param
 rest) whose ``dist(batch_shape)`` is a Pyro distribution with batch shape ``batch_shape`` and event
 shape ``(z_dim,)``.
 
-=================  =====================================================  ======================
-name               p(z)                                                   KL(q(z|x) || p(z))
-=================  =====================================================  ======================
-``standard_normal``  N(0, I) (Kingma & Welling 2013)                      closed form
-``diag_normal``    N(m, diag(s^2)), m and log s learnt                    closed form
-``mog``            sum_k pi_k N(m_k, diag(s_k^2)), all learnt              none: log of a sum
-``vamp``           (1/K) sum_k q(z | u_k), K learnt pseudo-inputs u_k      none: log of a sum
-                   through the encoder (Tomczak & Welling 2018)
-``laplace``        prod_j Laplace(0, b)                                    closed form (torch
-                                                                           registers Normal||Laplace)
-``student_t``      prod_j StudentT(nu, 0, s)                               none registered
-=================  =====================================================  ======================
+===================  =====================================================  ======================
+name                 p(z)                                                   KL(q(z|x) || p(z))
+===================  =====================================================  ======================
+``standard_normal``  N(0, I) (Kingma & Welling 2013)                        closed form
+``diag_normal``      N(m, diag(s^2)), m and log s learnt                    closed form
+``mog``              sum_k pi_k N(m_k, diag(s_k^2)), all learnt             none: log of a sum
+``vamp``             (1/K) sum_k q(z | u_k), K learnt pseudo-inputs u_k     none: log of a sum
+                     through the encoder (Tomczak & Welling 2018)
+``laplace``          prod_j Laplace(0, b)                                   closed form (torch
+                                                                             registers Normal||Laplace)
+``student_t``        prod_j StudentT(nu, 0, s)                              none registered
+===================  =====================================================  ======================
 
 Which estimators stay exact for which prior is in :mod:`vae_pyro.estimators` (``validity``) and in
 ``docs/validity.md``. Every prior can be *sampled* as well as scored: in ``Trace_ELBO`` the model is

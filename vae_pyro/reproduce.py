@@ -93,6 +93,7 @@ def _row(name, label, estimator, k, binarization, paper):
                              f"data.binarization={binarization}"), paper)
 
 
+#: the targets ``vae-pyro reproduce`` knows, by name
 TARGETS = {
     "burda2015": Target("burda2015", (
         _row("vae", "VAE (analytic ELBO, k=1), dynamic", "analytic", 1, "dynamic", 86.76),

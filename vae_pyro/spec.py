@@ -381,15 +381,24 @@ COMMAND_DEFAULTS = {
     "experiment": {"training.epochs": 20},
 }
 
+#: ``--log-dir``: an output every command that measures takes (:mod:`vae_pyro.tblog`)
+LOG_DIR = Option(str, None, flag="--log-dir", help="also write the results as TensorBoard scalars (per-epoch "
+                 "losses and bounds, every estimator's values and checks) into this folder; needs the "
+                 "[tensorboard] extra")
+
 #: Each command's own options, the settings that are not the VAE's (so not in a spec): declared
 #: once, like the spec's; the command line's flags and the API's keywords come from here
 #: (:func:`command_options`).
 COMMAND_OPTIONS: dict[str, dict[str, Option]] = {
+    "compare": {"log_dir": LOG_DIR},
+    "check": {"log_dir": LOG_DIR},
+    "train": {"log_dir": LOG_DIR},
     "nll": {
         "k": Option(int, BURDA_K, low=1, flag="--k", help="importance samples per test digit (Burda et al. 2015)"),
         "examples": Option(int, 1000, low=1, flag="--examples",
                            help="test digits to evaluate, every (1000 / N)-th so all classes appear"),
         "chunk": Option(int, NLL_CHUNK, low=1, flag="--chunk", help="samples per example held in memory at once"),
+        "log_dir": LOG_DIR,
     },
     "experiment": {
         "out": Option(str, "runs/experiment", flag="--out", help="run folder"),
@@ -401,6 +410,7 @@ COMMAND_OPTIONS: dict[str, dict[str, Option]] = {
         "nll_k": Option(int, 1000, low=0, flag="--nll-k",
                         help="importance samples per test digit for the final test NLL (IWAE_k; 0 skips it; "
                              f"`vae-pyro nll` uses Burda et al.'s {BURDA_K})"),
+        "log_dir": LOG_DIR,
     },
     "reproduce": {
         "k": Option(int, BURDA_K, low=1, flag="--k", help="importance samples per test digit"),
@@ -414,6 +424,7 @@ COMMAND_OPTIONS: dict[str, dict[str, Option]] = {
                                     "unset: the target's, best-nll 2000, burda2015 0)"),
         "fast": Option(bool, False, flag="--fast",
                        help="a smoke run: 2 epochs, validation k=5, test k=20, the target's fast rows"),
+        "log_dir": LOG_DIR,
     },
 }
 

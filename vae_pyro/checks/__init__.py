@@ -2,7 +2,7 @@
 :mod:`.subject`),
 ground truth on toys with exact log p(x) (:mod:`.ground_truth`, :mod:`.toys`, :mod:`.exact`),
 gradient quality (:mod:`.gradquality`), any Pyro model (:mod:`.any_model`) and the validity
-matrix (:mod:`.validity`). Each check returns :class:`CheckResult`s with a verdict; the statistics
+matrix (:mod:`.validity`). Each check returns :class:`CheckResult` objects with a verdict; the statistics
 they share are in :mod:`.stats`, the result type and tolerances in :mod:`.result`, and the Student-t
 form of a |z| tolerance at a number of draws (how every Monte Carlo check applies ``Z_TOL``) in
 :mod:`.tolerances`."""

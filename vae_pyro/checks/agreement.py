@@ -20,28 +20,18 @@ hand-written recon + log q - log p at reparameterised z, no Pyro code (:mod:`vae
 * **devices**: the same numbers on CUDA as on the CPU (skipped, and reported as skipped, without CUDA).
 
 **The engine.** :func:`run_agreement` runs the checks named in :data:`AGREEMENT_CHECKS` (one function
-each) for a list of estimators against the reference and returns their :class:`CheckResult`s;
+each) for a list of estimators against the reference and returns their :class:`CheckResult` objects;
 ``vae-pyro compare`` and ``vae-pyro check`` call it on the MNIST VAE (:class:`AgreementSetup`), and
 :func:`~vae_pyro.checks.any_model.check_estimators` on any Pyro model and guide
 (:class:`~vae_pyro.checks.any_model.PyroProgram`): both are a :class:`~vae_pyro.checks.subject.Subject`,
 the few things the engine asks of a model. A new agreement check is one function
 ``(ctx, est, mc) -> CheckResult`` and one entry in that dict (:func:`agreement_check`).
 
-Tolerances and why (the constants live in :mod:`vae_pyro.checks.result`):
-
-* ``SAME_NOISE_TOL = 1e-8`` nats/example, float64: the two computations differ only by the order of
-  float operations on ~10^3 terms of size ~1, so disagreement should be ~1e-13; 1e-8 leaves five
-  orders of margin while any real modelling difference (a missing constant, a factor 1/2) is >= 1e-3.
-* ``Z_TOL = 4``: |z| > 4 happens with probability 6e-5 under agreement (two-sided normal tail), so a
-  suite of ~50 such checks has < 0.5% chance of one false alarm, and seeds are fixed anyway. A bias
-  of 4 standard errors (a few hundredths of a nat with the defaults) is flagged.
-* The standard errors are estimated from the draws, so the statistics are Student-t, not normal:
-  every Monte Carlo and gradient check converts ``Z_TOL`` into the t-tolerance with the same
-  per-test false-alarm rate (6.3e-5) at its draws' degrees of freedom (:mod:`vae_pyro.checks.tolerances`:
-  4.38 at 50 draws, 32.6 at 4 draws). The gradient check applies it to each of its 4 projections per
-  parameter tensor (32 for the default MLP): false-alarm chance <= 32 * 6.3e-5 = 0.2% (Bonferroni).
-  Real mistakes are far beyond it (Pyro 1.9.2's doubled
-  JitTrace_ELBO gradient gives |z| in the hundreds along the gradient direction).
+Tolerances: the constants and why each is what it is are written once, in :mod:`vae_pyro.checks.result`;
+their Student-t form at the number of draws in :mod:`vae_pyro.checks.tolerances`. The gradient check
+applies the t-tolerance to each of its 4 projections per parameter tensor (32 for the default MLP):
+false-alarm chance <= 32 * 6.3e-5 = 0.2% (Bonferroni). Real mistakes are far beyond it (Pyro 1.9.2's
+doubled JitTrace_ELBO gradient gives |z| in the hundreds along the gradient direction).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ check         value                                                             
 ============  ======================================================================  =========
 same_seed     |RenyiELBO - Trace_ELBO| / (1 + |Trace_ELBO|) at the same seed: both    1e-5
               run guide then model on the same random numbers, so they see the same
-              z; the tolerance is float32 rounding (eps 1.2e-7) summed over ~10^2 terms
+              z; the tolerance is float32 rounding (eps 1.2e-7) over ~10^2 terms
 monte_carlo   z = (mean_est - mean_ref) / sqrt(se_est^2 + se_ref^2), ``draws`` each    |z| <= 4
 gradient      max |z| over parameters and 4 fixed directions of the projected mean    |z| <= 4
               gradient (:func:`vae_pyro.checks.gradient_check`), ``grad_draws`` each

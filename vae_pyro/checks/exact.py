@@ -1,4 +1,4 @@
-r"""Exact log p(x), exact posteriors and exact KLs for the toy models of :mod:`vae_pyro.toys`.
+r"""Exact log p(x), exact posteriors and exact KLs for the toy models of :mod:`vae_pyro.checks.toys`.
 
 Everything here is in float64 and returns one number per example, in nats.
 

@@ -1,7 +1,7 @@
 r"""``vae-pyro check``: ground truth for the bounds. Agreement between estimators shows they estimate
 the same number; these checks show it is the right one.
 
-On a toy with exact log p(x) (:mod:`vae_pyro.toys`, :mod:`vae_pyro.exact`), per example and then
+On a toy with exact log p(x) (:mod:`vae_pyro.checks.toys`, :mod:`vae_pyro.checks.exact`), per example and then
 averaged over ``examples`` test digits, in float64:
 
 ===========================  ==================================================================  ============
@@ -39,7 +39,7 @@ On the MNIST VAE (no ``--toy``): the agreement checks of :mod:`vae_pyro.checks` 
 same noise, gradients) for trace, tmf, jit_trace, jit_tmf and stl against the analytic loss, iwae
 against renyi0 at shared noise, and IWAE_50 >= ELBO per example (paired z-score).
 
-Both also report each estimator's gradient signal-to-noise ratio (:mod:`vae_pyro.gradquality`).
+Both also report each estimator's gradient signal-to-noise ratio (:mod:`vae_pyro.checks.gradquality`).
 """
 
 from __future__ import annotations

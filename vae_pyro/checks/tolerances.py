@@ -1,4 +1,4 @@
-r"""z-tolerances that follow the number of draws: Student's t, exactly, without SciPy.
+r"""z-tolerances that follow the number of draws: Student's t (``scipy.stats.t``).
 
 A Monte Carlo check divides a difference of means by a standard error *estimated from the same R
 draws*, so under agreement the statistic is (for normal draws) Student-t with R - 1 degrees of
@@ -11,65 +11,45 @@ two-sided false-alarm rate, ``p = erfc(z_tol / sqrt(2))`` (6.3e-5 per test for t
 in one verdict (the gradient check's projections) the chance of any false alarm is at most m p
 (Bonferroni). For two samples with their own variances (Welch's statistic) the degrees of freedom
 are taken as min(R_a, R_b) - 1, the conservative choice (Welch 1947; the true distribution has at
-least that many), so the stated rate is an upper bound.
+least that many), so the stated rate is an upper bound. The tolerance is 125.6 at 3 draws, 6.57 at
+11, 4.38 at 50, 4.18 at 100 and 4.02 at 1,001: few draws give a weak check, not a false alarm.
 
-The t distribution's CDF has a finite closed form for integer degrees of freedom nu (Abramowitz &
-Stegun 26.7.3-4), with theta = atan(t / sqrt(nu)) and A(t | nu) = P(|T| <= t):
-
-    nu = 1:       A = 2 theta / pi
-    nu odd > 1:   A = 2/pi [theta + sin(theta) (cos(theta) + 2/3 cos^3(theta) + ...
-                                               + (2 4 ... (nu-3)) / (1 3 ... (nu-2)) cos^(nu-2)(theta))]
-    nu even:      A = sin(theta) [1 + 1/2 cos^2(theta) + (1 3)/(2 4) cos^4(theta) + ...
-                                  + (1 3 ... (nu-3)) / (2 4 ... (nu-2)) cos^(nu-2)(theta)]
-
-and the quantile is found by bisection on it. Above ``NORMAL_DF`` degrees of freedom the normal
-tail is used (the t-quantile then differs from z_tol by < z_tol (z_tol^2 + 1) / (4 nu) < 1e-3).
+The t distribution's tail and quantile are SciPy's (``scipy.stats.t.sf`` and ``.isf``; a test holds
+them to published quantiles). Above ``NORMAL_DF`` degrees of freedom the normal tail is used (the
+t-quantile then differs from z_tol by < z_tol (z_tol^2 + 1) / (4 nu) < 1e-3).
 """
 
 from __future__ import annotations
 
 import math
 
+from scipy import stats
+
 #: degrees of freedom above which the t tail is replaced by the normal one (see the module docstring)
 NORMAL_DF = 100_000
 
 
+def _normal(df: float) -> bool:
+    if not df > 0:
+        raise ValueError(f"degrees of freedom must be positive, got {df}")
+    return df == math.inf or df > NORMAL_DF
+
+
 def t_two_sided_tail(t: float, df: float) -> float:
-    """P(|T| > t) for Student's t with ``df`` degrees of freedom (a positive integer, or inf)."""
+    """P(|T| > t) for Student's t with ``df`` degrees of freedom (positive, or inf: the normal)."""
     t = abs(t)
-    if df == math.inf or df > NORMAL_DF:
+    if _normal(df):
         return math.erfc(t / math.sqrt(2))
-    nu = int(df)
-    if nu != df or nu < 1:
-        raise ValueError(f"degrees of freedom must be a positive integer, got {df}")
-    theta = math.atan(t / math.sqrt(nu))
-    c2, s = math.cos(theta) ** 2, math.sin(theta)
-    if nu % 2:  # odd: 2/pi [theta + sin cos (1 + 2/3 cos^2 + (2 4)/(3 5) cos^4 + ...)]
-        term, total = 1.0, (1.0 if nu > 1 else 0.0)
-        for k in range(1, (nu - 1) // 2):
-            term *= c2 * (2 * k) / (2 * k + 1)
-            total += term
-        inside = (2 / math.pi) * (theta + s * math.cos(theta) * total)
-    else:  # even: sin (1 + 1/2 cos^2 + (1 3)/(2 4) cos^4 + ...)
-        term, total = 1.0, 1.0
-        for k in range(1, nu // 2):
-            term *= c2 * (2 * k - 1) / (2 * k)
-            total += term
-        inside = s * total
-    return max(1.0 - inside, 0.0)
+    return float(2 * stats.t.sf(t, df))
 
 
 def t_quantile(p: float, df: float) -> float:
-    """The t > 0 with P(|T| > t) = ``p`` (two-sided), by bisection (to 1e-10 relative)."""
+    """The t > 0 with P(|T| > t) = ``p`` (two-sided)."""
     if not 0 < p < 1:
         raise ValueError(f"tail probability must be in (0, 1), got {p}")
-    lo, hi = 0.0, 1.0
-    while t_two_sided_tail(hi, df) > p:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1e-10 * hi:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if t_two_sided_tail(mid, df) > p else (lo, mid)
-    return (lo + hi) / 2
+    if _normal(df):
+        return float(stats.norm.isf(p / 2))
+    return float(stats.t.isf(p / 2, df))
 
 
 def t_tolerance(z_tol: float, df: float) -> float:

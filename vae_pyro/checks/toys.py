@@ -1,12 +1,12 @@
 r"""Small VAEs whose log p(x) is known exactly, on real (downsampled) MNIST digits.
 
-==================  ===========================================================================
+=================== ===========================================================================
 ``linear_gaussian``  probabilistic PCA as a VAE (Tipping & Bishop 1999): p(z) = N(0, I),
                      p(x|z) = N(W z + b, s^2 I) with s fixed, on grey-level digits. log p(x),
-                     p(z|x) and the best Gaussian encoder are closed-form (:mod:`vae_pyro.exact`).
+                     p(z|x) and the best Gaussian encoder are closed-form (:mod:`vae_pyro.checks.exact`).
 ``bernoulli_1d``     a nonlinear VAE with 1 latent dimension, Bernoulli pixels (binary digits);
 ``bernoulli_2d``     the same with 2: log p(x) = log \int p(x|z) p(z) dz by quadrature.
-==================  ===========================================================================
+=================== ===========================================================================
 
 Each toy has the interface every estimator uses: ``model(x)`` / ``guide(x)`` (the same Pyro program
 as :class:`vae_pyro.model.VAE`: plate ``data``, sites ``z`` and ``x``), ``encoder(x) -> (mu,

@@ -1,26 +1,9 @@
 """Every way to compute the (negative) ELBO, behind one interface.
 
-=================  =========================================  ==============================
-name               what                                       KL term
-=================  =========================================  ==============================
-``analytic``       hand-written BCE + closed-form KL          exact
-``trace``          ``pyro.infer.Trace_ELBO``                   Monte Carlo: log q(z|x) - log p(z)
-``tmf``            ``pyro.infer.TraceMeanField_ELBO``          exact where torch has a KL
-                                                              registered, else Monte Carlo
-``jit_trace``      ``JitTrace_ELBO``, gradient fixed           as ``trace``
-``jit_tmf``        ``JitTraceMeanField_ELBO``, compiled once   as ``tmf``
-``jit_tmf_pyro``   Pyro's ``JitTraceMeanField_ELBO`` as        as ``tmf``; re-traces every step
-                   shipped (right, but slow)
-``jit_trace_pyro`` Pyro's ``JitTrace_ELBO`` as shipped: its    as ``trace``
-                   ``differentiable_loss`` gradient is 2x
-``iwae``/``renyi0`` IWAE_k, ours and ``RenyiELBO(alpha=0)``    Monte Carlo (a different bound)
-``stl``            path-derivative ELBO (Roeder et al. 2017)  Monte Carlo
-``*_graph``        ``analytic``, ``trace``, ``tmf`` captured:     as the twin
-                   CUDA graphs (TorchScript on the CPU)
-``hand_mc``        hand-written log p(x|z) + log p(z) - log q,  Monte Carlo (any prior)
-                   no Pyro: the checks' reference where
-                   there is no closed-form KL
-=================  =========================================  ==============================
+The table of every registered estimator (its name, its ``description``, which bound it estimates, whether
+``vae-pyro compare`` runs it by default) is generated from the registry into docs/validity.md by
+scripts/validity_matrix.py, beside which estimators stay valid for which prior and likelihood;
+``vae-pyro estimators`` prints it.
 
 Laid out like ``pyro/infer``: :mod:`.base` (the interface, :class:`Validity`, the registry; imports
 no estimator) and one module per family, each registering its estimators when imported. Importing

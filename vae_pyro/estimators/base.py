@@ -55,7 +55,7 @@ class Estimator:
     jit = False
     #: for a compiled estimator, the uncompiled one it must equal when both draw the same noise
     twin: str | None = None
-    #: why the exact same-noise check does not apply (None: it does, through :meth:`same_noise_reference`)
+    #: why the exact same-noise check does not apply (None: it does, through :meth:`Estimator.same_noise_elbo`)
     same_noise_skip: str | None = None
     #: ELBO_BOUND or IWAE_BOUND
     bound = ELBO_BOUND

@@ -4,7 +4,7 @@
 name                what is captured                                    equals, at the same seed
 ==================  ==================================================  ==========================
 ``analytic_graph``  the hand-written BCE + beta KL                      ``analytic``
-``trace_graph``     Pyro's ``Trace_ELBO`` on ``vae.model``/``vae.guide`` ``trace``
+``trace_graph``     Pyro's ``Trace_ELBO`` on the VAE's model and guide  ``trace``
 ``tmf_graph``       Pyro's ``TraceMeanField_ELBO``                      ``tmf``
 ==================  ==================================================  ==========================
 

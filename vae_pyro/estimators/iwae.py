@@ -12,11 +12,11 @@ as k grows when the weights are bounded. Its reparameterised gradient is
 
 so a sample whose weight dominates takes nearly all the gradient.
 
-=========  ==================================================================================
+========== ==================================================================================
 ``iwae``   ours: log w for all k samples in one vectorised pass through the encoder, decoder,
            prior and likelihood modules, then ``logsumexp - log k`` per example.
 ``renyi0`` ``pyro.infer.RenyiELBO(alpha=0, num_particles=k)`` on ``vae.model`` / ``vae.guide``.
-=========  ==================================================================================
+========== ==================================================================================
 
 **How RenyiELBO normalises** (read from ``pyro/infer/renyi_elbo.py``, pyro-ppl 1.9.2, not guessed):
 per particle it adds ``log p - log q`` over the sample sites, summing over the plates that are *not*
