@@ -22,9 +22,10 @@ $(STAMP): setup.cfg pyproject.toml
 compare: venv
 	$(BIN)/vae-pyro compare --json runs/compare.json --force
 
-# ruff (E, F, W; settings in pyproject.toml).
+# ruff: lint (E, F, W) and the format check (settings in pyproject.toml; `ruff format` applies it).
 lint: venv
 	$(BIN)/ruff check vae_pyro tests scripts
+	$(BIN)/ruff format --check vae_pyro tests scripts
 
 # Lint, the fast set, then the bounded slow set (statistical tests with many draws); under 10 minutes.
 test: venv lint

@@ -67,8 +67,7 @@ from vae_pyro.train import make_optimizer, resolve_device, seed_all, time_steps,
 REFERENCE = "pytorch_example"
 #: whole-step rows: loss, backward and Adam(capturable=True) in one CUDA graph
 #: (vae_pyro.captured_step.CapturedTrainStep over the captured estimator's loss; eager on the CPU)
-WHOLE_STEP = {"analytic_step_graph": "analytic_graph", "trace_step_graph": "trace_graph",
-              "tmf_step_graph": "tmf_graph"}
+WHOLE_STEP = {"analytic_step_graph": "analytic_graph", "trace_step_graph": "trace_graph", "tmf_step_graph": "tmf_graph"}
 CAPTURED = ("analytic_graph", "trace_graph", "tmf_graph", *WHOLE_STEP)
 #: whole-step rows traced out of Pyro by make_fx and fused by inductor (vae_pyro.fused_step.FusedTrainStep)
 FUSED = {"analytic_step_fused": "analytic", "trace_step_fused": "trace", "tmf_step_fused": "tmf"}
@@ -76,8 +75,20 @@ FUSED = {"analytic_step_fused": "analytic", "trace_step_fused": "trace", "tmf_st
 PEERS = tuple(numpyro_peer.ROWS)
 DEFAULT_CPU = ("analytic", *CAPTURED[:1], *DEFAULT_ESTIMATORS[1:], *CAPTURED[1:], *FUSED, *PEERS, REFERENCE)
 #: on CUDA without jit_tmf_pyro: it re-traces every step (tens of ms), a full epoch of it adds minutes
-DEFAULT_CUDA = ("analytic", "analytic_graph", "trace", "tmf", "jit_trace", "jit_tmf", "trace_graph", "tmf_graph",
-                *WHOLE_STEP, *FUSED, *PEERS, REFERENCE)
+DEFAULT_CUDA = (
+    "analytic",
+    "analytic_graph",
+    "trace",
+    "tmf",
+    "jit_trace",
+    "jit_tmf",
+    "trace_graph",
+    "tmf_graph",
+    *WHOLE_STEP,
+    *FUSED,
+    *PEERS,
+    REFERENCE,
+)
 WARMUP = 4
 
 
@@ -113,7 +124,7 @@ class ExampleVAE(nn.Module):
 
 def example_loss_function(recon_x, x, mu, logvar):
     """``loss_function`` of ``examples/vae/main.py``: reconstruction + KL summed over the batch."""
-    BCE = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction='sum')
+    BCE = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
     # see Appendix B from VAE paper: Kingma and Welling. Auto-Encoding Variational Bayes. ICLR, 2014
     # 0.5 * sum(1 + log(sigma^2) - mu^2 - sigma^2)
     KLD = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
@@ -134,6 +145,7 @@ def make_step(name: str, device: torch.device):
             loss.backward()
             train_loss = loss.item()  # noqa: F841  (main.py accumulates it: a host read per step)
             optimizer.step()
+
         return step
     if name in WHOLE_STEP:
         return make_whole_step(WHOLE_STEP[name], device)
@@ -150,6 +162,7 @@ def make_step(name: str, device: torch.device):
         with step_without_validation(calls[0] == 0):
             train_step(vae, est, optimizer, x)
         calls[0] += 1
+
     return step
 
 
@@ -167,6 +180,7 @@ def make_whole_step(estimator: str, device: torch.device):
         with step_without_validation(step.calls == 0):  # as train(): the first step validated
             per_shape[x.shape].step(x, 1.0)
         step.calls += 1
+
     step.calls = 0
     return step
 
@@ -184,6 +198,7 @@ def make_fused_step(estimator: str, device: torch.device):
             per_shape[x.shape] = FusedTrainStep(vae, est, optimizer, tuple(x.shape), dtype=x.dtype)
         per_shape[x.shape].step(x, 1.0)
         fused_kernels[f"{estimator} @ {x.shape[0]}"] = per_shape[x.shape].kernels
+
     return step
 
 
@@ -225,8 +240,13 @@ def capture_preflight(names: list[str], batch_sizes: list[int]) -> dict[str, str
     failed CUDA-graph capture leaves the process's CUDA generator unusable ("Offset increment outside
     graph capture"), so one failure must not spoil the other rows. Returns {name: error}."""
     cmd = [sys.executable, __file__, "--_capture_probe"]
-    procs = {n: subprocess.Popen(cmd + [f"{n}:{','.join(map(str, batch_sizes))}"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for n in names if n in CAPTURED or n in FUSED}
+    procs = {
+        n: subprocess.Popen(
+            cmd + [f"{n}:{','.join(map(str, batch_sizes))}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for n in names
+        if n in CAPTURED or n in FUSED
+    }
     failed = {}
     for name, proc in procs.items():
         try:
@@ -243,7 +263,7 @@ def capture_preflight(names: list[str], batch_sizes: list[int]) -> dict[str, str
 def epoch_batches(x_all: torch.Tensor, batch: int, n_steps: int, seed: int) -> list[torch.Tensor]:
     """``n_steps`` batches gathered by a fresh permutation on the data's device (before any timing)."""
     order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed)).to(x_all.device)
-    return [x_all[order[i * batch:(i + 1) * batch]] for i in range(n_steps)]
+    return [x_all[order[i * batch : (i + 1) * batch]] for i in range(n_steps)]
 
 
 def device_name(device: torch.device) -> str:
@@ -253,8 +273,10 @@ def device_name(device: torch.device) -> str:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("model name"):
-                    return (f"{line.split(':', 1)[1].strip()} "
-                            f"({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")
+                    return (
+                        f"{line.split(':', 1)[1].strip()} "
+                        f"({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+                    )
     except OSError:
         pass
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
@@ -331,8 +353,14 @@ def step_floor(batch: int, device: torch.device, repeats: int = 20) -> dict:
     gemm_gflops = 2 * batch * 784 * 400 / statistics.median(times) / 1e6
     flops = counter.get_total_flops()
     params = sum(p.numel() for p in vae.parameters())
-    return {"batch": batch, "flops": flops, "params": params, "adam_bytes": 7 * 4 * params,
-            "gemm_gflops": gemm_gflops, "compute_floor_ms": flops / gemm_gflops / 1e6}
+    return {
+        "batch": batch,
+        "flops": flops,
+        "params": params,
+        "adam_bytes": 7 * 4 * params,
+        "gemm_gflops": gemm_gflops,
+        "compute_floor_ms": flops / gemm_gflops / 1e6,
+    }
 
 
 def profile_overhead(device, batch: int = 32, steps: int = 100) -> dict:
@@ -360,8 +388,7 @@ def profile_overhead(device, batch: int = 32, steps: int = 100) -> dict:
             key = "distributions (log_prob, validation, broadcasting)"
         elif "/pyro/" in filename:
             key = "pyro (other)"
-        elif "/torch/" in filename or (filename == "~" and ("torch" in func or "Tensor" in func
-                                                            or "backward" in func)):
+        elif "/torch/" in filename or (filename == "~" and ("torch" in func or "Tensor" in func or "backward" in func)):
             key = "torch (tensor ops, autograd, optimizer)"
         elif filename == "~":
             key = "Python built-ins (dicts, getattr, isinstance ...)"
@@ -373,37 +400,64 @@ def profile_overhead(device, batch: int = 32, steps: int = 100) -> dict:
     without_validation = time_steps(vae, est, x, steps=steps)  # validation on the first step only
     analytic = time_steps(vae, build_estimator("analytic"), x, steps=steps)
     jit = time_steps(vae, build_estimator("jit_trace"), x, steps=steps)
-    return {"batch": batch, "self_time_share": shares, "trace_ms": with_validation,
-            "trace_ms_without_validation": without_validation, "analytic_ms": analytic, "jit_trace_ms": jit}
+    return {
+        "batch": batch,
+        "self_time_share": shares,
+        "trace_ms": with_validation,
+        "trace_ms_without_validation": without_validation,
+        "analytic_ms": analytic,
+        "jit_trace_ms": jit,
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--batch-sizes", default=None, help="comma-separated (default: 32,128,512 on the CPU, "
-                                                                 "128,1024 on CUDA)")
-    parser.add_argument("--estimators", default=None,
-                        help=f"comma-separated, {REFERENCE} for PyTorch's example, {','.join(WHOLE_STEP)} for the "
-                             f"whole step captured (default CPU: {','.join(DEFAULT_CPU)}; "
-                             f"CUDA: {','.join(DEFAULT_CUDA)})")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat without --epoch-examples "
-                                                               "(default: 20)")
-    parser.add_argument("--epoch-examples", type=int, default=None,
-                        help="time full epochs over this many examples (the digits tiled) instead of --steps "
-                             "(default: 60000 on CUDA, off on the CPU)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="interleaved repeats; the median is kept (default: 3 on the CPU, 2 on CUDA)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads on the CPU (default: 1, one thread per process, as the NumPyro rows' "
-                             "XLA backend is pinned)")
+    parser.add_argument(
+        "--batch-sizes", default=None, help="comma-separated (default: 32,128,512 on the CPU, 128,1024 on CUDA)"
+    )
+    parser.add_argument(
+        "--estimators",
+        default=None,
+        help=f"comma-separated, {REFERENCE} for PyTorch's example, {','.join(WHOLE_STEP)} for the "
+        f"whole step captured (default CPU: {','.join(DEFAULT_CPU)}; "
+        f"CUDA: {','.join(DEFAULT_CUDA)})",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=20, help="timed steps per repeat without --epoch-examples (default: 20)"
+    )
+    parser.add_argument(
+        "--epoch-examples",
+        type=int,
+        default=None,
+        help="time full epochs over this many examples (the digits tiled) instead of --steps "
+        "(default: 60000 on CUDA, off on the CPU)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="interleaved repeats; the median is kept (default: 3 on the CPU, 2 on CUDA)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads on the CPU (default: 1, one thread per process, as the NumPyro rows' "
+        "XLA backend is pinned)",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--profile", action="store_true", help="also profile Pyro's per-step overhead")
-    parser.add_argument("--floor", action="store_true",
-                        help="also count one step's FLOPs and bytes and measure this device's GEMM throughput: "
-                             "the step's compute floor")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also count one step's FLOPs and bytes and measure this device's GEMM throughput: "
+        "the step's compute floor",
+    )
     parser.add_argument("--json", metavar="PATH")
-    parser.add_argument("--markdown", metavar="PATH",
-                        help="also write the tables as a Markdown page (docs/benchmark.md)")
+    parser.add_argument(
+        "--markdown", metavar="PATH", help="also write the tables as a Markdown page (docs/benchmark.md)"
+    )
     parser.add_argument("--_probe", help=argparse.SUPPRESS)
     parser.add_argument("--_capture_probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -426,13 +480,18 @@ def main(argv=None) -> int:
                 build_estimator(n)
         epoch_examples = args.epoch_examples if args.epoch_examples is not None else (60000 if cuda else 0)
         repeats = args.repeats if args.repeats is not None else (2 if cuda else 3)
-        for value, what in ((args.steps, "--steps"), (repeats, "--repeats"), (args.threads, "--threads"),
-                            *((b, "--batch-sizes") for b in batch_sizes)):
+        for value, what in (
+            (args.steps, "--steps"),
+            (repeats, "--repeats"),
+            (args.threads, "--threads"),
+            *((b, "--batch-sizes") for b in batch_sizes),
+        ):
             if value < 1:
                 raise ValueError(f"{what} must be >= 1, got {value}")
         if epoch_examples < 0 or (epoch_examples and epoch_examples < max(batch_sizes)):
-            raise ValueError(f"--epoch-examples must be 0 (off) or >= the largest batch ({max(batch_sizes)}), "
-                             f"got {epoch_examples}")
+            raise ValueError(
+                f"--epoch-examples must be 0 (off) or >= the largest batch ({max(batch_sizes)}), got {epoch_examples}"
+            )
     except (ValueError, KeyError) as err:
         print(f"benchmark: error: {err}", file=sys.stderr)
         return 2
@@ -480,41 +539,71 @@ def main(argv=None) -> int:
                     base_mem = torch.cuda.memory_allocated()
                 times[name].append(timed_ms(steps[name], batches, device) / n_steps)
                 if cuda:
-                    peak[name] = max(peak.get(name, 0.0), (torch.cuda.max_memory_allocated() - base_mem) / 2 ** 20)
+                    peak[name] = max(peak.get(name, 0.0), (torch.cuda.max_memory_allocated() - base_mem) / 2**20)
                 bar.update(1)
             del batches
         base = statistics.median(times["analytic"])
         base_graph = statistics.median(times["analytic_graph"]) if "analytic_graph" in times else None
         for name in names:
             ms = statistics.median(times[name])
-            row = {"batch_size": batch, "estimator": name, "ms_per_step": ms, "examples_per_s": batch / ms * 1e3,
-                   "steps": n_steps, "epoch_s": ms * n_steps / 1e3 if epoch_examples else None,
-                   "ratio_to_analytic": ms / base, "ratio_to_analytic_graph": ms / base_graph if base_graph else None,
-                   "ms_all_repeats": times[name], "first_call_s": first_call_s[name], "peak_mib": None}
+            row = {
+                "batch_size": batch,
+                "estimator": name,
+                "ms_per_step": ms,
+                "examples_per_s": batch / ms * 1e3,
+                "steps": n_steps,
+                "epoch_s": ms * n_steps / 1e3 if epoch_examples else None,
+                "ratio_to_analytic": ms / base,
+                "ratio_to_analytic_graph": ms / base_graph if base_graph else None,
+                "ms_all_repeats": times[name],
+                "first_call_s": first_call_s[name],
+                "peak_mib": None,
+            }
             if not args.no_memory:
                 # the peer's memory is JAX's, which neither torch nor a torch-only probe sees
                 row["peak_mib"] = None if name in PEERS else peak[name] if cuda else cpu_peak_memory(name, batch, 5)
             results.append(row)
         if cuda:
             ms = host_copy_ms(VAE().to(device), digits[:batch], device, args.steps)
-            results.append({"batch_size": batch, "estimator": "analytic (host copy per step)", "ms_per_step": ms,
-                            "examples_per_s": batch / ms * 1e3, "steps": args.steps, "epoch_s": None,
-                            "ratio_to_analytic": ms / base,
-                            "ratio_to_analytic_graph": ms / base_graph if base_graph else None,
-                            "ms_all_repeats": [ms], "peak_mib": None})
+            results.append(
+                {
+                    "batch_size": batch,
+                    "estimator": "analytic (host copy per step)",
+                    "ms_per_step": ms,
+                    "examples_per_s": batch / ms * 1e3,
+                    "steps": args.steps,
+                    "epoch_s": None,
+                    "ratio_to_analytic": ms / base,
+                    "ratio_to_analytic_graph": ms / base_graph if base_graph else None,
+                    "ms_all_repeats": [ms],
+                    "peak_mib": None,
+                }
+            )
         del steps
     bar.close()
 
     out = {
-        "device": str(device), "device_name": device_name(device), "torch_version": torch.__version__,
-        "pyro_version": pyro.__version__, "steps": args.steps, "repeats": repeats, "epoch_examples": epoch_examples,
-        "timing": ("CUDA events around each full epoch" if cuda else "perf_counter") if epoch_examples or cuda
-                  else "perf_counter",
-        "memory": None if args.no_memory else ("torch.cuda.max_memory_allocated during the epoch, above what was "
-                                               "allocated before it" if cuda
-                                               else "peak RSS of a fresh process doing the steps (absolute)"),
-        "threads": torch.get_num_threads() if not cuda else None, "peers_missing": missing,
-        "results": results, "failed": failed,
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch_version": torch.__version__,
+        "pyro_version": pyro.__version__,
+        "steps": args.steps,
+        "repeats": repeats,
+        "epoch_examples": epoch_examples,
+        "timing": ("CUDA events around each full epoch" if cuda else "perf_counter")
+        if epoch_examples or cuda
+        else "perf_counter",
+        "memory": None
+        if args.no_memory
+        else (
+            "torch.cuda.max_memory_allocated during the epoch, above what was allocated before it"
+            if cuda
+            else "peak RSS of a fresh process doing the steps (absolute)"
+        ),
+        "threads": torch.get_num_threads() if not cuda else None,
+        "peers_missing": missing,
+        "results": results,
+        "failed": failed,
     }
     if args.profile:
         out["profile"] = profile_overhead(device)
@@ -523,24 +612,55 @@ def main(argv=None) -> int:
     out["kernels"] = {name: kernels for name, kernels in fused_kernels.items()}
 
     print(f"device: {out['device']} ({out['device_name']}), torch {out['torch_version']}, pyro {out['pyro_version']}")
-    rows = [[r["batch_size"], r["estimator"], fmt(r["ms_per_step"], ".3f"), fmt(r["examples_per_s"], ".0f"),
-             fmt(r["epoch_s"], ".3f"), fmt(r["ratio_to_analytic"], ".2f"), fmt(r["ratio_to_analytic_graph"], ".2f"),
-             fmt(r["peak_mib"], ".1f"), fmt(r.get("first_call_s"), ".1f")] for r in results]
-    print(table(["batch", "estimator", "ms/step", "examples/s", "epoch s", "x analytic", "x analytic_graph",
-                 "peak MiB", "first call s"], rows))
+    rows = [
+        [
+            r["batch_size"],
+            r["estimator"],
+            fmt(r["ms_per_step"], ".3f"),
+            fmt(r["examples_per_s"], ".0f"),
+            fmt(r["epoch_s"], ".3f"),
+            fmt(r["ratio_to_analytic"], ".2f"),
+            fmt(r["ratio_to_analytic_graph"], ".2f"),
+            fmt(r["peak_mib"], ".1f"),
+            fmt(r.get("first_call_s"), ".1f"),
+        ]
+        for r in results
+    ]
+    print(
+        table(
+            [
+                "batch",
+                "estimator",
+                "ms/step",
+                "examples/s",
+                "epoch s",
+                "x analytic",
+                "x analytic_graph",
+                "peak MiB",
+                "first call s",
+            ],
+            rows,
+        )
+    )
     if args.profile:
         p = out["profile"]
-        print(f"\nTrace_ELBO step at batch {p['batch']}: {p['trace_ms']:.2f} ms "
-              f"({p['trace_ms_without_validation']:.2f} ms with pyro.enable_validation(False); "
-              f"analytic {p['analytic_ms']:.2f} ms; jit_trace {p['jit_trace_ms']:.2f} ms). Self time by package:")
+        print(
+            f"\nTrace_ELBO step at batch {p['batch']}: {p['trace_ms']:.2f} ms "
+            f"({p['trace_ms_without_validation']:.2f} ms with pyro.enable_validation(False); "
+            f"analytic {p['analytic_ms']:.2f} ms; jit_trace {p['jit_trace_ms']:.2f} ms). Self time by package:"
+        )
         print(table(["where", "share"], [[k, f"{v:.0%}"] for k, v in p["self_time_share"].items()]))
     for f in out.get("floor", []):
-        print(f"\nfloor at batch {f['batch']}: {f['flops'] / 1e6:.1f} MFLOP per step (forward + backward products), "
-              f"{f['params']:,} parameters (Adam moves {f['adam_bytes'] / 2 ** 20:.1f} MiB), GEMM "
-              f"{f['gemm_gflops']:.1f} GFLOP/s here: compute floor {f['compute_floor_ms']:.3f} ms")
+        print(
+            f"\nfloor at batch {f['batch']}: {f['flops'] / 1e6:.1f} MFLOP per step (forward + backward products), "
+            f"{f['params']:,} parameters (Adam moves {f['adam_bytes'] / 2**20:.1f} MiB), GEMM "
+            f"{f['gemm_gflops']:.1f} GFLOP/s here: compute floor {f['compute_floor_ms']:.3f} ms"
+        )
     for name, k in out["kernels"].items():
-        print(f"fused {name}: {k['aten_ops']} ATen operations eagerly -> {k['gemms']} GEMM calls + "
-              f"{k['fused_kernels']} generated kernels")
+        print(
+            f"fused {name}: {k['aten_ops']} ATen operations eagerly -> {k['gemms']} GEMM calls + "
+            f"{k['fused_kernels']} generated kernels"
+        )
     if args.json:
         write_json(args.json, out)
         print(f"wrote {args.json}")
@@ -552,8 +672,11 @@ def main(argv=None) -> int:
 
 
 def markdown(out: dict, command: str) -> str:
-    per = (f"one epoch of {out['epoch_examples']:,} examples per repeat" if out.get("epoch_examples")
-           else f"{out['steps']} steps per repeat")
+    per = (
+        f"one epoch of {out['epoch_examples']:,} examples per repeat"
+        if out.get("epoch_examples")
+        else f"{out['steps']} steps per repeat"
+    )
     lines = [
         f"### {out['device_name']} ({out['device']})",
         "",
@@ -570,18 +693,26 @@ def markdown(out: dict, command: str) -> str:
     for name, why in (out.get("peers_missing") or {}).items():
         lines.append(f"| - | {name} | not measured: {why} | | | | | | |")
     for r in out["results"]:
-        lines.append(f"| {r['batch_size']} | {r['estimator']} | {r['ms_per_step']:.3f} | {r['examples_per_s']:.0f} | "
-                     f"{fmt(r.get('epoch_s'), '.3f')} | {r['ratio_to_analytic']:.2f} | "
-                     f"{fmt(r.get('ratio_to_analytic_graph'), '.2f')} | {fmt(r['peak_mib'], '.0f')} | "
-                     f"{fmt(r.get('first_call_s'), '.1f')} |")
+        lines.append(
+            f"| {r['batch_size']} | {r['estimator']} | {r['ms_per_step']:.3f} | {r['examples_per_s']:.0f} | "
+            f"{fmt(r.get('epoch_s'), '.3f')} | {r['ratio_to_analytic']:.2f} | "
+            f"{fmt(r.get('ratio_to_analytic_graph'), '.2f')} | {fmt(r['peak_mib'], '.0f')} | "
+            f"{fmt(r.get('first_call_s'), '.1f')} |"
+        )
     for f in out.get("floor", []):
-        lines += ["", f"Floor at batch {f['batch']} (`--floor`): {f['flops'] / 1e6:.1f} MFLOP per step (the "
-                  f"matrix products, forward and backward), {f['params']:,} parameters (Adam moves "
-                  f"{f['adam_bytes'] / 2 ** 20:.1f} MiB), GEMM throughput here {f['gemm_gflops']:.1f} GFLOP/s: "
-                  f"compute floor {f['compute_floor_ms']:.3f} ms per step."]
+        lines += [
+            "",
+            f"Floor at batch {f['batch']} (`--floor`): {f['flops'] / 1e6:.1f} MFLOP per step (the "
+            f"matrix products, forward and backward), {f['params']:,} parameters (Adam moves "
+            f"{f['adam_bytes'] / 2**20:.1f} MiB), GEMM throughput here {f['gemm_gflops']:.1f} GFLOP/s: "
+            f"compute floor {f['compute_floor_ms']:.3f} ms per step.",
+        ]
     for name, k in (out.get("kernels") or {}).items():
-        lines += ["", f"Fused `{name}`: {k['aten_ops']} ATen operations eagerly, after fusion {k['gemms']} "
-                  f"GEMM calls + {k['fused_kernels']} generated kernels."]
+        lines += [
+            "",
+            f"Fused `{name}`: {k['aten_ops']} ATen operations eagerly, after fusion {k['gemms']} "
+            f"GEMM calls + {k['fused_kernels']} generated kernels.",
+        ]
     if "profile" in out:
         p = out["profile"]
         lines += [

@@ -49,11 +49,23 @@ def main() -> None:
     grads = gradient_draws(est, vae, x[:256], args.grad_draws, directions)
     grad_s = time.perf_counter() - start
     if distributed.is_main():
-        print(json.dumps({"processes": n, "estimator": est.name, "draws": args.draws, "mc_seconds": round(mc_s, 3),
-                          "mc_draws_per_s": round(args.draws / mc_s, 2), "mean": values.mean, "se": values.se,
-                          "grad_draws": args.grad_draws, "grad_seconds": round(grad_s, 3),
-                          "grad_draws_per_s": round(args.grad_draws / grad_s, 2),
-                          "grad_proj_sum": float(grads.proj.sum())}))
+        print(
+            json.dumps(
+                {
+                    "processes": n,
+                    "estimator": est.name,
+                    "draws": args.draws,
+                    "mc_seconds": round(mc_s, 3),
+                    "mc_draws_per_s": round(args.draws / mc_s, 2),
+                    "mean": values.mean,
+                    "se": values.se,
+                    "grad_draws": args.grad_draws,
+                    "grad_seconds": round(grad_s, 3),
+                    "grad_draws_per_s": round(args.grad_draws / grad_s, 2),
+                    "grad_proj_sum": float(grads.proj.sum()),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ try:
     import numpyro.distributions as dist
     from jax.example_libraries import stax
     from numpyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+
     AVAILABLE, MISSING = True, None
 except ImportError as err:  # the optional extra is not installed: the benchmark says so in its row
     AVAILABLE, MISSING = False, f"numpyro/jax not installed ({err}); pip install -e .[peers]"
@@ -37,8 +38,13 @@ HIDDEN, Z_DIM = 400, 20
 
 def encoder(hidden: int, z_dim: int):
     """x -> (mu, sigma): one ReLU layer, then the two heads (``examples/vae.py``'s shape)."""
-    return stax.serial(stax.Dense(hidden), stax.Relu, stax.Dense(2 * z_dim),
-                       stax.FanOut(2), stax.parallel(stax.Identity, stax.Identity))
+    return stax.serial(
+        stax.Dense(hidden),
+        stax.Relu,
+        stax.Dense(2 * z_dim),
+        stax.FanOut(2),
+        stax.parallel(stax.Identity, stax.Identity),
+    )
 
 
 def decoder(hidden: int, out_dim: int):

@@ -49,9 +49,12 @@ so `tmf` falls back to Monte Carlo for those guides and says so.
 
 
 #: how the table names each bound kind (the ones other than the ELBO are listed, not judged against it)
-BOUND_LABELS = {ELBO_BOUND: "ELBO", IWAE_BOUND: "IWAE_k (not judged against the ELBO)",
-                RENYI_BOUND: "Renyi alpha-bound (not judged against the ELBO)",
-                TMC_BOUND: "TMC bound (not judged against the ELBO)"}
+BOUND_LABELS = {
+    ELBO_BOUND: "ELBO",
+    IWAE_BOUND: "IWAE_k (not judged against the ELBO)",
+    RENYI_BOUND: "Renyi alpha-bound (not judged against the ELBO)",
+    TMC_BOUND: "TMC bound (not judged against the ELBO)",
+}
 
 
 def estimator_table() -> str:

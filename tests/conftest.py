@@ -55,6 +55,13 @@ def small_vae(digits):
     """784-64-8 VAE, 2 epochs of the analytic loss on the 4,000 training digits (about a second)."""
     generator = seed_all(0)
     vae = VAE(hidden=(64,), z_dim=8)
-    train(vae, build_estimator("analytic"), prepare(digits.train_x, "static"), epochs=2, batch_size=100,
-          generator=generator, progress=False)
+    train(
+        vae,
+        build_estimator("analytic"),
+        prepare(digits.train_x, "static"),
+        epochs=2,
+        batch_size=100,
+        generator=generator,
+        progress=False,
+    )
     return vae

@@ -24,8 +24,9 @@ def test_the_proposal_draws_z_and_the_vamp_prior_still_uses_the_models_encoder()
     VampPrior, whose components run the *model's* encoder: exact in float64. The wrong program (the
     prior through the proposal) differs by far more than the tolerance, so the check can fail."""
     torch.manual_seed(0)
-    vae = VAE(VAEConfig(prior="vamp", hidden=(32,), z_dim=4,
-                        prior_options={"components": 5})).clone(dtype=torch.float64)
+    vae = VAE(VAEConfig(prior="vamp", hidden=(32,), z_dim=4, prior_options={"components": 5})).clone(
+        dtype=torch.float64
+    )
     x = torch.bernoulli(torch.full((6, 784), 0.3, dtype=torch.float64))
     proposal = copy.deepcopy(vae.encoder)
     with torch.no_grad():

@@ -53,7 +53,9 @@ def test_kl_known_value():
     logvar = torch.tensor([[0.0], [1.0]], dtype=F64)
     torch.testing.assert_close(
         gaussian_kl_to_standard_normal(mu, logvar),
-        torch.tensor([0.5, (math.e - 2) / 2], dtype=F64), rtol=0, atol=1e-15,
+        torch.tensor([0.5, (math.e - 2) / 2], dtype=F64),
+        rtol=0,
+        atol=1e-15,
     )
 
 
@@ -220,7 +222,7 @@ def test_neg_elbo_multi_particle_is_average(vae_and_x):
     P = 4
     eps = torch.randn(P, 5, 4, generator=_gen(14), dtype=F64)
     multi = neg_elbo(vae, x, P, eps)
-    singles = torch.stack([neg_elbo(vae, x, 1, eps[k:k + 1]) for k in range(P)])
+    singles = torch.stack([neg_elbo(vae, x, 1, eps[k : k + 1]) for k in range(P)])
     torch.testing.assert_close(multi, singles.mean(), rtol=1e-12, atol=1e-9)
     torch.testing.assert_close(multi, _by_hand(vae, x, eps), rtol=1e-12, atol=1e-9)
     # the particles really differ, so the average is not trivially equal to each single value

@@ -66,11 +66,20 @@ def test_mixture_with_sampled_assignments_passes_score_function_elbos_and_skips_
     """Trace_ELBO as the reference; TraceGraph_ELBO and TraceEnum_ELBO (the assignments summed out
     in the guide) agree with it, TMF is skipped with Pyro's refusal. 100 draws each: |z| <= 4.18."""
     pyro.clear_param_store()
-    report = vae_pyro.check_estimators(mixture_model, mixture_guide_enum, mixture_data(), draws=100, grad_draws=100,
-                                       estimators={"Trace_ELBO": Trace_ELBO(), "TraceGraph_ELBO": TraceGraph_ELBO(),
-                                                   "TraceEnum_ELBO": TraceEnum_ELBO(max_plate_nesting=1),
-                                                   "TraceMeanField_ELBO": TraceMeanField_ELBO(),
-                                                   "TraceTMC_ELBO": TraceTMC_ELBO(max_plate_nesting=1)})
+    report = vae_pyro.check_estimators(
+        mixture_model,
+        mixture_guide_enum,
+        mixture_data(),
+        draws=100,
+        grad_draws=100,
+        estimators={
+            "Trace_ELBO": Trace_ELBO(),
+            "TraceGraph_ELBO": TraceGraph_ELBO(),
+            "TraceEnum_ELBO": TraceEnum_ELBO(max_plate_nesting=1),
+            "TraceMeanField_ELBO": TraceMeanField_ELBO(),
+            "TraceTMC_ELBO": TraceTMC_ELBO(max_plate_nesting=1),
+        },
+    )
     assert report.ok, report.table()
     for name in ("TraceGraph_ELBO", "TraceEnum_ELBO"):
         checks = _by(report, name)
@@ -78,8 +87,10 @@ def test_mixture_with_sampled_assignments_passes_score_function_elbos_and_skips_
         assert checks["gradient"].details["gradient_via"] == "loss_and_grads"
     tmf = _by(report, "TraceMeanField_ELBO")
     assert {c.verdict for c in tmf.values()} == {"skip"}
-    assert "Pyro refuses it for this model: NotImplementedError: All distributions in the guide must be fully " \
-           "reparameterized" in tmf["gradient"].details["reason"]
+    assert (
+        "Pyro refuses it for this model: NotImplementedError: All distributions in the guide must be fully "
+        "reparameterized" in tmf["gradient"].details["reason"]
+    )
     # with the assignments enumerated, TMC sums the weights over them: a bound on log p(x), not the ELBO
     assert "TMC_k bound, not the ELBO" in _by(report, "TraceTMC_ELBO")["monte_carlo"].details["reason"]
     # exact enumeration in the guide: TraceEnum's value has ~1/10 of Trace_ELBO's standard error
@@ -95,17 +106,26 @@ def test_a_score_function_without_its_log_q_term_fails_and_so_does_renyi_on_a_di
     non-reparameterised site its surrogate adds only alpha / (1 - alpha) log q (renyi_elbo.py), zero at
     alpha = 0, so it drops the score-function term (the same 52.7: both give the logits no gradient)."""
     pyro.clear_param_store()
-    report = vae_pyro.check_estimators(mixture_model, mixture_guide_enum, mixture_data(), draws=100, grad_draws=100,
-                                       estimators={"TraceEnum_ELBO": TraceEnum_ELBO(max_plate_nesting=1),
-                                                   "Trace_ELBO": Trace_ELBO(), "TraceGraph_ELBO": TraceGraph_ELBO(),
-                                                   "RenyiELBO": RenyiELBO(num_particles=1),
-                                                   "ScoreWithoutLogQ": ScoreWithoutLogQ()})
+    report = vae_pyro.check_estimators(
+        mixture_model,
+        mixture_guide_enum,
+        mixture_data(),
+        draws=100,
+        grad_draws=100,
+        estimators={
+            "TraceEnum_ELBO": TraceEnum_ELBO(max_plate_nesting=1),
+            "Trace_ELBO": Trace_ELBO(),
+            "TraceGraph_ELBO": TraceGraph_ELBO(),
+            "RenyiELBO": RenyiELBO(num_particles=1),
+            "ScoreWithoutLogQ": ScoreWithoutLogQ(),
+        },
+    )
     assert not report.ok
     for name in ("Trace_ELBO", "TraceGraph_ELBO"):
         assert {c.verdict for c in _by(report, name).values() if c.name != "same_seed"} == {"pass"}, report.table()
     for name in ("ScoreWithoutLogQ", "RenyiELBO"):
         checks = _by(report, name)
-        assert checks["monte_carlo"].verdict == "pass"        # the value is right
+        assert checks["monte_carlo"].verdict == "pass"  # the value is right
         grad = checks["gradient"]
         assert grad.verdict == "fail" and grad.value > 10 * grad.tolerance, report.table()
         worst = max(grad.details["per_tensor"], key=lambda n: max(map(abs, grad.details["per_tensor"][n]["z"])))
@@ -118,12 +138,19 @@ def test_sparse_gamma_def_runs_every_elbo_class_without_error():
     class now runs and agrees on a two-layer DEF with a mean-field Gamma guide (Gamma is reparameterised
     in torch, and torch registers KL(Gamma || Gamma), so TMF's KL is exact). 50 draws: |z| <= 4.38."""
     pyro.clear_param_store()
-    estimators = {"Trace_ELBO": Trace_ELBO(), "TraceMeanField_ELBO": TraceMeanField_ELBO(),
-                  "TraceGraph_ELBO": TraceGraph_ELBO(), "RenyiELBO": RenyiELBO(num_particles=1),
-                  "TraceEnum_ELBO": TraceEnum_ELBO(max_plate_nesting=1), "JitTrace_ELBO": JitTrace_ELBO(),
-                  "JitTraceGraph_ELBO": JitTraceGraph_ELBO(), "TraceTMC_ELBO": TraceTMC_ELBO()}
-    report = vae_pyro.check_estimators(sparse_gamma_def, sparse_gamma_guide, sparse_gamma_data(), draws=50,
-                                       grad_draws=50, estimators=estimators)
+    estimators = {
+        "Trace_ELBO": Trace_ELBO(),
+        "TraceMeanField_ELBO": TraceMeanField_ELBO(),
+        "TraceGraph_ELBO": TraceGraph_ELBO(),
+        "RenyiELBO": RenyiELBO(num_particles=1),
+        "TraceEnum_ELBO": TraceEnum_ELBO(max_plate_nesting=1),
+        "JitTrace_ELBO": JitTrace_ELBO(),
+        "JitTraceGraph_ELBO": JitTraceGraph_ELBO(),
+        "TraceTMC_ELBO": TraceTMC_ELBO(),
+    }
+    report = vae_pyro.check_estimators(
+        sparse_gamma_def, sparse_gamma_guide, sparse_gamma_data(), draws=50, grad_draws=50, estimators=estimators
+    )
     assert report.ok, report.table()
     assert not [c for c in report.checks if c.verdict == "error"]
     judged = {c.estimator for c in report.checks if c.name == "gradient" and c.verdict == "pass"}
@@ -137,9 +164,9 @@ class _OwnDifferentiableLoss(Trace_ELBO):
 
 
 def test_gradient_interface_is_what_the_class_overrides_last():
-    assert gradient_interface(Trace_ELBO()) == "loss_and_grads"           # both in one class: SVI's
-    assert gradient_interface(JitTrace_ELBO()) == "loss_and_grads"        # not its 2x differentiable_loss
-    assert gradient_interface(TraceGraph_ELBO()) == "loss_and_grads"      # it has no differentiable_loss
+    assert gradient_interface(Trace_ELBO()) == "loss_and_grads"  # both in one class: SVI's
+    assert gradient_interface(JitTrace_ELBO()) == "loss_and_grads"  # not its 2x differentiable_loss
+    assert gradient_interface(TraceGraph_ELBO()) == "loss_and_grads"  # it has no differentiable_loss
     assert gradient_interface(_OwnDifferentiableLoss()) == "differentiable_loss"
     assert gradient_interface(DifferentiableRenyiELBO()) == "differentiable_loss"
 

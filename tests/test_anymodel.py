@@ -40,8 +40,10 @@ def test_our_vae_passes_through_the_generic_api(small_vae, binary_test):
     same = next(c for c in report.checks if c.name == "same_seed" and c.estimator == "RenyiELBO(k=1)")
     assert same.value < 1e-6 and same.verdict == "pass"
     # TraceMeanField_ELBO computes the KL in closed form: no same-seed twin, a reported skip
-    assert next(c for c in report.checks if c.name == "same_seed" and c.estimator == "TraceMeanField_ELBO"
-                ).verdict == "skip"
+    assert (
+        next(c for c in report.checks if c.name == "same_seed" and c.estimator == "TraceMeanField_ELBO").verdict
+        == "skip"
+    )
     assert any(name.startswith("vae") for name in report.params)
 
 
@@ -59,7 +61,6 @@ def test_a_model_without_params_checks_values_only():
 
 
 def test_bad_draws_is_a_clear_error():
-
 
     with pytest.raises(ValueError, match="draws and grad_draws must be >= 2, got 1 and 50"):
         vae_pyro.check_estimators(lambda: None, lambda: None, draws=1)
@@ -86,20 +87,25 @@ def _tiny():
 
 def test_an_estimator_that_crashes_is_an_error_not_a_pass():
     model, guide = _tiny()
-    report = vae_pyro.check_estimators(model, guide, draws=10, grad_draws=2, estimators={
-        "Trace_ELBO": pyro.infer.Trace_ELBO(), "broken": _Crashes()})
+    report = vae_pyro.check_estimators(
+        model, guide, draws=10, grad_draws=2, estimators={"Trace_ELBO": pyro.infer.Trace_ELBO(), "broken": _Crashes()}
+    )
     broken = [c for c in report.checks if c.estimator == "broken"]
     assert broken and all(c.verdict == "error" for c in broken)
-    assert broken[0].details["reason"] == ("broken could not run on this model: RuntimeError: "
-                                           "shape mismatch in the likelihood")
+    assert broken[0].details["reason"] == (
+        "broken could not run on this model: RuntimeError: shape mismatch in the likelihood"
+    )
     assert not report.ok and "overall: FAIL" in report.table()
 
 
 def test_a_reference_that_crashes_makes_every_check_an_error():
     model, guide = _tiny()
-    report = vae_pyro.check_estimators(model, guide, draws=10, grad_draws=2, estimators={
-        "broken": _Crashes(), "Trace_ELBO": pyro.infer.Trace_ELBO()})
+    report = vae_pyro.check_estimators(
+        model, guide, draws=10, grad_draws=2, estimators={"broken": _Crashes(), "Trace_ELBO": pyro.infer.Trace_ELBO()}
+    )
     assert report.checks and all(c.verdict == "error" for c in report.checks)
-    assert "the reference broken could not run" in next(
-        c for c in report.checks if c.estimator == "Trace_ELBO").details["reason"]
+    assert (
+        "the reference broken could not run"
+        in next(c for c in report.checks if c.estimator == "Trace_ELBO").details["reason"]
+    )
     assert not report.ok

@@ -35,8 +35,18 @@ def test_lr_given_on_resume_applies(digits, tmp_path):
     x = prepare(digits.train_x[:400], "static")
     ck = tmp_path / "ck.pt"
     for epochs, lr, resume in ((1, 1e-3, False), (2, 1e-5, True)):
-        train(VAE(hidden=(8,), z_dim=2), build_estimator("analytic"), x, epochs=epochs, batch_size=200, lr=lr,
-              generator=seed_all(0), progress=False, checkpoint=str(ck), resume=resume)
+        train(
+            VAE(hidden=(8,), z_dim=2),
+            build_estimator("analytic"),
+            x,
+            epochs=epochs,
+            batch_size=200,
+            lr=lr,
+            generator=seed_all(0),
+            progress=False,
+            checkpoint=str(ck),
+            resume=resume,
+        )
     groups = load_checkpoint(ck)["optimizer_state"]["param_groups"]
     assert [g["lr"] for g in groups] == [1e-5] * len(groups)
 
@@ -60,19 +70,27 @@ def test_empty_hidden_list_in_a_spec_is_refused():
 # --- data outside a likelihood's support, whatever the options --------------------------------
 
 
-@pytest.mark.parametrize("likelihood, binarization, transform", [
-    ("beta", "static", "auto"), ("beta", "threshold", "auto"), ("beta", "dynamic", "auto"),
-    ("beta", "none", "unit"), ("bernoulli", "none", "auto"), ("bernoulli", "static", "open_unit"),
-    ("bernoulli", "static", "counts"), ("binomial", "none", "unit"), ("normal", "none", "counts"),
-    ("normal", "dynamic", "open_unit"),
-])
+@pytest.mark.parametrize(
+    "likelihood, binarization, transform",
+    [
+        ("beta", "static", "auto"),
+        ("beta", "threshold", "auto"),
+        ("beta", "dynamic", "auto"),
+        ("beta", "none", "unit"),
+        ("bernoulli", "none", "auto"),
+        ("bernoulli", "static", "open_unit"),
+        ("bernoulli", "static", "counts"),
+        ("binomial", "none", "unit"),
+        ("normal", "none", "counts"),
+        ("normal", "dynamic", "open_unit"),
+    ],
+)
 def test_every_likelihood_refuses_data_outside_its_support(likelihood, binarization, transform):
     kind = LIKELIHOODS[likelihood].data_kind
     with pytest.raises(DataError, match="use binarization|binarization must be"):
         resolve_data(binarization, transform, kind)
     with pytest.raises(SpecError, match=f"likelihood '{likelihood}'"):  # after --set, too
-        load_spec(likelihood=likelihood, overrides=[f"data.binarization={binarization}",
-                                                    f"data.transform={transform}"])
+        load_spec(likelihood=likelihood, overrides=[f"data.binarization={binarization}", f"data.transform={transform}"])
 
 
 def test_beta_with_static_binarization_is_refused_on_the_command_line(capsys):
@@ -90,8 +108,15 @@ def test_nan_grey_levels_are_refused_for_dynamic_binarization():
     x = torch.full((4, 784), 0.5)
     x[1, 3] = float("nan")
     with pytest.raises(DataError, match="grey levels in \\[0, 1\\]"):
-        train(VAE(hidden=(4,), z_dim=2), build_estimator("analytic"), x, epochs=1, batch_size=2, dynamic=True,
-              progress=False)
+        train(
+            VAE(hidden=(4,), z_dim=2),
+            build_estimator("analytic"),
+            x,
+            epochs=1,
+            batch_size=2,
+            dynamic=True,
+            progress=False,
+        )
     with pytest.raises(DataError):
         Batches(x, 2, dynamic=True)
 
@@ -122,13 +147,16 @@ def test_other_image_sizes_are_refused_naming_the_file(tmp_path):
         load_mnist_idx(folder)
 
 
-@pytest.mark.parametrize("shape, ndim, needle", [
-    ((0,), None, "holds no labels"),
-    ((0, 28, 28), None, "holds no images"),
-    ((-5, 28, 28), None, "negative size"),
-    ((3,) * 255, None, "255 dimensions, expected 1 (labels) or 3 (images)"),
-    ((2, 2), None, "2 dimensions"),
-])
+@pytest.mark.parametrize(
+    "shape, ndim, needle",
+    [
+        ((0,), None, "holds no labels"),
+        ((0, 28, 28), None, "holds no images"),
+        ((-5, 28, 28), None, "negative size"),
+        ((3,) * 255, None, "255 dimensions, expected 1 (labels) or 3 (images)"),
+        ((2, 2), None, "2 dimensions"),
+    ],
+)
 def test_malformed_idx_headers_are_one_short_line_naming_the_file(shape, ndim, needle, tmp_path):
     path = _idx(tmp_path / "x-idx-ubyte", shape, ndim, data=b"" if min(shape) <= 0 or len(shape) > 3 else None)
     with pytest.raises(DataError) as err:
@@ -154,9 +182,14 @@ def _good(tmp_path):
     (vae.decoder(torch.zeros(1, 2)).sum()).backward()
     opt.step()
     path = tmp_path / "good.pt"
-    save_checkpoint(path, vae=vae, optimizer=opt, epoch=2, estimator="analytic",
-                    history=[{"epoch": 1, "train_neg_elbo": 5.0, "test_neg_elbo": None, "seconds": 0.1,
-                              "kl_weight": 1.0}])
+    save_checkpoint(
+        path,
+        vae=vae,
+        optimizer=opt,
+        epoch=2,
+        estimator="analytic",
+        history=[{"epoch": 1, "train_neg_elbo": 5.0, "test_neg_elbo": None, "seconds": 0.1, "kl_weight": 1.0}],
+    )
     return torch.load(path, weights_only=True)
 
 
@@ -179,7 +212,8 @@ DAMAGES = {
     "extra tensor": (lambda p: p["model_state"].update({"decoder.extra": torch.zeros(1)}), "unexpected tensor"),
     "optimizer moments of another shape": (
         lambda p: next(iter(p["optimizer_state"]["state"].values())).update(exp_avg=torch.zeros(7)),
-        "optimizer state does not fit"),
+        "optimizer state does not fit",
+    ),
     "optimizer state not a dict": (lambda p: p.update(optimizer_state=[1]), "field 'optimizer_state'"),
 }
 

@@ -17,19 +17,25 @@ SCRIPT = Path(__file__).parent.parent / "scripts" / "benchmark.py"
 def run_cpu_benchmark(tmp_path, *options: str) -> tuple[subprocess.CompletedProcess, dict]:
     """The benchmark on the CPU without the memory probes, one repeat; (process, its JSON)."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--repeats", "1", "--no-memory",
-                           *options, "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--repeats", "1", "--no-memory", *options, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc, json.loads(out.read_text())
 
 
 def test_benchmark_json_is_consistent(tmp_path):
-    proc, result = run_cpu_benchmark(tmp_path, "--batch-sizes", "8,16", "--estimators",
-                                     "trace,tmf_graph,pytorch_example", "--steps", "2")
+    proc, result = run_cpu_benchmark(
+        tmp_path, "--batch-sizes", "8,16", "--estimators", "trace,tmf_graph,pytorch_example", "--steps", "2"
+    )
     assert result["device"] == "cpu" and result["device_name"]
     rows = result["results"]
     assert {(r["batch_size"], r["estimator"]) for r in rows} == {
-        (b, e) for b in (8, 16) for e in ("analytic", "analytic_graph", "trace", "tmf_graph", "pytorch_example")}
+        (b, e) for b in (8, 16) for e in ("analytic", "analytic_graph", "trace", "tmf_graph", "pytorch_example")
+    }
     for r in rows:
         for base_name in ("analytic", "analytic_graph"):
             base = next(x for x in rows if x["batch_size"] == r["batch_size"] and x["estimator"] == base_name)
@@ -42,8 +48,9 @@ def test_benchmark_json_is_consistent(tmp_path):
 def test_benchmark_times_whole_epochs_of_tiled_digits(tmp_path):
     """--epoch-examples: each timing is one epoch over that many examples (more than the 4,000
     embedded digits, so they are tiled); epoch seconds = steps x ms/step."""
-    _, result = run_cpu_benchmark(tmp_path, "--batch-sizes", "2048", "--estimators", "analytic",
-                                  "--epoch-examples", "6144")
+    _, result = run_cpu_benchmark(
+        tmp_path, "--batch-sizes", "2048", "--estimators", "analytic", "--epoch-examples", "6144"
+    )
     assert result["epoch_examples"] == 6144
     for r in result["results"]:
         assert r["steps"] == 3 and r["epoch_s"] == pytest.approx(r["ms_per_step"] * 3 / 1e3)
@@ -67,16 +74,23 @@ def test_the_reference_step_is_pytorchs_example():
     ours = (bernoulli_neg_log_lik(logits, x) + gaussian_kl_to_standard_normal(mu, logvar)).sum()
     theirs = benchmark.example_loss_function(torch.sigmoid(logits), x, mu, logvar)
     assert float(theirs) == pytest.approx(float(ours), rel=1e-10)
-    assert sum(p.numel() for p in benchmark.ExampleVAE().parameters()) == 784 * 400 + 400 + 2 * (400 * 20 + 20) \
-        + 20 * 400 + 400 + 400 * 784 + 784
+    assert (
+        sum(p.numel() for p in benchmark.ExampleVAE().parameters())
+        == 784 * 400 + 400 + 2 * (400 * 20 + 20) + 20 * 400 + 400 + 400 * 784 + 784
+    )
 
 
 def test_benchmark_rejects_unknown_estimators():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--estimators", "nope"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--estimators", "nope"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and "unknown estimator 'nope'" in proc.stderr
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--epoch-examples", "10", "--batch-sizes", "128"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--epoch-examples", "10", "--batch-sizes", "128"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "--epoch-examples must be 0 (off) or >= the largest batch (128), got 10" in proc.stderr
 
@@ -101,8 +115,15 @@ def test_a_capture_that_fails_is_isolated_and_reported():
 
 def test_benchmark_whole_step_rows_run_on_the_cpu(tmp_path):
     """The whole-step rows (on the CPU the same step, eager) run and get ratios like every row."""
-    _, result = run_cpu_benchmark(tmp_path, "--batch-sizes", "8", "--estimators",
-                                  "analytic_step_graph,trace_step_graph,tmf_step_graph", "--steps", "2")
+    _, result = run_cpu_benchmark(
+        tmp_path,
+        "--batch-sizes",
+        "8",
+        "--estimators",
+        "analytic_step_graph,trace_step_graph,tmf_step_graph",
+        "--steps",
+        "2",
+    )
     rows = {r["estimator"]: r for r in result["results"]}
     assert set(rows) == {"analytic", "analytic_graph", "analytic_step_graph", "trace_step_graph", "tmf_step_graph"}
     for r in rows.values():
@@ -113,8 +134,7 @@ def test_the_floor_counts_the_steps_flops_exactly(tmp_path):
     """``--floor``: torch's FLOP counter over one step of the 784-400-20 VAE equals the count by hand.
     Forward: 2·B·W multiply-adds over all weight matrices W; backward: 2·B·W for the weight gradients
     plus 2·B·(W - W1) for the inputs' gradients (none for the data, the first layer's input)."""
-    _, result = run_cpu_benchmark(tmp_path, "--batch-sizes", "8", "--estimators", "analytic", "--steps", "1",
-                                  "--floor")
+    _, result = run_cpu_benchmark(tmp_path, "--batch-sizes", "8", "--estimators", "analytic", "--steps", "1", "--floor")
     w1 = 784 * 400
     weights = w1 + 400 * 2 * 20 + 20 * 400 + 400 * 784  # encoder layer, its two heads, decoder layers
     (floor,) = result["floor"]

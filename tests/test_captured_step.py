@@ -78,7 +78,8 @@ def test_a_nan_step_leaves_the_parameters_where_they_were():
         assert torch.isnan(whole.step(x, 1.0))
     assert all(torch.equal(p, q) for p, q in zip(before, vae.parameters()))
     assert torch.isfinite(whole.step(_data(), 1.0)) and not all(
-        torch.equal(p, q) for p, q in zip(before, vae.parameters()))
+        torch.equal(p, q) for p, q in zip(before, vae.parameters())
+    )
 
 
 def test_snapshot_restore_gives_back_a_fresh_adam():
@@ -112,8 +113,18 @@ def test_train_with_capture_equals_train_without(binary_test):
     runs = []
     for capture in (False, True):
         vae = _vae()
-        history = train(vae, build_estimator("tmf"), x, epochs=2, batch_size=32, lr=1e-2,
-                        generator=seed_all(1), progress=False, kl_anneal_epochs=1, capture=capture)
+        history = train(
+            vae,
+            build_estimator("tmf"),
+            x,
+            epochs=2,
+            batch_size=32,
+            lr=1e-2,
+            generator=seed_all(1),
+            progress=False,
+            kl_anneal_epochs=1,
+            capture=capture,
+        )
         runs.append((vae, history))
     (a, ha), (b, hb) = runs
     for ea, eb in zip(ha, hb):
@@ -142,8 +153,9 @@ torch.cuda.synchronize()
 
 @pytest.fixture(scope="module")
 def capture_works():
-    proc = subprocess.run([sys.executable, "-c", PROBE.format(names=sorted(CAPTURED))], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(names=sorted(CAPTURED))], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, f"whole-step capture failed in a subprocess: {proc.stderr[-3000:]}"
 
 
@@ -241,8 +253,26 @@ def test_cli_train_capture_step(tmp_path, capsys):
     from vae_pyro.cli import main
 
     out = tmp_path / "train.json"
-    assert main(["train", "--estimator", "trace", "--capture-step", "--epochs", "1", "--hidden", "16", "--z-dim", "3",
-                 "--no-progress", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--estimator",
+                "trace",
+                "--capture-step",
+                "--epochs",
+                "1",
+                "--hidden",
+                "16",
+                "--z-dim",
+                "3",
+                "--no-progress",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["history"][0]["train_neg_elbo"] < 540  # it learnt (untrained: > 540)
     capsys.readouterr()
     assert main(["train", "--estimator", "iwae", "--capture-step", "--no-progress"]) == 2

@@ -38,8 +38,7 @@ def assert_readme_values(result):
 
 def test_check_linear_gaussian_passes_and_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "check.json"
-    code = main(["check", "--toy", "linear_gaussian", "--grad-draws", "8", "--no-progress",
-                 "--json", str(out)])
+    code = main(["check", "--toy", "linear_gaussian", "--grad-draws", "8", "--no-progress", "--json", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     result = json.loads(out.read_text())
@@ -47,8 +46,16 @@ def test_check_linear_gaussian_passes_and_writes_the_documented_json(tmp_path, c
     assert isinstance(result["exact_log_px"], float)
     assert f"exact log p(x) = {result['exact_log_px']:.6f}" in printed
     names = {c["name"] for c in result["checks"]}
-    assert {"exact_identity", "elbo_matches_exact", "bound_below_log_px", "iwae_same_noise", "iwae_nondecreasing",
-            "iwae_close_to_log_px", "tight_at_posterior", "stl_zero_variance"} <= names
+    assert {
+        "exact_identity",
+        "elbo_matches_exact",
+        "bound_below_log_px",
+        "iwae_same_noise",
+        "iwae_nondecreasing",
+        "iwae_close_to_log_px",
+        "tight_at_posterior",
+        "stl_zero_variance",
+    } <= names
     for c in result["checks"]:
         assert CHECK_KEYS <= set(c) and c["verdict"] == "pass"
     assert "overall: PASS" in printed
@@ -65,35 +72,57 @@ class _Flipped(Estimator):
 
 def test_check_exits_1_when_an_estimator_is_wrong(tmp_path, capsys, monkeypatch):
     """Swap 'tmf' for a KL with a flipped sign: the report says FAIL and the exit status is 1."""
-    monkeypatch.setattr(verify, "build_estimator",
-                        lambda name, k=1: _Flipped(k) if name == "tmf" else build_estimator(name, k))
+    monkeypatch.setattr(
+        verify, "build_estimator", lambda name, k=1: _Flipped(k) if name == "tmf" else build_estimator(name, k)
+    )
     out = tmp_path / "check.json"
-    code = main(["check", "--toy", "linear_gaussian", "--grad-draws", "8", "--no-progress",
-                 "--json", str(out)])
+    code = main(["check", "--toy", "linear_gaussian", "--grad-draws", "8", "--no-progress", "--json", str(out)])
     printed = capsys.readouterr().out
     assert code == 1 and "FAIL" in printed
     failed = {(c["name"], c["estimator"]) for c in json.loads(out.read_text())["checks"] if c["verdict"] == "fail"}
     assert ("elbo_matches_exact", "tmf") in failed and ("bound_below_log_px", "tmf") in failed
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["check", "--toy", "gaussian_3d"],
-     "invalid choice: 'gaussian_3d' (choose from 'linear_gaussian', 'bernoulli_2d', 'bernoulli_1d')"),
-    (["check", "--toy", "bernoulli_1d", "--device", "cuda"], "toy models run on the CPU"),
-    (["check", "--draws", "1"], "expected an integer >= 2, got 1"),
-    (["nll", "--k", "0"], "expected a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (
+            ["check", "--toy", "gaussian_3d"],
+            "invalid choice: 'gaussian_3d' (choose from 'linear_gaussian', 'bernoulli_2d', 'bernoulli_1d')",
+        ),
+        (["check", "--toy", "bernoulli_1d", "--device", "cuda"], "toy models run on the CPU"),
+        (["check", "--draws", "1"], "expected an integer >= 2, got 1"),
+        (["nll", "--k", "0"], "expected a positive integer, got 0"),
+    ],
+)
 def test_check_bad_input_is_one_line_and_exit_2(args, needle):
-    proc = subprocess.run([sys.executable, "-m", "vae_pyro.cli", *args, "--no-progress"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vae_pyro.cli", *args, "--no-progress"], capture_output=True, text=True, timeout=120
+    )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
 
 
 def test_nll_reports_the_binarization(tmp_path, capsys):
     out = tmp_path / "nll.json"
-    code = main(["nll", "--epochs", "1", "--hidden", "64", "--z-dim", "8", "--k", "50", "--examples", "50",
-                 "--no-progress", "--json", str(out)])
+    code = main(
+        [
+            "nll",
+            "--epochs",
+            "1",
+            "--hidden",
+            "64",
+            "--z-dim",
+            "8",
+            "--k",
+            "50",
+            "--examples",
+            "50",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert code == 0 and result["binarization"] == "static" and result["k"] == 50 and result["examples"] == 50
@@ -105,8 +134,12 @@ def test_nll_reports_the_binarization(tmp_path, capsys):
 @pytest.mark.parametrize("toy", ["bernoulli_2d", "bernoulli_1d"])
 def test_check_nonlinear_toys_pass_with_defaults(toy, tmp_path):
     out = tmp_path / "check.json"
-    proc = subprocess.run([sys.executable, "-m", "vae_pyro.cli", "check", "--toy", toy, "--no-progress",
-                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vae_pyro.cli", "check", "--toy", toy, "--no-progress", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     by = {(c["name"], c["estimator"]): c for c in result["checks"]}
@@ -122,23 +155,45 @@ def test_check_mnist_vae_passes_with_its_verdict_and_exit_code(tmp_path):
     0. 30 draws each, as in the prior sweep: per-check two-sided p = 6e-5 at |z| = 4 under agreement,
     with ~40 statistical checks here a false alarm has probability < 1% (and seeds are fixed)."""
     out = tmp_path / "check.json"
-    proc = subprocess.run([sys.executable, "-m", "vae_pyro.cli", "check", "--epochs", "1", "--draws", "30",
-                           "--grad-draws", "30", "--no-progress", "--json", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vae_pyro.cli",
+            "check",
+            "--epochs",
+            "1",
+            "--draws",
+            "30",
+            "--grad-draws",
+            "30",
+            "--no-progress",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     result = json.loads(out.read_text())
     by = {(c["name"], c["estimator"]): c for c in result["checks"]}
     assert result["exact_log_px"] is None and result["binarization"] == "static"
     assert by[("iwae_same_noise", "iwae vs renyi0")]["value"] < 1e-8
     assert by[("iwae_at_least_elbo", "iwae[k=50]")]["details"]["mean_difference"] > 0
-    not_passed = [(c["name"], c["estimator"], c["verdict"], c["value"]) for c in result["checks"]
-                  if c["verdict"] != "pass"]
+    not_passed = [
+        (c["name"], c["estimator"], c["verdict"], c["value"]) for c in result["checks"] if c["verdict"] != "pass"
+    ]
     assert all(v == "skip" for _, _, v, _ in not_passed), not_passed
     assert result["verdict"] == "pass" and proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_check_refuses_a_toy_with_a_prior():
-    proc = subprocess.run([sys.executable, "-m", "vae_pyro.cli", "check", "--toy", "bernoulli_1d", "--prior", "mog"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vae_pyro.cli", "check", "--toy", "bernoulli_1d", "--prior", "mog"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "--toy models have their own prior and likelihood" in proc.stderr
 
@@ -149,8 +204,26 @@ def test_check_mnist_vae_with_a_mixture_prior_uses_the_hand_written_reference(tm
     is hand_mc (hand-written, no Pyro) with 8 particles, and every remaining check passes (30 draws
     each, tolerances as in compare)."""
     out = tmp_path / "check.json"
-    code = main(["check", "--prior", "mog", "--set", "networks.hidden=[64]", "--set", "networks.z_dim=8",
-                 "--epochs", "1", "--draws", "30", "--grad-draws", "30", "--no-progress", "--json", str(out)])
+    code = main(
+        [
+            "check",
+            "--prior",
+            "mog",
+            "--set",
+            "networks.hidden=[64]",
+            "--set",
+            "networks.z_dim=8",
+            "--epochs",
+            "1",
+            "--draws",
+            "30",
+            "--grad-draws",
+            "30",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert code == 0, capsys.readouterr().out
     assert result["reference"]["estimator"] == "hand_mc" and result["reference"]["particles"] == 8

@@ -23,8 +23,17 @@ def x_small(digits):
 def _run(x, epochs, path=None, resume=False):
     generator = seed_all(3)
     vae = VAE(hidden=(32,), z_dim=4)
-    history = train(vae, build_estimator("analytic"), x, epochs=epochs, batch_size=100, generator=generator,
-                    progress=False, checkpoint=path, resume=resume)
+    history = train(
+        vae,
+        build_estimator("analytic"),
+        x,
+        epochs=epochs,
+        batch_size=100,
+        generator=generator,
+        progress=False,
+        checkpoint=path,
+        resume=resume,
+    )
     return vae, history
 
 
@@ -68,8 +77,9 @@ def test_mismatched_model_is_refused_with_the_difference(x_small, tmp_path):
     path = tmp_path / "ck.pt"
     _run(x_small, 1, path)
     other = VAE(hidden=(16,), z_dim=4)
-    with pytest.raises(CheckpointError,
-                       match=r"saved for another model \(hidden: checkpoint \[32\] vs this run \[16\]\)"):
+    with pytest.raises(
+        CheckpointError, match=r"saved for another model \(hidden: checkpoint \[32\] vs this run \[16\]\)"
+    ):
         restore(load_checkpoint(path), other, path=path)
 
 

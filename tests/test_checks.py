@@ -166,7 +166,7 @@ def test_gradient_draws_mean_is_the_mean_of_the_draws(small_vae, binary_test):
     torch.manual_seed(3)
     stats = checks.gradient_draws(est, small_vae, x, 4, directions)
     torch.manual_seed(3)  # draw r is seeded by base + r, base drawn from torch's generator
-    base = int(torch.randint(0, 2 ** 62, (1,), dtype=torch.int64))
+    base = int(torch.randint(0, 2**62, (1,), dtype=torch.int64))
     stored = []
     for r in range(4):
         torch.manual_seed(base + r)
@@ -174,9 +174,12 @@ def test_gradient_draws_mean_is_the_mean_of_the_draws(small_vae, binary_test):
     for i, _ in enumerate(params):
         expected = torch.stack([g[i] for g in stored]).double().mean(0)
         torch.testing.assert_close(stats.mean[i], expected, rtol=1e-6, atol=1e-9)
-        torch.testing.assert_close(stats.proj[:, i, 0],
-                                   torch.stack([directions[i][0] @ g[i].double().flatten() for g in stored]),
-                                   rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(
+            stats.proj[:, i, 0],
+            torch.stack([directions[i][0] @ g[i].double().flatten() for g in stored]),
+            rtol=1e-6,
+            atol=1e-9,
+        )
 
 
 # --- devices ---------------------------------------------------------------------------------

@@ -14,8 +14,17 @@ from vae_pyro.cli import main
 
 FAST = ["--epochs", "1", "--draws", "12", "--grad-draws", "12", "--hidden", "64", "--z-dim", "8", "--no-progress"]
 JSON_TOP = {"device", "dataset", "seed", "particles", "torch_version", "pyro_version", "estimators"}
-JSON_EST = {"name", "neg_elbo_mean", "neg_elbo_se", "kl", "z_vs_analytic", "same_noise_max_abs_diff",
-            "grad_agreement", "ms_per_step", "verdict"}
+JSON_EST = {
+    "name",
+    "neg_elbo_mean",
+    "neg_elbo_se",
+    "kl",
+    "z_vs_analytic",
+    "same_noise_max_abs_diff",
+    "grad_agreement",
+    "ms_per_step",
+    "verdict",
+}
 
 
 def _run(*args):
@@ -54,8 +63,22 @@ def test_compare_exits_1_when_a_check_fails(capsys):
 
 def test_train_reports_the_test_elbo(tmp_path, capsys):
     out = tmp_path / "train.json"
-    code = main(["train", "--estimator", "tmf", "--epochs", "2", "--hidden", "64", "--z-dim", "8",
-                 "--no-progress", "--json", str(out)])
+    code = main(
+        [
+            "train",
+            "--estimator",
+            "tmf",
+            "--epochs",
+            "2",
+            "--hidden",
+            "64",
+            "--z-dim",
+            "8",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     result = json.loads(out.read_text())
@@ -68,15 +91,18 @@ def test_train_reports_the_test_elbo(tmp_path, capsys):
     assert f"test -ELBO: {result['test_neg_elbo']:.3f} nats/example" in printed
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["compare", "--estimators", "trace,nope"], "unknown estimator 'nope'; allowed: analytic, trace, tmf"),
-    (["train", "--estimator", "Trace_ELBO"], "unknown estimator 'Trace_ELBO'; allowed:"),
-    (["compare", "--binarization", "none", "--epochs", "0"], "binary data cannot come from binarization 'none'"),
-    (["train", "--dataset", "idx:/no/such/folder"], "MNIST folder /no/such/folder does not exist"),
-    (["train", "--dataset", "cifar"], "unknown dataset 'cifar'; allowed: 'mnist5k', 'idx:FOLDER'"),
-    (["compare", "--particles", "0"], "expected a positive integer, got 0"),
-    (["compare", "--device", "tpu"], "invalid choice: 'tpu' (choose from 'auto', 'cpu', 'cuda')"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["compare", "--estimators", "trace,nope"], "unknown estimator 'nope'; allowed: analytic, trace, tmf"),
+        (["train", "--estimator", "Trace_ELBO"], "unknown estimator 'Trace_ELBO'; allowed:"),
+        (["compare", "--binarization", "none", "--epochs", "0"], "binary data cannot come from binarization 'none'"),
+        (["train", "--dataset", "idx:/no/such/folder"], "MNIST folder /no/such/folder does not exist"),
+        (["train", "--dataset", "cifar"], "unknown dataset 'cifar'; allowed: 'mnist5k', 'idx:FOLDER'"),
+        (["compare", "--particles", "0"], "expected a positive integer, got 0"),
+        (["compare", "--device", "tpu"], "invalid choice: 'tpu' (choose from 'auto', 'cpu', 'cuda')"),
+    ],
+)
 def test_bad_input_is_one_clear_line_and_exit_2(args, needle, tmp_path):
     good = tmp_path / "good.json"
     good.write_text('{"keep": true}\n')
@@ -135,11 +161,26 @@ def test_train_checkpoint_and_resume_end_to_end(tmp_path, capsys):
     small = ["--hidden", "16", "--z-dim", "2", "--no-progress"]
     ck = tmp_path / "ck.pt"
     assert main(["train", *small, "--epochs", "2", "--json", str(tmp_path / "straight.json")]) == 0
-    assert main(["train", *small, "--epochs", "1", "--checkpoint", str(ck),
-                 "--json", str(tmp_path / "first.json")]) == 0
+    assert (
+        main(["train", *small, "--epochs", "1", "--checkpoint", str(ck), "--json", str(tmp_path / "first.json")]) == 0
+    )
     assert ck.is_file()
-    assert main(["train", *small, "--epochs", "2", "--checkpoint", str(ck), "--resume",
-                 "--json", str(tmp_path / "resumed.json")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *small,
+                "--epochs",
+                "2",
+                "--checkpoint",
+                str(ck),
+                "--resume",
+                "--json",
+                str(tmp_path / "resumed.json"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     straight, resumed = (json.loads((tmp_path / f"{n}.json").read_text())["history"] for n in ("straight", "resumed"))
     assert [h["epoch"] for h in resumed] == [1, 2]

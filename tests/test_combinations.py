@@ -53,19 +53,36 @@ def data_by_likelihood(digits):
     out = {}
     for name in LIKELIHOODS.names():
         binarization, transform = resolve_data("auto", "auto", LIKELIHOODS[name].data_kind)
-        out[name] = (prepare(digits.train_x[:256], binarization, transform),
-                     prepare(digits.test_x[:48], binarization, transform))
+        out[name] = (
+            prepare(digits.train_x[:256], binarization, transform),
+            prepare(digits.test_x[:48], binarization, transform),
+        )
     return out
 
 
 def trained_pair(prior, likelihood, data, kl_weight=1.0):
     generator = seed_all(0)
-    vae = VAE(hidden=(16,), z_dim=3, prior=prior, likelihood=likelihood, kl_weight=kl_weight,
-              prior_options=SMALL_PRIOR_OPTIONS.get(prior, {}))
+    vae = VAE(
+        hidden=(16,),
+        z_dim=3,
+        prior=prior,
+        likelihood=likelihood,
+        kl_weight=kl_weight,
+        prior_options=SMALL_PRIOR_OPTIONS.get(prior, {}),
+    )
     x_train, x = data
     # tmf is valid for every prior (exact KL or its Monte Carlo fallback)
-    train(vae, build_estimator("tmf"), x_train, epochs=1, batch_size=64, lr=3e-3, generator=generator,
-          progress=False, kl_anneal_epochs=0)
+    train(
+        vae,
+        build_estimator("tmf"),
+        x_train,
+        epochs=1,
+        batch_size=64,
+        lr=3e-3,
+        generator=generator,
+        progress=False,
+        kl_anneal_epochs=0,
+    )
     vae.check_data(x)
     return vae, x
 
@@ -199,8 +216,9 @@ def test_gradients_agree_for_every_prior_and_every_likelihood(prior, likelihood,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("prior, likelihood", [p for p in PAIRS if p not in COVER],
-                         ids=_ids([p for p in PAIRS if p not in COVER]))
+@pytest.mark.parametrize(
+    "prior, likelihood", [p for p in PAIRS if p not in COVER], ids=_ids([p for p in PAIRS if p not in COVER])
+)
 def test_every_pair_gradients_and_compiled_twins(prior, likelihood, data_by_likelihood):
     vae, x = trained_pair(prior, likelihood, data_by_likelihood[likelihood])
     assert_pair_agrees(vae, x, estimators=("trace", "tmf"))

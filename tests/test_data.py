@@ -399,8 +399,9 @@ def test_idx_images_wrong_rank(tmp_path):
     arrays = _fake_mnist()
     arrays["train-images-idx3-ubyte"] = arrays["train-images-idx3-ubyte"].reshape(12, 784)
     folder = _write_folder(tmp_path / "m", arrays, gz=False)
-    with pytest.raises(DataError,
-                       match=r"train-images-idx3-ubyte: 2 dimensions, expected 1 \(labels\) or 3 \(images\)"):
+    with pytest.raises(
+        DataError, match=r"train-images-idx3-ubyte: 2 dimensions, expected 1 \(labels\) or 3 \(images\)"
+    ):
         load_mnist_idx(folder)
 
 

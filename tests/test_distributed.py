@@ -23,7 +23,7 @@ from vae_pyro.train import make_optimizer, seed_all, train
 
 WORLD = 2
 EPOCH_STEPS, BATCH = 3, 8  # training: 3 global batches of 8, 4 examples per process
-DRAWS, GRAD_DRAWS = 7, 5   # odd totals: the processes get unequal shares
+DRAWS, GRAD_DRAWS = 7, 5  # odd totals: the processes get unequal shares
 IWAE_EXAMPLES, IWAE_BATCH, IWAE_K = 10, 3, 6
 
 
@@ -42,28 +42,40 @@ def _free_port() -> int:
 
 
 def _join(rank: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD)
+    )
     torch.set_num_threads(1)
     distributed.init("cpu", timeout=60)
 
 
 def _agreement(vae, x):
-    setup = AgreementSetup(vae, x, x[:6], x[:4], draws=DRAWS, grad_draws=GRAD_DRAWS,
-                           checks=("monte_carlo", "gradient"))
+    setup = AgreementSetup(vae, x, x[:6], x[:4], draws=DRAWS, grad_draws=GRAD_DRAWS, checks=("monte_carlo", "gradient"))
     agreement = run_agreement(setup, ["analytic", "tmf"], progress=False)
-    return {name: {"draws_mean": mc.mean, "se": mc.se,
-                   "results": [(r.name, r.value, r.verdict, r.details.get("per_tensor")) for r in results]}
-            for name, (_, _, mc, results) in agreement.estimators.items()} | {
-        "reference": (agreement.reference_mc.mean, agreement.reference_mc.se)}
+    return {
+        name: {
+            "draws_mean": mc.mean,
+            "se": mc.se,
+            "results": [(r.name, r.value, r.verdict, r.details.get("per_tensor")) for r in results],
+        }
+        for name, (_, _, mc, results) in agreement.estimators.items()
+    } | {"reference": (agreement.reference_mc.mean, agreement.reference_mc.se)}
 
 
 def _worker(rank: int, port: int, out: str) -> None:
     _join(rank, port)
     gen, vae, x = _setup()
     checkpoint = os.path.join(out, "ddp.pt")
-    train(vae, build_estimator("analytic"), x, epochs=1, batch_size=BATCH, generator=gen, progress=False,
-          checkpoint=checkpoint)
+    train(
+        vae,
+        build_estimator("analytic"),
+        x,
+        epochs=1,
+        batch_size=BATCH,
+        generator=gen,
+        progress=False,
+        checkpoint=checkpoint,
+    )
     weights = {k: v.clone() for k, v in vae.state_dict().items()}
     stats = _agreement(vae, x)
     seed_all(0)  # the NLL run's seed, as in the one-process run
@@ -110,8 +122,17 @@ def test_training_steps_equal_one_process(two_processes):
             torch.testing.assert_close(ranks[r]["weights"][name], value, rtol=0, atol=1e-6)
     # the distributed run's checkpoint (written by process 0 only) resumes in one process
     gen, resumed, _ = _setup()
-    history = train(resumed, build_estimator("analytic"), x, epochs=2, batch_size=BATCH, generator=gen,
-                    progress=False, checkpoint=os.path.join(out, "ddp.pt"), resume=True)
+    history = train(
+        resumed,
+        build_estimator("analytic"),
+        x,
+        epochs=2,
+        batch_size=BATCH,
+        generator=gen,
+        progress=False,
+        checkpoint=os.path.join(out, "ddp.pt"),
+        resume=True,
+    )
     assert [h.epoch for h in history] == [1, 2]
 
 
@@ -156,8 +177,14 @@ def _failing_main(argv) -> int:
 
 
 def _failing_worker(rank: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), **{distributed.TIMEOUT_ENV: "30"})
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        **{distributed.TIMEOUT_ENV: "30"},
+    )
     distributed.launch(_failing_main, ["--device", "cpu"])
 
 
@@ -180,11 +207,39 @@ def test_torchrun_compare_passes_and_says_two_processes_ran(tmp_path):
     from pathlib import Path
 
     out = tmp_path / "compare.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vae_pyro",
-           "compare", "--device", "cpu", "--epochs", "1", "--hidden", "16", "--z-dim", "2", "--draws", "6",
-           "--grad-draws", "4", "--estimators", "analytic,tmf", "--no-progress", "--json", str(out)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "vae_pyro",
+        "compare",
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--hidden",
+        "16",
+        "--z-dim",
+        "2",
+        "--draws",
+        "6",
+        "--grad-draws",
+        "4",
+        "--estimators",
+        "analytic,tmf",
+        "--no-progress",
+        "--json",
+        str(out),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 processes ran (torch.distributed, gloo backend)" in done.stdout

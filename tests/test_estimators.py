@@ -22,8 +22,9 @@ from vae_pyro.registry import UnknownNameError
 
 
 def test_registry_has_every_estimator_and_defaults_are_registered():
-    assert ({"analytic", "trace", "tmf", "jit_trace", "jit_tmf", "jit_tmf_pyro", "jit_trace_pyro"}
-            <= set(estimator_names()))
+    assert {"analytic", "trace", "tmf", "jit_trace", "jit_tmf", "jit_tmf_pyro", "jit_trace_pyro"} <= set(
+        estimator_names()
+    )
     assert set(DEFAULT_ESTIMATORS) <= set(estimator_names())
     assert "jit_trace_pyro" not in DEFAULT_ESTIMATORS  # its gradient is wrong; shown on request only
 
@@ -185,8 +186,15 @@ COMPILED = [name for name in estimator_names() if ESTIMATORS[name].jit]
 
 
 def test_every_compiled_estimator_is_covered_by_the_value_path_test():
-    assert {"jit_trace", "jit_tmf", "jit_tmf_pyro", "jit_trace_pyro",
-            "analytic_graph", "trace_graph", "tmf_graph"} <= set(COMPILED)
+    assert {
+        "jit_trace",
+        "jit_tmf",
+        "jit_tmf_pyro",
+        "jit_trace_pyro",
+        "analytic_graph",
+        "trace_graph",
+        "tmf_graph",
+    } <= set(COMPILED)
 
 
 @pytest.mark.parametrize("name", COMPILED)

@@ -98,8 +98,8 @@ def test_linear_identity_and_tightness_at_the_posterior(linear):
 def test_quadrature_converges_at_n_and_2n(bern2):
     toy, x = bern2
     q = exact.quadrature_log_px(toy, x, n=48)
-    assert q["max_abs_diff"] < 1e-6          # QUAD_TOL; measured ~1e-7
-    assert q["boundary_rel"] < -20           # the box truncates nothing measurable
+    assert q["max_abs_diff"] < 1e-6  # QUAD_TOL; measured ~1e-7
+    assert q["boundary_rel"] < -20  # the box truncates nothing measurable
 
 
 def _bernoulli_log_lik_on_grid(toy, x: torch.Tensor, z: torch.Tensor, chunk: int = 20_000) -> torch.Tensor:
@@ -108,7 +108,7 @@ def _bernoulli_log_lik_on_grid(toy, x: torch.Tensor, z: torch.Tensor, chunk: int
     x (B, D) at every z of a 1-d grid (G,) -> (B, G); the grid in chunks to bound memory."""
     out = []
     for zc in z.split(chunk):
-        logits = toy.decoder(zc[:, None])                                          # (g, D)
+        logits = toy.decoder(zc[:, None])  # (g, D)
         log_on, log_off = torch.nn.functional.logsigmoid(logits), torch.nn.functional.logsigmoid(-logits)
         out.append(x @ log_on.T + (1 - x) @ log_off.T)
     return torch.cat(out, dim=1)
@@ -122,7 +122,7 @@ def test_1d_quadrature_matches_a_brute_force_grid(bern1):
     q = exact.quadrature_log_px(toy, x, n=128)
     z = torch.linspace(-8, 8, 200_001, dtype=F64)
     with torch.no_grad():
-        lj = _bernoulli_log_lik_on_grid(toy64, x, z) + (-0.5 * z ** 2 - 0.5 * math.log(2 * math.pi))
+        lj = _bernoulli_log_lik_on_grid(toy64, x, z) + (-0.5 * z**2 - 0.5 * math.log(2 * math.pi))
     log_w = torch.full_like(z, math.log(float(z[1] - z[0])))
     log_w[[0, -1]] -= math.log(2)
     brute = torch.logsumexp(lj + log_w, dim=1)
@@ -138,7 +138,7 @@ def test_gauss_hermite_elbo_matches_the_monte_carlo_elbo(bern2):
     torch.manual_seed(0)
     with torch.no_grad():
         recon, kl, *_ = neg_elbo_terms(toy64, x, 2000)
-    per_draw = -(recon + kl)                                   # (2000, B)
+    per_draw = -(recon + kl)  # (2000, B)
     mc, se = per_draw.mean(0), per_draw.std(0) / math.sqrt(2000)
     z = (mc - gh) / se
     assert float(z.abs().max()) < 4.5  # 20 digits: max of 20 |z| under the null exceeds 4.5 with p ~ 1e-4

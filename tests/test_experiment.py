@@ -16,16 +16,34 @@ from vae_pyro.errors import SpecError
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("exp")
-    result = api.experiment(None, out=str(out), train_estimators=("analytic", "tmf", "trace"), epochs=2,
-                            variance_draws=6, nll_k=20, binarization="static", transform="unit", hidden=(64,),
-                            z_dim=2, force=True)
+    result = api.experiment(
+        None,
+        out=str(out),
+        train_estimators=("analytic", "tmf", "trace"),
+        epochs=2,
+        variance_draws=6,
+        nll_k=20,
+        binarization="static",
+        transform="unit",
+        hidden=(64,),
+        z_dim=2,
+        force=True,
+    )
     return out, result
 
 
 def test_run_folder_has_every_file(run):
     out, result = run
-    for name in ("metrics.json", "metrics.csv", "report.md", "curves.png", "reconstructions.png",
-                 "samples.png", "variance.png", "latent.png"):
+    for name in (
+        "metrics.json",
+        "metrics.csv",
+        "report.md",
+        "curves.png",
+        "reconstructions.png",
+        "samples.png",
+        "variance.png",
+        "latent.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     for est in ("analytic", "tmf", "trace"):
         assert (out / "checkpoints" / f"{est}.pt").is_file()
@@ -40,7 +58,8 @@ def test_metrics_json_csv_and_report_agree(run):
     for r in result["estimators"]:
         mine = [row for row in rows if row["estimator"] == r["name"]]
         assert [float(row["test_neg_elbo"]) for row in mine] == pytest.approx(
-            [h["test_neg_elbo"] for h in r["history"]], abs=1e-5)
+            [h["test_neg_elbo"] for h in r["history"]], abs=1e-5
+        )
         assert float(mine[-1]["wall_seconds"]) == pytest.approx(sum(h["seconds"] for h in r["history"]), abs=1e-3)
     report = (out / "report.md").read_text()
     for r in result["estimators"]:

@@ -28,8 +28,19 @@ import torch
 from vae_pyro.checkpoint import load_checkpoint
 from vae_pyro.cli import main
 
-TINY = ["--hidden", "8", "--z-dim", "2", "--batch-size", "100", "--seed", "5", "--binarization", "dynamic",
-        "--no-progress"]
+TINY = [
+    "--hidden",
+    "8",
+    "--z-dim",
+    "2",
+    "--batch-size",
+    "100",
+    "--seed",
+    "5",
+    "--binarization",
+    "dynamic",
+    "--no-progress",
+]
 ROOT = Path(__file__).resolve().parents[1]
 
 

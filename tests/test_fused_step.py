@@ -73,8 +73,17 @@ def test_train_with_the_fused_step_equals_eager_training():
     for route in ("eager", "fused"):
         vae = _vae()
         seed_all(3)
-        history = train(vae, build_estimator("analytic"), x, epochs=2, batch_size=16, lr=1e-2, progress=False,
-                        step=route, generator=torch.Generator().manual_seed(5))
+        history = train(
+            vae,
+            build_estimator("analytic"),
+            x,
+            epochs=2,
+            batch_size=16,
+            lr=1e-2,
+            progress=False,
+            step=route,
+            generator=torch.Generator().manual_seed(5),
+        )
         runs[route] = (vae, [h.train_neg_elbo for h in history])
     assert runs["fused"][1] == pytest.approx(runs["eager"][1], rel=1e-12)
     assert _max_rel(runs["fused"][0], runs["eager"][0]) < PARAM_TOL
@@ -86,7 +95,7 @@ def test_auto_fuses_only_long_cpu_runs_and_captures_on_cuda():
     assert choose_step("auto", cpu, trace, FUSE_MIN_STEPS - 1)[0] == "eager"
     assert choose_step("auto", cpu, trace, FUSE_MIN_STEPS)[0] == "fused"
     assert choose_step("auto", cuda, trace, 1)[0] == "captured"
-    route, why = choose_step("auto", cuda, iwae, 10 ** 6)
+    route, why = choose_step("auto", cuda, iwae, 10**6)
     assert route == "eager" and "iwae" in why
     assert choose_step("fused", cpu, trace, 1) == ("fused", "asked for")
 
@@ -100,8 +109,7 @@ def test_a_step_that_cannot_apply_is_refused():
 
 def test_the_fused_step_refuses_an_optimiser_it_does_not_implement():
     vae = _vae()
-    for optimizer in (torch.optim.SGD(vae.parameters(), lr=0.1),
-                      torch.optim.Adam(vae.parameters(), weight_decay=1e-4)):
+    for optimizer in (torch.optim.SGD(vae.parameters(), lr=0.1), torch.optim.Adam(vae.parameters(), weight_decay=1e-4)):
         with pytest.raises(SpecError, match="Adam"):
             FusedTrainStep(vae, build_estimator("analytic"), optimizer, (4, 784))
 

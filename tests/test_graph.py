@@ -95,8 +95,9 @@ def test_validity_follows_the_twin():
     assert build_estimator("tmf_graph").validity(vae).reason.endswith(build_estimator("tmf").validity(vae).reason)
 
 
-@pytest.mark.parametrize("ours, pyros", [(SyncFreeTrace_ELBO, Trace_ELBO),
-                                         (SyncFreeTraceMeanField_ELBO, TraceMeanField_ELBO)])
+@pytest.mark.parametrize(
+    "ours, pyros", [(SyncFreeTrace_ELBO, Trace_ELBO), (SyncFreeTraceMeanField_ELBO, TraceMeanField_ELBO)]
+)
 @pytest.mark.parametrize("prior", ["standard_normal", "mog"])  # mog: tmf's Monte Carlo fallback
 @pytest.mark.parametrize("particles", [1, 2])
 def test_sync_free_elbos_equal_pyros_own(ours, pyros, prior, particles, binary_test):

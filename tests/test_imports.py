@@ -29,10 +29,12 @@ def public_modules() -> list[str]:
 @pytest.mark.slow  # ~30 fresh interpreters, each importing torch and pyro: ~1 min on a busy 2-core machine
 def test_every_public_module_imports_in_a_fresh_interpreter():
     """One interpreter per module (each starts empty), run by one small driver so the test stays fast."""
-    driver = ("import subprocess, sys\n"
-              "bad = [m for m in sys.argv[1:] if subprocess.run([sys.executable, '-c', 'import ' + m],"
-              " capture_output=True).returncode]\n"
-              "print(','.join(bad))")
+    driver = (
+        "import subprocess, sys\n"
+        "bad = [m for m in sys.argv[1:] if subprocess.run([sys.executable, '-c', 'import ' + m],"
+        " capture_output=True).returncode]\n"
+        "print(','.join(bad))"
+    )
     modules = public_modules()
     assert "vae_pyro.estimators.iwae" in modules and "vae_pyro.checks.agreement" in modules
     out = subprocess.run([sys.executable, "-c", driver, *modules], capture_output=True, text=True, check=True)
@@ -107,7 +109,7 @@ def test_no_import_cycle_between_the_package_modules():
         state[m] = 1
         for d in graph.get(m, ()):
             if state.get(d) == 1:
-                cycles.append(path[path.index(d):] + [d] if d in path else [m, d])
+                cycles.append(path[path.index(d) :] + [d] if d in path else [m, d])
             elif d not in state:
                 visit(d, path + [d])
         state[m] = 2
@@ -125,8 +127,16 @@ def test_no_function_level_import_of_a_project_module():
 
 
 #: what the estimators may not import: they compute; bars, process groups, checks and reports are above
-ABOVE_ESTIMATORS = ("vae_pyro.distributed", "vae_pyro.checks", "vae_pyro.report", "vae_pyro.train",
-                    "vae_pyro.runs", "vae_pyro.evaluation", "vae_pyro.api", "vae_pyro.cli")
+ABOVE_ESTIMATORS = (
+    "vae_pyro.distributed",
+    "vae_pyro.checks",
+    "vae_pyro.report",
+    "vae_pyro.train",
+    "vae_pyro.runs",
+    "vae_pyro.evaluation",
+    "vae_pyro.api",
+    "vae_pyro.cli",
+)
 
 
 def test_estimators_import_no_loop_machinery():

@@ -16,8 +16,9 @@ from vae_pyro.evaluation import iwae_log_likelihood
 def test_iwae_estimators_declare_their_bound(small_vae, binary_test):
     assert ESTIMATORS["iwae"].bound == ESTIMATORS["renyi0"].bound == "iwae"
     assert all(ESTIMATORS[n].bound == "elbo" for n in ("analytic", "trace", "tmf", "stl"))
-    setup = checks.AgreementSetup(small_vae, binary_test[:50], binary_test[:20], binary_test[:20],
-                                  draws=2, grad_draws=2)
+    setup = checks.AgreementSetup(
+        small_vae, binary_test[:50], binary_test[:20], binary_test[:20], draws=2, grad_draws=2
+    )
     agreement = checks.run_agreement(setup, ["iwae"], progress=False)
     skipped = agreement.estimators["iwae"][-1]
     assert {r.verdict for r in skipped} == {"skip"} and "not the ELBO" in skipped[0].details["reason"]
@@ -112,7 +113,7 @@ def test_stop_gradient_removes_exactly_the_score_term(small_vae, binary_test):
     score = grad(log_normal_diag(z, mu, logvar))
     nonzero = 0
     for p, f, st, sc in zip(params, full, stopped, score):
-        sc = torch.zeros_like(p) if sc is None else sc      # the decoder's: log q does not use it
+        sc = torch.zeros_like(p) if sc is None else sc  # the decoder's: log q does not use it
         torch.testing.assert_close(f, st - sc, rtol=1e-4, atol=1e-4)
         nonzero += int(sc.abs().max() > 1e-2)
     assert nonzero >= 2  # the encoder's mean and log-variance heads at least

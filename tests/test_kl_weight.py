@@ -91,8 +91,9 @@ def test_annealing_schedule_and_that_compiled_estimators_follow_it(data_by_likel
     assert kl_weight_at(1, 4.0, 0) == 4.0
     vae, x = trained_pair("standard_normal", "bernoulli", data_by_likelihood["bernoulli"], kl_weight=3.0)
     x_train = data_by_likelihood["bernoulli"][0]
-    history = train(vae, build_estimator("jit_tmf"), x_train, epochs=3, batch_size=64, progress=False,
-                    kl_anneal_epochs=2)
+    history = train(
+        vae, build_estimator("jit_tmf"), x_train, epochs=3, batch_size=64, progress=False, kl_anneal_epochs=2
+    )
     # 4 steps per epoch, warm-up 8 steps: beta = 3 * step / 8 at each epoch's last step, then 3
     assert [h.kl_weight for h in history] == [1.5, 3.0, 3.0]
     assert vae.kl_weight == 3.0  # restored to the target for evaluation and checks

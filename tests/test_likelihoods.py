@@ -47,8 +47,12 @@ def test_hand_written_log_prob_matches_the_distribution(name):
     if name == "normal_learned":
         with torch.no_grad():  # per-pixel scales that differ, so a broadcast mistake would show
             lik.log_scale.copy_(torch.linspace(-3, 0.5, 20, dtype=F64))
-    out = torch.randn((3, 6, lik.out_per_pixel * 20) if lik.out_per_pixel == 1 else (3, 6, 2, 20),
-                      generator=_gen(1), dtype=F64) * 3
+    out = (
+        torch.randn(
+            (3, 6, lik.out_per_pixel * 20) if lik.out_per_pixel == 1 else (3, 6, 2, 20), generator=_gen(1), dtype=F64
+        )
+        * 3
+    )
     x = _data_for(name, (6, 20), 2)
     ours = lik.log_prob(out, x)
     ref = lik.dist(out).log_prob(x)
@@ -145,14 +149,17 @@ def test_normal_fixed_scale_is_a_scaled_squared_error():
     assert lik.log_prob(out, x).item() == pytest.approx(expected.item(), rel=1e-13)
 
 
-@pytest.mark.parametrize("name, bad, needle", [
-    ("bernoulli", 0.5, "not binary (found value 0.5)"),
-    ("continuous_bernoulli", 1.5, "must lie in [0, 1] (found value 1.5)"),
-    ("normal", -0.1, "must lie in [0, 1] (found value -0.1)"),
-    ("beta", 0.0, "must lie strictly inside (0, 1) (found value 0)"),
-    ("binomial", 0.5, "must be integer counts 0..255 (found value 0.5)"),
-    ("binomial", 256.0, "must be integer counts 0..255 (found value 256)"),
-])
+@pytest.mark.parametrize(
+    "name, bad, needle",
+    [
+        ("bernoulli", 0.5, "not binary (found value 0.5)"),
+        ("continuous_bernoulli", 1.5, "must lie in [0, 1] (found value 1.5)"),
+        ("normal", -0.1, "must lie in [0, 1] (found value -0.1)"),
+        ("beta", 0.0, "must lie strictly inside (0, 1) (found value 0)"),
+        ("binomial", 0.5, "must be integer counts 0..255 (found value 0.5)"),
+        ("binomial", 256.0, "must be integer counts 0..255 (found value 256)"),
+    ],
+)
 def test_mismatched_data_is_one_clear_error(name, bad, needle):
     lik = build_likelihood(name, x_dim=3, max_value=MNIST_MAX)
     x = torch.tensor([[bad, bad, bad]])
@@ -177,8 +184,10 @@ def test_the_data_pipeline_produces_what_each_likelihood_takes(name, digits):
 
 
 def test_binary_data_is_refused_by_the_binomial_pipeline():
-    with pytest.raises(DataError, match="transform 'counts' takes the raw intensities, so binarization "
-                                        "must be 'none' or 'auto', got 'static'"):
+    with pytest.raises(
+        DataError,
+        match="transform 'counts' takes the raw intensities, so binarization must be 'none' or 'auto', got 'static'",
+    ):
         resolve_data("static", "auto", "counts")
 
 

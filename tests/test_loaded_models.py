@@ -61,8 +61,9 @@ def _nan_moment(vae, opt):
     next(iter(opt.state.values()))["exp_avg"].fill_(math.nan)
 
 
-@pytest.mark.parametrize("damage, needle", [(_nan_bias, "non-finite value(s) (nan)"),
-                                            (_all_inf, "non-finite value(s) (inf)")])
+@pytest.mark.parametrize(
+    "damage, needle", [(_nan_bias, "non-finite value(s) (nan)"), (_all_inf, "non-finite value(s) (inf)")]
+)
 @pytest.mark.parametrize("command", [["nll", "--k", "5"], ["compare"], ["check"]])
 def test_a_non_finite_checkpoint_is_one_line_naming_file_and_tensor(damage, needle, command, tmp_path, capsys):
     ck = _saved(tmp_path / "ck.pt", damage)
@@ -75,8 +76,10 @@ def test_a_non_finite_checkpoint_is_one_line_naming_file_and_tensor(damage, need
 def test_resume_refuses_a_non_finite_checkpoint_before_any_work(tmp_path, capsys):
     ck = _saved(tmp_path / "ck.pt", _nan_bias, optimizer=True)
     before = ck.read_bytes()
-    assert main(["train", "--hidden", "8", "--z-dim", "2", "--epochs", "3", "--checkpoint", str(ck), "--resume",
-                 *NO_DATA]) == 2
+    assert (
+        main(["train", "--hidden", "8", "--z-dim", "2", "--epochs", "3", "--checkpoint", str(ck), "--resume", *NO_DATA])
+        == 2
+    )
     _one_error_line(capsys, f"checkpoint {ck} is damaged", "non-finite")
     assert ck.read_bytes() == before
 
@@ -96,14 +99,17 @@ def test_tensors_that_the_config_does_not_build_are_refused(tmp_path):
         load_checkpoint(ck)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--likelihood", "beta"], "likelihood 'bernoulli', not 'beta'"),
-    (["--hidden", "16"], "hidden [8], not [16]; leave --hidden unset"),
-    (["--z-dim", "3"], "z_dim 2, not 3; leave --z-dim unset"),
-    (["--prior", "mog"], "prior 'standard_normal', not 'mog'; leave --prior unset"),
-    (["--set", "networks.activation=tanh"], "activation 'relu', not 'tanh'; leave networks.activation unset"),
-    (["--set", "training.kl_weight=2.0"], "kl_weight 1.0, not 2.0"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--likelihood", "beta"], "likelihood 'bernoulli', not 'beta'"),
+        (["--hidden", "16"], "hidden [8], not [16]; leave --hidden unset"),
+        (["--z-dim", "3"], "z_dim 2, not 3; leave --z-dim unset"),
+        (["--prior", "mog"], "prior 'standard_normal', not 'mog'; leave --prior unset"),
+        (["--set", "networks.activation=tanh"], "activation 'relu', not 'tanh'; leave networks.activation unset"),
+        (["--set", "training.kl_weight=2.0"], "kl_weight 1.0, not 2.0"),
+    ],
+)
 @pytest.mark.parametrize("command", ["nll", "compare"])
 def test_options_that_contradict_the_checkpoint_are_refused(args, needle, command, tmp_path, capsys):
     ck = _saved(tmp_path / "ck.pt")
@@ -113,8 +119,10 @@ def test_options_that_contradict_the_checkpoint_are_refused(args, needle, comman
 
 def test_options_that_agree_with_the_checkpoint_are_accepted(tmp_path, capsys):
     ck = _saved(tmp_path / "ck.pt")
-    assert main(["nll", "--checkpoint", str(ck), "--hidden", "8", "--z-dim", "2", "--likelihood", "bernoulli",
-                 *NO_DATA]) == 2
+    assert (
+        main(["nll", "--checkpoint", str(ck), "--hidden", "8", "--z-dim", "2", "--likelihood", "bernoulli", *NO_DATA])
+        == 2
+    )
     _one_error_line(capsys, DATA_ERROR)  # past the checkpoint, at the data
 
 
@@ -128,12 +136,30 @@ def test_the_api_refuses_a_keyword_that_contradicts_the_checkpoint(tmp_path):
 def test_a_resume_that_would_train_nothing_is_refused(epochs, tmp_path, capsys):
     ck = _saved(tmp_path / "ck.pt", optimizer=True, epoch=3)
     before = ck.read_bytes()
-    assert main(["train", "--hidden", "8", "--z-dim", "2", "--epochs", epochs, "--checkpoint", str(ck), "--resume",
-                 *NO_DATA]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--hidden",
+                "8",
+                "--z-dim",
+                "2",
+                "--epochs",
+                epochs,
+                "--checkpoint",
+                str(ck),
+                "--resume",
+                *NO_DATA,
+            ]
+        )
+        == 2
+    )
     _one_error_line(capsys, f"--epochs {epochs}: checkpoint {ck} is at epoch 3 already", "train nothing")
     assert ck.read_bytes() == before
-    assert main(["train", "--hidden", "8", "--z-dim", "2", "--epochs", "4", "--checkpoint", str(ck), "--resume",
-                 *NO_DATA]) == 2
+    assert (
+        main(["train", "--hidden", "8", "--z-dim", "2", "--epochs", "4", "--checkpoint", str(ck), "--resume", *NO_DATA])
+        == 2
+    )
     _one_error_line(capsys, DATA_ERROR)
 
 

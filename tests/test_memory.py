@@ -14,8 +14,10 @@ from vae_pyro.spec import load_spec
 HUGE = "1000000000"
 
 
-@pytest.mark.parametrize("prior, likelihood", [("standard_normal", "bernoulli"), ("mog", "beta"),
-                                               ("vamp", "binomial"), ("laplace", "normal")])
+@pytest.mark.parametrize(
+    "prior, likelihood",
+    [("standard_normal", "bernoulli"), ("mog", "beta"), ("vamp", "binomial"), ("laplace", "normal")],
+)
 def test_parameter_count_is_the_real_models(prior, likelihood):
     spec = load_spec(prior=prior, likelihood=likelihood, overrides=["networks.hidden=[16, 8]", "networks.z_dim=3"])
     vae = VAE(spec.model_config())
@@ -25,17 +27,22 @@ def test_parameter_count_is_the_real_models(prior, likelihood):
         assert components == sum(p.numel() for p in vae.prior.parameters())
 
 
-@pytest.mark.parametrize("args, option", [
-    (["nll", "--k", HUGE, "--chunk", HUGE], "--chunk"),
-    (["nll", "--k", HUGE], "--k"),
-    (["train", "--particles", HUGE], "--particles"),
-    (["compare", "--particles", HUGE], "--particles"),
-    (["train", "--hidden", HUGE], "--hidden"),
-    (["train", "--batch-size", HUGE], "--batch-size"),
-    (["train", "--prior", "mog", "--estimator", "trace", "--set", f"prior.components={HUGE}"], "prior.components"),
-    (["experiment", "--prior", "vamp", "--train-estimators", "trace", "--set", f"prior.components={HUGE}"],
-     "prior.components"),
-])
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["nll", "--k", HUGE, "--chunk", HUGE], "--chunk"),
+        (["nll", "--k", HUGE], "--k"),
+        (["train", "--particles", HUGE], "--particles"),
+        (["compare", "--particles", HUGE], "--particles"),
+        (["train", "--hidden", HUGE], "--hidden"),
+        (["train", "--batch-size", HUGE], "--batch-size"),
+        (["train", "--prior", "mog", "--estimator", "trace", "--set", f"prior.components={HUGE}"], "prior.components"),
+        (
+            ["experiment", "--prior", "vamp", "--train-estimators", "trace", "--set", f"prior.components={HUGE}"],
+            "prior.components",
+        ),
+    ],
+)
 def test_runs_that_cannot_fit_are_one_line_naming_the_option(args, option, tmp_path, capsys):
     if args[0] == "experiment":
         args = [*args, "--out", str(tmp_path / "run")]

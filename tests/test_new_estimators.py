@@ -29,10 +29,15 @@ def _encoder_var(stats) -> float:
 
 
 def test_registry_declares_bounds_and_validity(small_vae):
-    assert {n: ESTIMATORS[n].bound for n in ("score_function", "tracegraph", "tracegraph_baseline", "dreg",
-                                             "renyi")} == {"score_function": "elbo", "tracegraph": "elbo",
-                                                           "tracegraph_baseline": "elbo", "dreg": "iwae",
-                                                           "renyi": "renyi"}
+    assert {
+        n: ESTIMATORS[n].bound for n in ("score_function", "tracegraph", "tracegraph_baseline", "dreg", "renyi")
+    } == {
+        "score_function": "elbo",
+        "tracegraph": "elbo",
+        "tracegraph_baseline": "elbo",
+        "dreg": "iwae",
+        "renyi": "renyi",
+    }
     beta = VAE(hidden=(16,), z_dim=3, kl_weight=0.5)
     for name in ("score_function", "tracegraph", "tracegraph_baseline", "dreg", "renyi"):
         assert build_estimator(name).validity(small_vae).valid

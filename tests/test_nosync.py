@@ -56,8 +56,13 @@ def _steps(vae, est, opt, x, n: int, first: int = 0):
 
 def test_the_detector_catches_every_kind_of_read():
     t = torch.ones(3)
-    for read in (lambda: t.sum().item(), lambda: float(t.sum()), lambda: bool(t.any()),
-                 lambda: t.nonzero(), lambda: torch.equal(t, t)):
+    for read in (
+        lambda: t.sum().item(),
+        lambda: float(t.sum()),
+        lambda: bool(t.any()),
+        lambda: t.nonzero(),
+        lambda: torch.equal(t, t),
+    ):
         with pytest.raises(AssertionError, match="host read"), HostReads():
             read()
     traced = torch.jit.trace(lambda a: (a * 2).sum(), (t,))
@@ -162,10 +167,17 @@ def test_train_reads_the_device_a_fixed_number_of_times_per_epoch_not_per_step(n
         x = torch.bernoulli(torch.full((8 * steps, 784), 0.2))
         est = build_estimator(name)
         est.differentiable_loss(vae, x[:8])  # a captured estimator captures here (TorchScript's tracer
-        with CountHostReads() as mode:       # and a dispatch mode do not nest)
-            train(vae, est, x, epochs=1, batch_size=8, progress=False,
-                  generator=torch.Generator().manual_seed(0),
-                  optimizer=torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True))  # see the module docstring
+        with CountHostReads() as mode:  # and a dispatch mode do not nest)
+            train(
+                vae,
+                est,
+                x,
+                epochs=1,
+                batch_size=8,
+                progress=False,
+                generator=torch.Generator().manual_seed(0),
+                optimizer=torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True),
+            )  # see the module docstring
         counts.append(mode.count)
     assert counts[0] == counts[1] > 0
 

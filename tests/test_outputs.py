@@ -48,8 +48,21 @@ def test_experiment_force_replaces_the_whole_folder(tmp_path, capsys):
     (out / "checkpoints" / "old_estimator.pt").write_bytes(b"an earlier run")
     (out / "old_plot.png").write_bytes(b"an earlier plot")
     (out / "metrics.json").write_text("{}\n")
-    code = main(["experiment", *TINY, "--train-estimators", "analytic", "--nll-k", "0", "--variance-draws", "2",
-                 "--out", str(out), "--force"])
+    code = main(
+        [
+            "experiment",
+            *TINY,
+            "--train-estimators",
+            "analytic",
+            "--nll-k",
+            "0",
+            "--variance-draws",
+            "2",
+            "--out",
+            str(out),
+            "--force",
+        ]
+    )
     assert code == 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["analytic.pt"]  # no mix of two runs
     assert not (out / "old_plot.png").exists() and (out / "metrics.json").read_text() != "{}\n"
@@ -111,15 +124,18 @@ def _paths(tmp_path):
     return a_file, a_folder
 
 
-@pytest.mark.parametrize("make_args, needle", [
-    (lambda f, d: ["experiment", "--out", str(f)], "is a file; give a folder path"),
-    (lambda f, d: ["train", "--json", str(d)], "is a folder; give a file path"),
-    (lambda f, d: ["train", "--checkpoint", str(f / "ck.pt")], "is a file, not a folder"),
-    (lambda f, d: ["train", "--json", str(f / "sub" / "r.json")], "is a file, not a folder"),
-    (lambda f, d: ["experiment", "--out", str(f / "run")], "is a file, not a folder"),
-    (lambda f, d: ["nll", "--json", "/proc/no-such-dir/r.json"], "cannot write in folder /proc/no-such-dir"),
-    (lambda f, d: ["compare", "--json", str(d)], "is a folder; give a file path"),
-])
+@pytest.mark.parametrize(
+    "make_args, needle",
+    [
+        (lambda f, d: ["experiment", "--out", str(f)], "is a file; give a folder path"),
+        (lambda f, d: ["train", "--json", str(d)], "is a folder; give a file path"),
+        (lambda f, d: ["train", "--checkpoint", str(f / "ck.pt")], "is a file, not a folder"),
+        (lambda f, d: ["train", "--json", str(f / "sub" / "r.json")], "is a file, not a folder"),
+        (lambda f, d: ["experiment", "--out", str(f / "run")], "is a file, not a folder"),
+        (lambda f, d: ["nll", "--json", "/proc/no-such-dir/r.json"], "cannot write in folder /proc/no-such-dir"),
+        (lambda f, d: ["compare", "--json", str(d)], "is a folder; give a file path"),
+    ],
+)
 def test_bad_output_paths_are_one_line_before_any_work(make_args, needle, tmp_path, capsys):
     a_file, a_folder = _paths(tmp_path)
     assert main([*make_args(a_file, a_folder), *TINY, *NO_DATA]) == 2
@@ -127,8 +143,10 @@ def test_bad_output_paths_are_one_line_before_any_work(make_args, needle, tmp_pa
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-@pytest.mark.parametrize("command, option, name", [("train", "--json", "r.json"), ("train", "--checkpoint", "ck.pt"),
-                                                   ("experiment", "--out", "run")])
+@pytest.mark.parametrize(
+    "command, option, name",
+    [("train", "--json", "r.json"), ("train", "--checkpoint", "ck.pt"), ("experiment", "--out", "run")],
+)
 def test_read_only_folder_is_one_line(command, option, name, tmp_path, capsys):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -145,14 +163,14 @@ def test_read_only_folder_is_one_line(command, option, name, tmp_path, capsys):
 
 def test_stale_temporaries_of_killed_runs_are_removed_on_the_next_save(tmp_path):
     ck = tmp_path / "ck.pt"
-    legacy = tmp_path / ".ck.pt.a1b2c3d4"            # what mkstemp left before
-    dead = tmp_path / ".ck.pt.tmp-999999999-ab12"     # above Linux's pid_max: that process is gone
+    legacy = tmp_path / ".ck.pt.a1b2c3d4"  # what mkstemp left before
+    dead = tmp_path / ".ck.pt.tmp-999999999-ab12"  # above Linux's pid_max: that process is gone
     live = tmp_path / f".ck.pt.tmp-{os.getppid()}-cd34"  # a running process's write in progress
     other = tmp_path / ".other.pt.a1b2c3d4"
-    users_own = tmp_path / ".ck.pt.mybackup"           # a name like mkstemp's, but not a torch archive
+    users_own = tmp_path / ".ck.pt.mybackup"  # a name like mkstemp's, but not a torch archive
     for p in (dead, live, other):
         p.write_bytes(b"partial")
-    legacy.write_bytes(b"PK\x03\x04partial zip")      # torch.save writes a zip archive
+    legacy.write_bytes(b"PK\x03\x04partial zip")  # torch.save writes a zip archive
     users_own.write_text("my notes\n")
     save_checkpoint(ck, vae=VAE(hidden=(4,), z_dim=2), epoch=1, estimator="analytic")
     assert not legacy.exists() and not dead.exists()
@@ -244,6 +262,5 @@ def test_a_checkpoint_to_evaluate_is_an_input_not_an_output(tmp_path, capsys):
     ck = tmp_path / "ck.pt"
     save_checkpoint(ck, vae=VAE(VAEConfig(hidden=(8,), z_dim=2)), epoch=0, estimator="analytic", history=[])
     before = ck.read_bytes()
-    assert main(["nll", "--checkpoint", str(ck), "--k", "2", "--examples", "10", "--chunk", "2",
-                 "--no-progress"]) == 0
+    assert main(["nll", "--checkpoint", str(ck), "--k", "2", "--examples", "10", "--chunk", "2", "--no-progress"]) == 0
     assert ck.read_bytes() == before

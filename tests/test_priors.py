@@ -17,8 +17,14 @@ from vae_pyro.model import VAE
 from vae_pyro.priors import PRIORS, build_prior
 
 F64 = torch.float64
-LEARNABLE = {"standard_normal": set(), "diag_normal": {"loc", "log_scale"}, "mog": {"logits", "locs", "log_scales"},
-             "vamp": {"pseudo_inputs"}, "laplace": set(), "student_t": set()}
+LEARNABLE = {
+    "standard_normal": set(),
+    "diag_normal": {"loc", "log_scale"},
+    "mog": {"logits", "locs", "log_scales"},
+    "vamp": {"pseudo_inputs"},
+    "laplace": set(),
+    "student_t": set(),
+}
 CLOSED_FORM = {"standard_normal", "diag_normal", "laplace"}
 
 
@@ -118,13 +124,16 @@ def test_analytic_refuses_exactly_the_priors_without_a_closed_form(name):
         closed_form_kl(vae, mu, mu)
 
 
-@pytest.mark.parametrize("name, options, needle", [
-    ("mog", {"components": 0}, "prior.components must be >= 1, got 0"),
-    ("mog", {"components": 2.5}, "prior.components must be an integer, got 2.5"),
-    ("laplace", {"scale": -1.0}, "prior.scale must be > 0, got -1.0"),
-    ("student_t", {"nu": 3.0}, "unknown option 'nu' for prior 'student_t'; allowed: df, scale"),
-    ("standard_normal", {"scale": 2.0}, "unknown option 'scale' for prior 'standard_normal'; allowed: none"),
-])
+@pytest.mark.parametrize(
+    "name, options, needle",
+    [
+        ("mog", {"components": 0}, "prior.components must be >= 1, got 0"),
+        ("mog", {"components": 2.5}, "prior.components must be an integer, got 2.5"),
+        ("laplace", {"scale": -1.0}, "prior.scale must be > 0, got -1.0"),
+        ("student_t", {"nu": 3.0}, "unknown option 'nu' for prior 'student_t'; allowed: df, scale"),
+        ("standard_normal", {"scale": 2.0}, "unknown option 'scale' for prior 'standard_normal'; allowed: none"),
+    ],
+)
 def test_bad_prior_options_are_one_clear_error(name, options, needle):
     with pytest.raises(ValueError) as err:
         build_prior(name, 3, **options)

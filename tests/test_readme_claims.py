@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _claims_section() -> str:
     text = (ROOT / "docs" / "claims.md").read_text()
-    return text[text.index("# Claims table"):]
+    return text[text.index("# Claims table") :]
 
 
 def test_every_test_the_claims_table_names_exists():
@@ -25,6 +25,5 @@ def test_every_test_the_claims_table_names_exists():
             assert current, f"a '::{name}' with no file before it: {line}"
             named.append((current, name))
     assert len(named) > 60
-    missing = [(f, n) for f, n in named
-               if not re.search(rf"^def {n}\(", (ROOT / "tests" / f).read_text(), flags=re.M)]
+    missing = [(f, n) for f, n in named if not re.search(rf"^def {n}\(", (ROOT / "tests" / f).read_text(), flags=re.M)]
     assert not missing, missing

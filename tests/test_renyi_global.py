@@ -70,8 +70,11 @@ def _log_w_terms(x, g, z, post_mean, post_sd):
     """Per particle: the global term log p(g)/q(g) and the local ones log p(z_i|g) p(x_i|z_i)/q(z_i)."""
     std = dist.Normal(torch.zeros((), dtype=x.dtype), 1.0)
     glob = std.log_prob(g) - dist.Normal(post_mean[0], post_sd[0]).log_prob(g)
-    local = dist.Normal(g, 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(x) \
+    local = (
+        dist.Normal(g, 1.0).log_prob(z)
+        + dist.Normal(z, 1.0).log_prob(x)
         - dist.Normal(post_mean[1:], post_sd[1:]).log_prob(z)
+    )
     return glob, local
 
 
@@ -95,14 +98,18 @@ def test_renyi_elbo_with_a_global_latent_is_the_joint_iwae_not_the_per_example_o
     for _ in range(DRAWS):
         pyro_values.append(-float(elbo.loss(model, guide, x)))
         eps = torch.randn(K, N + 1, dtype=torch.float64, generator=gen)
-        g = post_mean[0] + post_sd[0] * eps[:1, :1]                       # one global draw
-        z = post_mean[1:] + post_sd[1:] * eps[:, 1:]                      # k local draws per example
+        g = post_mean[0] + post_sd[0] * eps[:1, :1]  # one global draw
+        z = post_mean[1:] + post_sd[1:] * eps[:, 1:]  # k local draws per example
         glob, local = _log_w_terms(x, g, z, post_mean, post_sd)
         per_example.append(float(glob.squeeze() + (torch.logsumexp(local, 0) - math.log(K)).sum()))
         elbos.append(float(glob.squeeze() + local[0].sum()))
-    stats = {name: (torch.tensor(v, dtype=torch.float64).mean().item(),
-                    torch.tensor(v, dtype=torch.float64).std().item() / DRAWS ** 0.5)
-             for name, v in (("elbo", elbos), ("renyi_elbo", pyro_values), ("per_example", per_example))}
+    stats = {
+        name: (
+            torch.tensor(v, dtype=torch.float64).mean().item(),
+            torch.tensor(v, dtype=torch.float64).std().item() / DRAWS**0.5,
+        )
+        for name, v in (("elbo", elbos), ("renyi_elbo", pyro_values), ("per_example", per_example))
+    }
     (m_e, s_e), (m_j, s_j), (m_l, s_l) = stats["elbo"], stats["renyi_elbo"], stats["per_example"]
     # every bound below exact log p(x) (|z| tolerance 4: Z_TOL, a normal tail at 399 d.o.f.)
     assert all((m - log_px) / s < 4 for m, s in stats.values()), (stats, log_px)

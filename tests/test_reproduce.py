@@ -41,8 +41,15 @@ def test_default_network_is_unchanged_relu():
     assert not any(isinstance(m, nn.Tanh) for m in vae.modules())
     # same parameter layout as before the option existed (checkpoints keep loading)
     assert [k for k in vae.state_dict() if k.startswith(("encoder", "decoder"))] == [
-        "encoder.body.0.weight", "encoder.body.0.bias", "encoder.head.weight", "encoder.head.bias",
-        "decoder.net.0.weight", "decoder.net.0.bias", "decoder.net.2.weight", "decoder.net.2.bias"]
+        "encoder.body.0.weight",
+        "encoder.body.0.bias",
+        "encoder.head.weight",
+        "encoder.head.bias",
+        "decoder.net.0.weight",
+        "decoder.net.0.bias",
+        "decoder.net.2.weight",
+        "decoder.net.2.bias",
+    ]
 
 
 def test_unknown_activation_is_one_spec_error():
@@ -91,13 +98,13 @@ def test_active_units_on_a_constructed_encoder():
     vae = VAE(hidden=(16,), z_dim=6).double()
     x = torch.bernoulli(torch.rand(300, 784, dtype=torch.float64))
     with torch.no_grad():
-        h = vae.encoder.body(x)                                     # (N, 16), the head's input
+        h = vae.encoder.body(x)  # (N, 16), the head's input
         direction = torch.randn(16, dtype=torch.float64)
-        base_var = (h @ direction).var(unbiased=False)              # Cov_x of h . direction
-        targets = [0.0, 0.0, 0.5, 0.9, 1.1, 50.0]                   # in units of the threshold
+        base_var = (h @ direction).var(unbiased=False)  # Cov_x of h . direction
+        targets = [0.0, 0.0, 0.5, 0.9, 1.1, 50.0]  # in units of the threshold
         head = vae.encoder.head
         head.weight.zero_()
-        head.bias.uniform_(-1, 1)                                   # constants do not make a unit active
+        head.bias.uniform_(-1, 1)  # constants do not make a unit active
         for d, t in enumerate(targets):
             head.weight[d] = direction * math.sqrt(t * ACTIVITY_THRESHOLD / base_var)
     result = active_units(vae, x)
@@ -142,8 +149,12 @@ def test_every_target_row_is_a_valid_spec():
     assert (best.selection.validation, best.selection.patience, best.prior.name) == (0, 0, "vamp")
     est = {r.name: load_spec("burda2015", overrides=list(r.overrides)) for r in TARGETS["burda2015"].rows}
     assert [(s.training.estimator, s.training.particles, s.data.binarization) for s in est.values()] == [
-        ("analytic", 1, "dynamic"), ("iwae", 1, "dynamic"), ("iwae", 5, "dynamic"), ("iwae", 50, "dynamic"),
-        ("analytic", 1, "static")]
+        ("analytic", 1, "dynamic"),
+        ("iwae", 1, "dynamic"),
+        ("iwae", 5, "dynamic"),
+        ("iwae", 50, "dynamic"),
+        ("analytic", 1, "static"),
+    ]
 
 
 # --- the command -----------------------------------------------------------------------------------
@@ -157,12 +168,15 @@ def test_refuses_a_non_empty_out_before_any_work(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["reproduce", "nature2030"], "invalid choice: 'nature2030'"),
-    (["reproduce", "burda2015", "--rows", "vae,bogus"], "unknown row 'bogus' for burda2015; allowed: vae, iwae-k1"),
-    (["reproduce", "burda2015", "--set", "networks.activation=elu"], "networks.activation"),
-    (["reproduce", "best-nll", "--refine-steps", "-1"], "expected a non-negative integer, got -1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["reproduce", "nature2030"], "invalid choice: 'nature2030'"),
+        (["reproduce", "burda2015", "--rows", "vae,bogus"], "unknown row 'bogus' for burda2015; allowed: vae, iwae-k1"),
+        (["reproduce", "burda2015", "--set", "networks.activation=elu"], "networks.activation"),
+        (["reproduce", "best-nll", "--refine-steps", "-1"], "expected a non-negative integer, got -1"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
     try:
         code = main([*argv, "--out", str(tmp_path / "new"), "--no-progress"])
@@ -176,8 +190,9 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
 def test_api_reproduce_refuses_an_unknown_option_before_any_work(tmp_path):
     from vae_pyro import api
 
-    with pytest.raises(ValueError,
-                       match="unknown reproduce option 'epoch'; allowed: dataset, epochs, device, seed, k,"):
+    with pytest.raises(
+        ValueError, match="unknown reproduce option 'epoch'; allowed: dataset, epochs, device, seed, k,"
+    ):
         api.reproduce("burda2015", out=tmp_path / "run", epoch=3)
     with pytest.raises(ValueError, match="unknown row 'vea' for burda2015"):
         api.reproduce("burda2015", out=tmp_path / "run", rows=["vea"])
@@ -208,7 +223,8 @@ def test_fast_run_writes_the_folder_and_table(tmp_path, capsys):
         assert r["test_nll"] == pytest.approx(r["nll_vs_k"]["20"]) and set(r["nll_vs_k"]) == {"1", "5", "20"}
         assert 0 <= r["active_units"] <= r["z_dim"] == 50
     assert result["comparisons"]["static_minus_dynamic"] == pytest.approx(
-        result["rows"][2]["test_nll"] - result["rows"][0]["test_nll"])
+        result["rows"][2]["test_nll"] - result["rows"][0]["test_nll"]
+    )
     report = (out / "report.md").read_text()
     assert "NOT full MNIST" in report and "| vae | analytic k=1 | dynamic |" in report and "86.76" in report
     # the paper's table is amortized: no refined proposal unless asked for
@@ -253,8 +269,9 @@ def test_full_mnist_defaults_to_the_papers_setting():
     assert (full.lr_schedule, full.epochs) == ("burda", 3280)
     # the paper's batch first, so the user's --set wins
     assert full.overrides == ("training.batch_size=20", "training.batch_size=64")
-    budget = plan(options={"lr_schedule": "constant"}, settings={"data.dataset": "idx:/data/mnist",
-                                                                 "training.epochs": 10})
+    budget = plan(
+        options={"lr_schedule": "constant"}, settings={"data.dataset": "idx:/data/mnist", "training.epochs": 10}
+    )
     apply_paper_setting(budget)
     assert (budget.lr_schedule, budget.epochs) == ("constant", 10)
     embedded = plan()
@@ -277,9 +294,18 @@ def test_patience_stops_and_keeps_the_best_checkpoint(digits):
     from vae_pyro.reproduce import fit_row, plan, split_data
     from vae_pyro.runs import prepare_run
 
-    spec = load_spec("burda2015", overrides=["networks.hidden=[16]", "networks.z_dim=4", "training.epochs=6",
-                                             "selection.every=1", "selection.k=3", "selection.patience=2",
-                                             "training.device='cpu'"])
+    spec = load_spec(
+        "burda2015",
+        overrides=[
+            "networks.hidden=[16]",
+            "networks.z_dim=4",
+            "training.epochs=6",
+            "selection.every=1",
+            "selection.k=3",
+            "selection.patience=2",
+            "training.device='cpu'",
+        ],
+    )
     spec.training.lr = 0.0  # a spec refuses lr = 0 (it must be > 0); set here to freeze the weights
     run = prepare_run(spec)
     data = split_data(run)

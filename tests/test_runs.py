@@ -26,8 +26,10 @@ def test_train_checkpoint_then_nll_from_it_evaluates_the_saved_model(tmp_path, c
     the saved model; a --prior or --z-dim that differs from the checkpoint's is one line and exit 2."""
     ck, out = tmp_path / "ck.pt", tmp_path / "nll.json"
     assert main(["train", "--epochs", "1", "--checkpoint", str(ck), *TINY]) == 0
-    assert main(["nll", "--checkpoint", str(ck), "--k", "10", "--examples", "20", "--no-progress",
-                 "--json", str(out)]) == 0
+    assert (
+        main(["nll", "--checkpoint", str(ck), "--k", "10", "--examples", "20", "--no-progress", "--json", str(out)])
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["training"]["checkpoint"] == str(ck) and result["epochs"] == 0
     assert result["model"]["z_dim"] == 2 and result["model"]["hidden"] == [16]
@@ -56,8 +58,26 @@ def test_compare_with_a_prior_without_closed_form_kl_trains_with_a_valid_estimat
     picks tmf (reference_for's trainer: a Pyro estimator) instead, says so in its output and JSON, and
     still judges every estimator against hand_mc (the hand-written reference, not the trainer)."""
     out = tmp_path / "c.json"
-    code = main(["compare", "--prior", "mog", "--likelihood", "bernoulli", "--epochs", "1", "--draws", "2",
-                 "--grad-draws", "2", "--estimators", "trace", "--json", str(out), *TINY])
+    code = main(
+        [
+            "compare",
+            "--prior",
+            "mog",
+            "--likelihood",
+            "bernoulli",
+            "--epochs",
+            "1",
+            "--draws",
+            "2",
+            "--grad-draws",
+            "2",
+            "--estimators",
+            "trace",
+            "--json",
+            str(out),
+            *TINY,
+        ]
+    )
     assert code in (0, 1)
     result = json.loads(out.read_text())
     training = result["training"]
@@ -68,16 +88,17 @@ def test_compare_with_a_prior_without_closed_form_kl_trains_with_a_valid_estimat
 
 
 def test_a_named_invalid_training_estimator_is_refused_the_same_way():
-    with pytest.raises(ValueError, match="training.estimator 'analytic' is invalid for prior 'mog'"
-                                         ".*e.g. training.estimator 'tmf'"):
+    with pytest.raises(
+        ValueError, match="training.estimator 'analytic' is invalid for prior 'mog'.*e.g. training.estimator 'tmf'"
+    ):
         api.train(load_spec(None, prior="mog"), epochs=0, explicit_estimator=True, estimator="analytic")
 
 
 def test_experiment_takes_its_epochs_from_the_spec_not_a_forced_default():
-    assert load_spec(None, command="experiment").training.epochs == 20   # the command's default
+    assert load_spec(None, command="experiment").training.epochs == 20  # the command's default
     assert load_spec(None, command="experiment", settings={"training.epochs": 2}).training.epochs == 2
-    assert load_spec("default", command="experiment").training.epochs == 10   # the spec file says 10
-    assert load_spec("beta-vae", command="check").training.epochs == 3        # beta-vae sets none
+    assert load_spec("default", command="experiment").training.epochs == 10  # the spec file says 10
+    assert load_spec("beta-vae", command="check").training.epochs == 3  # beta-vae sets none
 
 
 @pytest.mark.slow  # ~30-60 s per spec on a busy 2-core machine (JIT compiles, IWAE_50 on 1000 digits)
@@ -86,25 +107,58 @@ def test_every_shipped_spec_goes_through_check(name, tmp_path):
     """Fast settings (no training, 2 draws, a 784-8-2 VAE): the point is that every spec runs to a
     report (beta != 1 used to crash), not the verdicts, which 2 draws cannot support."""
     out = tmp_path / "check.json"
-    code = main(["check", "--spec", name, "--epochs", "0", "--draws", "2", "--grad-draws", "2", "--set",
-                 "networks.hidden=[8]", "--set", "networks.z_dim=2", "--no-progress", "--json", str(out)])
+    code = main(
+        [
+            "check",
+            "--spec",
+            name,
+            "--epochs",
+            "0",
+            "--draws",
+            "2",
+            "--grad-draws",
+            "2",
+            "--set",
+            "networks.hidden=[8]",
+            "--set",
+            "networks.z_dim=2",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert code in (0, 1) and result["spec"] == name and result["checks"]
     if load_spec(name).training.kl_weight != 1:
-        assert result["bounds"]["iwae_k50"] is None   # IWAE_k has no KL weight
+        assert result["bounds"]["iwae_k50"] is None  # IWAE_k has no KL weight
 
 
 @pytest.mark.slow  # ~30-60 s: the agreement, IWAE and gradient-quality checks, with 2 draws each
 def test_check_and_compare_evaluate_a_checkpoint_without_training(tmp_path, capsys):
     ck, out = tmp_path / "ck.pt", tmp_path / "check.json"
     assert main(["train", "--epochs", "1", "--checkpoint", str(ck), *TINY]) == 0
-    code = main(["check", "--checkpoint", str(ck), "--draws", "2", "--grad-draws", "2", "--no-progress",
-                 "--json", str(out)])
+    code = main(
+        ["check", "--checkpoint", str(ck), "--draws", "2", "--grad-draws", "2", "--no-progress", "--json", str(out)]
+    )
     result = json.loads(out.read_text())
     assert code in (0, 1) and result["trained_epochs"] == 0 and "784-16-2" in result["data"]
     out = tmp_path / "compare.json"  # a new file: an existing result is refused without --force
-    code = main(["compare", "--checkpoint", str(ck), "--draws", "2", "--grad-draws", "2", "--estimators", "trace",
-                 "--no-progress", "--json", str(out)])
+    code = main(
+        [
+            "compare",
+            "--checkpoint",
+            str(ck),
+            "--draws",
+            "2",
+            "--grad-draws",
+            "2",
+            "--estimators",
+            "trace",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert code in (0, 1) and result["training"]["checkpoint"] == str(ck) and result["training"]["history"] == []
     assert f"loaded from {ck}" in capsys.readouterr().out

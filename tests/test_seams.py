@@ -75,9 +75,16 @@ def test_mlp_is_todays_network_bit_for_bit():
     torch.manual_seed(0)
     vae = VAE(hidden=(16,), z_dim=2)
     kept = [k for k in vae.state_dict() if "_anchor" not in k]
-    assert kept == ["encoder.body.0.weight", "encoder.body.0.bias", "encoder.head.weight",
-                                      "encoder.head.bias", "decoder.net.0.weight", "decoder.net.0.bias",
-                                      "decoder.net.2.weight", "decoder.net.2.bias"]
+    assert kept == [
+        "encoder.body.0.weight",
+        "encoder.body.0.bias",
+        "encoder.head.weight",
+        "encoder.head.bias",
+        "decoder.net.0.weight",
+        "decoder.net.0.bias",
+        "decoder.net.2.weight",
+        "decoder.net.2.bias",
+    ]
     torch.manual_seed(0)
     first = torch.nn.Linear(784, 16)
     assert torch.equal(vae.encoder.body[0].weight, first.weight)
@@ -103,8 +110,23 @@ def _compare(tmp_path, *flags) -> dict:
     """``vae-pyro compare`` at small sizes (1 epoch, 20 value draws, 10 gradient draws: the checks'
     Student-t tolerances are set for those draw counts), its JSON read back."""
     out = tmp_path / "compare.json"
-    code = main(["compare", *flags, "--epochs", "1", "--draws", "20", "--grad-draws", "10", "--set",
-                 "checks.timing_steps=2", "--no-progress", "--json", str(out)])
+    code = main(
+        [
+            "compare",
+            *flags,
+            "--epochs",
+            "1",
+            "--draws",
+            "20",
+            "--grad-draws",
+            "10",
+            "--set",
+            "checks.timing_steps=2",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert code == 0 and result["verdict"] == "pass", result["verdict"]
     return result

@@ -22,8 +22,14 @@ def test_tail_matches_the_elementary_closed_forms(t):
 
 # Published two-sided critical values (any t table, e.g. NIST/SEMATECH e-Handbook 1.4.2.2, quoted to 3
 # decimals, so they hold to half a unit of the third: 5e-4): t_{1-p/2, df} for two-sided p.
-PUBLISHED = [(0.05, 1, 12.706), (0.10, 5, 2.015), (0.05, 10, 2.228), (0.01, 30, 2.750), (0.05, 100, 1.984),
-             (0.05, math.inf, 1.960)]
+PUBLISHED = [
+    (0.05, 1, 12.706),
+    (0.10, 5, 2.015),
+    (0.05, 10, 2.228),
+    (0.01, 30, 2.750),
+    (0.05, 100, 1.984),
+    (0.05, math.inf, 1.960),
+]
 
 
 @pytest.mark.parametrize("p,df,quantile", PUBLISHED)
@@ -60,8 +66,9 @@ def test_gradient_check_with_three_draws_uses_the_t_tolerance():
     ref = torch.randn(3, 8, 4, generator=gen, dtype=torch.float64)
 
     def stats(name, p):
-        return checks.GradStats(name, [f"t{i}" for i in range(8)], [p.mean(0)[i] for i in range(8)],
-                                [p.var(0)[i] for i in range(8)], p, 3)
+        return checks.GradStats(
+            name, [f"t{i}" for i in range(8)], [p.mean(0)[i] for i in range(8)], [p.var(0)[i] for i in range(8)], p, 3
+        )
 
     result = checks.gradient_check(stats("a", proj), stats("ref", ref))
     assert result.tolerance == pytest.approx(t_tolerance(checks.Z_TOL, 2))

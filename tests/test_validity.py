@@ -15,16 +15,32 @@ from vae_pyro.likelihoods import LIKELIHOODS
 from vae_pyro.priors import PRIORS
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--epochs", "1", "--draws", "8", "--grad-draws", "8", "--hidden", "32", "--z-dim", "4", "--no-progress",
-        "--set", "checks.grad_batch=64", "--set", "checks.timing_steps=2"]
+FAST = [
+    "--epochs",
+    "1",
+    "--draws",
+    "8",
+    "--grad-draws",
+    "8",
+    "--hidden",
+    "32",
+    "--z-dim",
+    "4",
+    "--no-progress",
+    "--set",
+    "checks.grad_batch=64",
+    "--set",
+    "checks.timing_steps=2",
+]
 
 
 def test_docs_validity_md_is_generated_from_the_code():
     spec = importlib.util.spec_from_file_location("validity_matrix", ROOT / "scripts" / "validity_matrix.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert (ROOT / "docs" / "validity.md").read_text() == script.render(), \
+    assert (ROOT / "docs" / "validity.md").read_text() == script.render(), (
         "docs/validity.md is stale: run python scripts/validity_matrix.py"
+    )
 
 
 def test_estimators_json_for_a_spec(capsys):
@@ -45,8 +61,9 @@ def test_estimators_all_pairs_prints_every_pair(capsys):
     assert main(["estimators", "--all-pairs"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in GUIDES]
-    assert {(r[0], r[1], r[2]) for r in rows} == {(g, p, lk) for g in GUIDES.names() for p in PRIORS.names()
-                                                  for lk in LIKELIHOODS.names()}
+    assert {(r[0], r[1], r[2]) for r in rows} == {
+        (g, p, lk) for g in GUIDES.names() for p in PRIORS.names() for lk in LIKELIHOODS.names()
+    }
     assert main(["estimators", "--all-pairs", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert len(records) == len(GUIDES.names()) * 36
@@ -65,8 +82,22 @@ def test_compare_on_a_prior_without_closed_form_skips_analytic_and_says_why(tmp_
     out = tmp_path / "mog.json"
     # 50 gradient draws (compare's default), not FAST's 8: with 8, t-statistics with 7 df put |z| = 4.2
     # within reach of a correct estimator (measured: jit_tmf 4.23 while equal to tmf at each seed)
-    code = main(["compare", "--spec", "mog-bernoulli", "--set", "prior.components=3", *FAST, "--grad-draws", "50",
-                 "--estimators", "analytic,trace,tmf,jit_tmf", "--json", str(out)])
+    code = main(
+        [
+            "compare",
+            "--spec",
+            "mog-bernoulli",
+            "--set",
+            "prior.components=3",
+            *FAST,
+            "--grad-draws",
+            "50",
+            "--estimators",
+            "analytic,trace,tmf,jit_tmf",
+            "--json",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     result = json.loads(out.read_text())
@@ -74,8 +105,10 @@ def test_compare_on_a_prior_without_closed_form_skips_analytic_and_says_why(tmp_
     assert result["reference"]["estimator"] == "hand_mc" and result["reference"]["particles"] == 8
     by = {e["name"]: e for e in result["estimators"]}
     assert by["analytic"]["validity"]["kind"] == "invalid" and by["analytic"]["verdict"] == "skip"
-    assert all(c["verdict"] == "skip" and "analytic is invalid here" in c["details"]["reason"]
-               for c in by["analytic"]["checks"])
+    assert all(
+        c["verdict"] == "skip" and "analytic is invalid here" in c["details"]["reason"]
+        for c in by["analytic"]["checks"]
+    )
     for name in ("trace", "tmf", "jit_tmf"):
         assert by[name]["validity"]["kind"] == "monte_carlo_kl" and by[name]["verdict"] == "pass"
         assert by[name]["z_vs_analytic"] is None and abs(by[name]["z_vs_reference"]) <= 4
@@ -85,8 +118,19 @@ def test_compare_on_a_prior_without_closed_form_skips_analytic_and_says_why(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", ["default", "mog-bernoulli", "vamp-bernoulli", "laplace-cb", "studentt-beta",
-                                  "diag-binomial", "normal-learned", "beta-vae"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "default",
+        "mog-bernoulli",
+        "vamp-bernoulli",
+        "laplace-cb",
+        "studentt-beta",
+        "diag-binomial",
+        "normal-learned",
+        "beta-vae",
+    ],
+)
 def test_compare_passes_on_every_shipped_spec(spec, tmp_path, capsys):
     """Every shipped spec, its prior, likelihood, data and KL weight as shipped; smaller networks, one
     epoch and fewer draws to bound the time; analytic, trace, tmf and jit_tmf (jit_trace's identity
@@ -97,10 +141,32 @@ def test_compare_passes_on_every_shipped_spec(spec, tmp_path, capsys):
     out = tmp_path / "r.json"
     # 50 gradient draws, compare's default: the false-alarm rate vae_pyro.checks.result argues for |z| <= 4 assumes
     # it (with 12, t-statistics with 11 df put 4.2-4.3 within reach of a correct estimator, measured)
-    code = main(["compare", "--spec", spec, "--epochs", "1", "--draws", "12", "--grad-draws", "50",
-                 "--hidden", "64", "--z-dim", "8", "--no-progress", "--set", "checks.grad_batch=64",
-                 "--set", "checks.timing_steps=2", "--estimators", "analytic,trace,tmf,jit_tmf",
-                 "--json", str(out)])
+    code = main(
+        [
+            "compare",
+            "--spec",
+            spec,
+            "--epochs",
+            "1",
+            "--draws",
+            "12",
+            "--grad-draws",
+            "50",
+            "--hidden",
+            "64",
+            "--z-dim",
+            "8",
+            "--no-progress",
+            "--set",
+            "checks.grad_batch=64",
+            "--set",
+            "checks.timing_steps=2",
+            "--estimators",
+            "analytic,trace,tmf,jit_tmf",
+            "--json",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert code == 0 and result["verdict"] == "pass", printed

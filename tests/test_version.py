@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_version_is_the_installed_distributions():
     declared = configparser.ConfigParser()
     declared.read(ROOT / "setup.cfg")
-    out = subprocess.run([sys.executable, "-m", "vae_pyro", "--version"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "vae_pyro", "--version"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"vae-pyro {declared['metadata']['version']}"

@@ -45,10 +45,16 @@ def _hold(path: Path, pid: int = 4242) -> int:
 # --- one writer per output ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, name", [
-    (["train", "--json"], "r.json"), (["train", "--checkpoint"], "ck.pt"), (["experiment", "--out"], "run"),
-    (["nll", "--json"], "r.json"), (["compare", "--json"], "r.json"),
-])
+@pytest.mark.parametrize(
+    "args, name",
+    [
+        (["train", "--json"], "r.json"),
+        (["train", "--checkpoint"], "ck.pt"),
+        (["experiment", "--out"], "run"),
+        (["nll", "--json"], "r.json"),
+        (["compare", "--json"], "r.json"),
+    ],
+)
 def test_an_output_held_by_another_run_is_refused_naming_it(args, name, tmp_path, capsys):
     target = tmp_path / name
     fd = _hold(target)
@@ -93,7 +99,8 @@ def test_two_real_processes_on_one_checkpoint_one_is_refused_at_once(tmp_path):
         assert second.returncode == 2
         assert second.stderr.strip().splitlines() == [
             f"vae-pyro: error: --checkpoint {ck} is being written by another vae-pyro run (pid {first.pid}); "
-            "wait for it to end or choose another path"]
+            "wait for it to end or choose another path"
+        ]
         first.send_signal(signal.SIGINT)
         _, err = first.communicate(timeout=60)
     finally:
@@ -129,8 +136,12 @@ def test_checkpoint_and_json_on_one_path_are_refused(tmp_path, capsys):
     link.symlink_to(ck)
     assert main(["train", *TINY, *NO_DATA, "--checkpoint", str(ck), "--json", str(link)]) == 2
     _one_error_line(capsys, "are the same file")
-    assert main(["experiment", *TINY, *NO_DATA, "--out", str(tmp_path / "run"),
-                 "--json", str(tmp_path / "run" / "r.json")]) == 2
+    assert (
+        main(
+            ["experiment", *TINY, *NO_DATA, "--out", str(tmp_path / "run"), "--json", str(tmp_path / "run" / "r.json")]
+        )
+        == 2
+    )
     _one_error_line(capsys, "is inside --out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
 
@@ -232,9 +243,25 @@ def test_ctrl_c_in_an_experiment_removes_its_staging_folder_and_says_nothing_was
     left behind (no staging folder, no lock file, no run folder)."""
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "vae_pyro.cli", "experiment", *TINY, "--epochs", "1000",
-                             "--train-estimators", "analytic", "--out", str(run)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vae_pyro.cli",
+            "experiment",
+            *TINY,
+            "--epochs",
+            "1000",
+            "--train-estimators",
+            "analytic",
+            "--out",
+            str(run),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob(".run.tmp-*/checkpoints/analytic.pt")):  # an epoch in, inside the stage

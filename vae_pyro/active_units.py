@@ -30,12 +30,16 @@ def posterior_mean_variance(means: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def encoder_means(vae, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """E_q[z | x] = mu(x) for every row of ``x``, shape (N, z_dim)."""
-    return torch.cat([vae.encoder(x[i:i + batch_size])[0] for i in range(0, len(x), batch_size)])
+    return torch.cat([vae.encoder(x[i : i + batch_size])[0] for i in range(0, len(x), batch_size)])
 
 
 def active_units(vae, x: torch.Tensor, threshold: float = ACTIVITY_THRESHOLD) -> dict:
     """``{"active": A, "z_dim": D, "threshold": t, "variances": [...]}``: A = #{d : Cov_x(mu_d(x)) > t}
     over the digits ``x`` (Burda et al. 2015, §5.2, t = 0.01)."""
     variances = posterior_mean_variance(encoder_means(vae, x))
-    return {"active": int((variances > threshold).sum()), "z_dim": int(len(variances)),
-            "threshold": threshold, "variances": variances.tolist()}
+    return {
+        "active": int((variances > threshold).sum()),
+        "z_dim": int(len(variances)),
+        "threshold": threshold,
+        "variances": variances.tolist(),
+    }

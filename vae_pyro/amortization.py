@@ -22,8 +22,9 @@ import torch
 from .estimators.iwae import log_mean_exp, log_weights
 
 
-def refine_proposal(vae, x: torch.Tensor, steps: int, k: int = 5, batch_size: int = 100, lr: float = 3e-4,
-                    seed: int = 0) -> torch.nn.Module:
+def refine_proposal(
+    vae, x: torch.Tensor, steps: int, k: int = 5, batch_size: int = 100, lr: float = 3e-4, seed: int = 0
+) -> torch.nn.Module:
     """A copy of ``vae.encoder`` after ``steps`` Adam steps on -IWAE_k of random batches of ``x``
     (only the copy's weights move; the gradient is taken with respect to them alone). Seeded by
     ``seed`` inside ``fork_rng``: the caller's random stream is untouched."""

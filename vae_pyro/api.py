@@ -40,8 +40,9 @@ from .runs import check_before_work, fit_run, prepare_run, result_header, spec_f
 from .spec import COMMAND_OPTIONS, VAESpec, command_options, keywords, load_spec
 
 
-def resolve_spec(spec, command: str | None, settings: dict | None = None, prior=None, likelihood=None,
-                 overrides=()) -> VAESpec:
+def resolve_spec(
+    spec, command: str | None, settings: dict | None = None, prior=None, likelihood=None, overrides=()
+) -> VAESpec:
     """The spec a command runs: ``command``'s defaults < the spec < ``settings`` (API keywords, see
     :func:`~vae_pyro.spec.keywords`) < ``prior``/``likelihood`` < ``overrides`` (``--set``), validated
     once. A :class:`VAESpec` given as it is takes ``settings`` and is validated again."""
@@ -50,15 +51,18 @@ def resolve_spec(spec, command: str | None, settings: dict | None = None, prior=
     if unknown:
         raise SpecError(f"unknown setting {unknown[0]!r}; allowed: {', '.join(names)}")
     given = {names[k]: list(v) if isinstance(v, tuple) else v for k, v in (settings or {}).items() if v is not None}
-    return load_spec(spec, overrides=list(overrides), prior=prior, likelihood=likelihood, settings=given,
-                     command=command)
+    return load_spec(
+        spec, overrides=list(overrides), prior=prior, likelihood=likelihood, settings=given, command=command
+    )
 
 
 def _split(command: str, settings: dict) -> tuple[dict, dict]:
     """(spec settings, ``command``'s own options, checked and with their defaults) of the keywords."""
     own = COMMAND_OPTIONS.get(command, {})
-    return ({k: v for k, v in settings.items() if k not in own},
-            command_options(command, {k: v for k, v in settings.items() if k in own and v is not None}))
+    return (
+        {k: v for k, v in settings.items() if k not in own},
+        command_options(command, {k: v for k, v in settings.items() if k in own and v is not None}),
+    )
 
 
 def _loaded(spec, checkpoint, settings: dict | None = None):
@@ -79,8 +83,9 @@ def _written(result: dict, json, log_dir=None) -> dict:
 
 
 @outputs.releasing_claims
-def compare(spec=None, *, checkpoint: str | None = None, progress: bool = False, json=None, force: bool = False,
-            **settings) -> dict:
+def compare(
+    spec=None, *, checkpoint: str | None = None, progress: bool = False, json=None, force: bool = False, **settings
+) -> dict:
     """Train briefly (or load ``checkpoint``), then run every agreement check for every estimator;
     ``log_dir``: also as TensorBoard scalars (:mod:`vae_pyro.tblog`)."""
     settings, o = _split("compare", settings)
@@ -92,8 +97,16 @@ def compare(spec=None, *, checkpoint: str | None = None, progress: bool = False,
 
 
 @outputs.releasing_claims
-def check(spec=None, *, toy: str | None = None, checkpoint: str | None = None, progress: bool = False,
-          json=None, force: bool = False, **settings) -> dict:
+def check(
+    spec=None,
+    *,
+    toy: str | None = None,
+    checkpoint: str | None = None,
+    progress: bool = False,
+    json=None,
+    force: bool = False,
+    **settings,
+) -> dict:
     """Ground truth on a toy (``toy``), or the agreement and IWAE checks on the spec's MNIST VAE;
     ``log_dir``: also as TensorBoard scalars (:mod:`vae_pyro.tblog`)."""
     settings, o = _split("check", settings)
@@ -111,24 +124,32 @@ def check(spec=None, *, toy: str | None = None, checkpoint: str | None = None, p
 
 def _header(command: str, run) -> dict:
     out = result_header(command, run.spec, run.device)
-    out.update({"dataset": run.dataset.name, "binarization": run.binarization, "transform": run.transform,
-                "model": run.spec.model_config().to_dict()})
+    out.update(
+        {
+            "dataset": run.dataset.name,
+            "binarization": run.binarization,
+            "transform": run.transform,
+            "model": run.spec.model_config().to_dict(),
+        }
+    )
     return out
 
 
 @outputs.releasing_claims
-def nll(spec=None, *, checkpoint: str | None = None, progress: bool = False, json=None, force: bool = False,
-        **settings) -> dict:
+def nll(
+    spec=None, *, checkpoint: str | None = None, progress: bool = False, json=None, force: bool = False, **settings
+) -> dict:
     """Test-set negative log-likelihood by IWAE_k (Burda et al. 2015), after training (or of the
     model saved in ``checkpoint``); ``k``, ``examples``, ``chunk``: :data:`~vae_pyro.spec.COMMAND_OPTIONS`."""
     started = time.perf_counter()
     settings, o = _split("nll", settings)
     tblog.require(o["log_dir"])
     spec = _loaded(resolve_spec(spec, "nll", settings), checkpoint, settings)
-    check_before_work(spec, json=json, force=force, k=o["k"], chunk=o["chunk"], command="nll", options=o,
-                      trains=checkpoint is None)
+    check_before_work(
+        spec, json=json, force=force, k=o["k"], chunk=o["chunk"], command="nll", options=o, trains=checkpoint is None
+    )
     run = prepare_run(spec, checkpoint=checkpoint)
-    x_test = run.x_test[:: max(len(run.x_test) // o["examples"], 1)][:o["examples"]]
+    x_test = run.x_test[:: max(len(run.x_test) // o["examples"], 1)][: o["examples"]]
     run.vae.check_data(x_test)
     if checkpoint is None:
         _, training = fit_run(run, *training_estimator(run.vae, spec.training.estimator), progress)
@@ -136,18 +157,37 @@ def nll(spec=None, *, checkpoint: str | None = None, progress: bool = False, jso
         training = {"checkpoint": str(checkpoint), "epochs": 0, "estimator": None, "estimator_note": None}
     log_px = iwae_log_likelihood(run.vae, x_test, k=o["k"], chunk=o["chunk"], progress=progress)
     out = _header("nll", run)
-    out.update({"test_binarization": ("static (dynamic training; a fixed draw of the test set)" if run.dynamic
-                                      else run.binarization),
-                "k": o["k"], "examples": len(log_px), "epochs": training["epochs"], "training": training,
-                "nll": float(-log_px.mean()), "nll_se": float(log_px.std() / len(log_px) ** 0.5),
-                "seconds": time.perf_counter() - started})
+    out.update(
+        {
+            "test_binarization": (
+                "static (dynamic training; a fixed draw of the test set)" if run.dynamic else run.binarization
+            ),
+            "k": o["k"],
+            "examples": len(log_px),
+            "epochs": training["epochs"],
+            "training": training,
+            "nll": float(-log_px.mean()),
+            "nll_se": float(log_px.std() / len(log_px) ** 0.5),
+            "seconds": time.perf_counter() - started,
+        }
+    )
     return _written(out, json, o["log_dir"])
 
 
 @outputs.releasing_claims
-def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | None = None, resume: bool = False,
-          progress: bool = False, explicit_estimator: bool = False, capture_step: bool = False,
-          json=None, force: bool = False, **settings) -> dict:
+def train(
+    spec=None,
+    *,
+    eval_estimator: str | None = None,
+    checkpoint: str | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    explicit_estimator: bool = False,
+    capture_step: bool = False,
+    json=None,
+    force: bool = False,
+    **settings,
+) -> dict:
     """Train with the spec's estimator; per-epoch train/test -ELBO (test by ``eval_estimator``, default
     the training one). ``checkpoint``: saved there after every epoch (an existing one is refused
     unless ``resume``, which continues from it, or ``force``, which starts over in its place).
@@ -171,14 +211,23 @@ def train(spec=None, *, eval_estimator: str | None = None, checkpoint: str | Non
     run = prepare_run(spec)
     run.vae.check_data(run.x_test)
     eval_est = build_estimator(eval_estimator or trainer, spec.training.particles)
-    history, training = fit_run(run, trainer, note, progress, x_test=run.x_test, eval_estimator=eval_est,
-                                checkpoint=checkpoint, resume=resume)
+    history, training = fit_run(
+        run, trainer, note, progress, x_test=run.x_test, eval_estimator=eval_est, checkpoint=checkpoint, resume=resume
+    )
     out = _header("train", run)
-    out.update({"particles": spec.training.particles, "estimator": training["estimator"],
-                "eval_estimator": eval_est.name, "training": training, "kl_weight": spec.training.kl_weight,
-                "kl_anneal_epochs": spec.training.kl_anneal_epochs, "checkpoint": checkpoint,
-                "history": [asdict(h) for h in history],
-                "test_neg_elbo": history[-1].test_neg_elbo if history else None})
+    out.update(
+        {
+            "particles": spec.training.particles,
+            "estimator": training["estimator"],
+            "eval_estimator": eval_est.name,
+            "training": training,
+            "kl_weight": spec.training.kl_weight,
+            "kl_anneal_epochs": spec.training.kl_anneal_epochs,
+            "checkpoint": checkpoint,
+            "history": [asdict(h) for h in history],
+            "test_neg_elbo": history[-1].test_neg_elbo if history else None,
+        }
+    )
     return _written(out, json, o["log_dir"])
 
 
@@ -190,14 +239,20 @@ def experiment(spec=None, *, progress: bool = False, json=None, force: bool = Fa
     settings, o = _split("experiment", settings)
     tblog.require(o["log_dir"])
     spec = resolve_spec(spec, "experiment", settings)
-    check_before_work(spec, json=json, out=o["out"], force=force, k=o["nll_k"] or None, command="experiment",
-                      options=o)
+    check_before_work(spec, json=json, out=o["out"], force=force, k=o["nll_k"] or None, command="experiment", options=o)
     return _written(run_experiment(spec, o, progress=progress, force=force), json, o["log_dir"])
 
 
 @outputs.releasing_claims
-def reproduce(target: str = "burda2015", *, out: str = "runs/burda2015", overrides=(), force: bool = False,
-              progress: bool = True, **settings) -> dict:
+def reproduce(
+    target: str = "burda2015",
+    *,
+    out: str = "runs/burda2015",
+    overrides=(),
+    force: bool = False,
+    progress: bool = True,
+    **settings,
+) -> dict:
     """Train and evaluate every row of a published comparison (``burda2015``) or the shipped recipe
     (``best-nll``); writes the run folder ``out``. ``settings``: ``dataset``, ``epochs``, ``device``,
     ``seed`` (over the target's spec) and the command's own options (``k``, ``rows``, ``fast`` ...:

@@ -60,8 +60,14 @@ class CapturedTrainStep:
     (on CUDA an ``Adam(capturable=True)``: ``vae_pyro.train.make_optimizer(vae, lr, capturable=True)``);
     its state is shared, so eager steps (e.g. of another batch size) may be interleaved."""
 
-    def __init__(self, vae, estimator: Estimator, optimizer: torch.optim.Optimizer, batch_shape: tuple[int, ...],
-                 dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        vae,
+        estimator: Estimator,
+        optimizer: torch.optim.Optimizer,
+        batch_shape: tuple[int, ...],
+        dtype: torch.dtype | None = None,
+    ):
         self.vae, self.optimizer = vae, optimizer
         self.loss_fn = captured_loss_fn(estimator)
         dtype = dtype or next(vae.parameters()).dtype
@@ -81,8 +87,10 @@ class CapturedTrainStep:
         """Copy ``x`` and ``beta`` in, run the step; the loss/example as a device tensor (a copy: the
         static output is overwritten by the next step), never read here."""
         if not self.fits(x):
-            raise ValueError(f"batch of shape {tuple(x.shape)}, {x.dtype} on {x.device} does not fit this step; "
-                             f"allowed: shape {tuple(self.x.shape)}, {self.x.dtype} on {self.x.device}")
+            raise ValueError(
+                f"batch of shape {tuple(x.shape)}, {x.dtype} on {x.device} does not fit this step; "
+                f"allowed: shape {tuple(self.x.shape)}, {self.x.dtype} on {self.x.device}"
+            )
         self.x.copy_(x)
         self.beta.fill_(beta)  # a fill kernel: no host-to-device copy, no sync
         if self.graph is None:
@@ -104,8 +112,10 @@ class CapturedTrainStep:
         """Warm up on a side stream, capture ``_body`` in one graph, then put back the parameters,
         Adam's state and the CUDA generator as they were before the warm-up."""
         if not all(group.get("capturable") for group in self.optimizer.param_groups):
-            raise ValueError("a captured step on CUDA needs Adam(capturable=True); "
-                             "use vae_pyro.train.make_optimizer(vae, lr, capturable=True)")
+            raise ValueError(
+                "a captured step on CUDA needs Adam(capturable=True); "
+                "use vae_pyro.train.make_optimizer(vae, lr, capturable=True)"
+            )
         device = self.x.device
         saved = snapshot_training_state(self.vae, self.optimizer)
         rng = torch.cuda.get_rng_state(device)  # the generator's host-side seed/offset: no sync
@@ -130,8 +140,15 @@ class CapturedTrainStep:
 def snapshot_training_state(vae, optimizer: torch.optim.Optimizer) -> dict:
     """Copies of the parameters and of the optimiser's per-parameter tensors (``None`` where the
     optimiser has no state yet)."""
-    return {p: (p.detach().clone(), {k: v.clone() for k, v in optimizer.state[p].items() if torch.is_tensor(v)}
-                if p in optimizer.state else None) for p in vae.parameters()}
+    return {
+        p: (
+            p.detach().clone(),
+            {k: v.clone() for k, v in optimizer.state[p].items() if torch.is_tensor(v)}
+            if p in optimizer.state
+            else None,
+        )
+        for p in vae.parameters()
+    }
 
 
 def restore_training_state(saved: dict, vae, optimizer: torch.optim.Optimizer) -> None:

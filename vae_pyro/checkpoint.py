@@ -32,8 +32,16 @@ FORMAT = "vae-pyro-checkpoint"
 VERSION = 1
 
 
-def save_checkpoint(path: str | os.PathLike, *, vae, optimizer=None, epoch: int, estimator: str,
-                    history: list[dict] | None = None, extra: dict | None = None) -> None:
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    vae,
+    optimizer=None,
+    epoch: int,
+    estimator: str,
+    history: list[dict] | None = None,
+    extra: dict | None = None,
+) -> None:
     if not distributed.is_main():  # several processes: only process 0 writes
         return
     path = Path(path)
@@ -91,12 +99,14 @@ def _is_rng_state(v) -> bool:
 
 #: what each field of a checkpoint must be (the format tag and version are checked first)
 FIELDS = {
-    "model_config": lambda v: isinstance(v, dict) and all(
-        check(v.get(k)) for k, check in CONFIG_FIELDS.items()),
-    "model_state": lambda v: isinstance(v, dict) and all(
-        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items()),
-    "optimizer_state": lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("state"), dict)
-                                               and isinstance(v.get("param_groups"), list)),
+    "model_config": lambda v: isinstance(v, dict) and all(check(v.get(k)) for k, check in CONFIG_FIELDS.items()),
+    "model_state": lambda v: (
+        isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
+    ),
+    "optimizer_state": lambda v: (
+        v is None
+        or (isinstance(v, dict) and isinstance(v.get("state"), dict) and isinstance(v.get("param_groups"), list))
+    ),
     "epoch": lambda v: _is_int(v) and v >= 0,
     "estimator": lambda v: isinstance(v, str),
     "history": lambda v: isinstance(v, list) and all(_history_entry_ok(h) for h in v),
@@ -113,13 +123,21 @@ CONFIG_FIELDS = {
     "likelihood_options": lambda v: isinstance(v, dict),
     "kl_weight": _is_number,
 }
-HISTORY_FIELDS = {"epoch": _is_int, "train_neg_elbo": _is_number, "seconds": _is_number,
-                  "test_neg_elbo": lambda v: v is None or _is_number(v), "kl_weight": _is_number}
+HISTORY_FIELDS = {
+    "epoch": _is_int,
+    "train_neg_elbo": _is_number,
+    "seconds": _is_number,
+    "test_neg_elbo": lambda v: v is None or _is_number(v),
+    "kl_weight": _is_number,
+}
 
 
 def _history_entry_ok(h) -> bool:
-    return isinstance(h, dict) and set(h) == set(HISTORY_FIELDS) and all(
-        check(h[k]) for k, check in HISTORY_FIELDS.items())
+    return (
+        isinstance(h, dict)
+        and set(h) == set(HISTORY_FIELDS)
+        and all(check(h[k]) for k, check in HISTORY_FIELDS.items())
+    )
 
 
 def structure_problem(payload: dict) -> str | None:
@@ -140,8 +158,10 @@ def _nonfinite(name: str, tensor: torch.Tensor) -> str | None:
         return None
     bad = tensor[~torch.isfinite(tensor)]
     kinds = " and ".join(k for k, hit in (("nan", bool(bad.isnan().any())), ("inf", bool(bad.isinf().any()))) if hit)
-    return (f"tensor {name!r} has {bad.numel()} non-finite value(s) ({kinds}) of {tensor.numel()}; "
-            "these weights cannot be evaluated or trained on: use an earlier checkpoint or train again")
+    return (
+        f"tensor {name!r} has {bad.numel()} non-finite value(s) ({kinds}) of {tensor.numel()}; "
+        "these weights cannot be evaluated or trained on: use an earlier checkpoint or train again"
+    )
 
 
 def expected_shapes(model_config: dict) -> dict[str, tuple[int, ...]]:
@@ -180,9 +200,10 @@ def model_problem(payload: dict) -> str | None:
             return problem
     optimizer = payload["optimizer_state"] or {"state": {}}
     for index, entry in optimizer["state"].items():
-        for key, value in (entry.items() if isinstance(entry, dict) else ()):
-            problem = _nonfinite(f"optimizer_state.state.{index}.{key}", value) if isinstance(
-                value, torch.Tensor) else None
+        for key, value in entry.items() if isinstance(entry, dict) else ():
+            problem = (
+                _nonfinite(f"optimizer_state.state.{index}.{key}", value) if isinstance(value, torch.Tensor) else None
+            )
             if problem:
                 return problem
     return None
@@ -202,8 +223,10 @@ def restore(payload: dict, vae, optimizer=None, path: str | os.PathLike = "check
         if name not in state:
             raise CheckpointError(f"checkpoint {path} is damaged: tensor {name!r} is missing")
         if state[name].shape != tensor.shape:
-            raise CheckpointError(f"checkpoint {path} is damaged: tensor {name!r} has shape "
-                                  f"{tuple(state[name].shape)}, the model needs {tuple(tensor.shape)}")
+            raise CheckpointError(
+                f"checkpoint {path} is damaged: tensor {name!r} has shape "
+                f"{tuple(state[name].shape)}, the model needs {tuple(tensor.shape)}"
+            )
     extra = sorted(set(state) - set(expected))
     if extra:
         raise CheckpointError(f"checkpoint {path} is damaged: unexpected tensor {extra[0]!r}")
@@ -211,8 +234,12 @@ def restore(payload: dict, vae, optimizer=None, path: str | os.PathLike = "check
     if optimizer is not None and payload.get("optimizer_state") is not None:
         try:
             optimizer.load_state_dict(payload["optimizer_state"])
-            fits = all(v.shape == p.shape for p, st in optimizer.state.items() for v in st.values()
-                       if isinstance(v, torch.Tensor) and v.dim() > 0)  # Adam's moments: one per weight
+            fits = all(
+                v.shape == p.shape
+                for p, st in optimizer.state.items()
+                for v in st.values()
+                if isinstance(v, torch.Tensor) and v.dim() > 0
+            )  # Adam's moments: one per weight
         except (ValueError, KeyError, TypeError, RuntimeError, AttributeError):
             fits = False
         if not fits:

@@ -69,8 +69,13 @@ def _evaluated_spec(args, command: str):
 
 
 def cmd_compare(args) -> int:
-    result = api.compare(_evaluated_spec(args, "compare"), checkpoint=args.checkpoint, progress=not args.no_progress,
-                         **options_from_args(args), **_outputs(args))
+    result = api.compare(
+        _evaluated_spec(args, "compare"),
+        checkpoint=args.checkpoint,
+        progress=not args.no_progress,
+        **options_from_args(args),
+        **_outputs(args),
+    )
     print(report.compare_table(result))
     _wrote_json(args)
     return 0 if result["verdict"] != "fail" else 1
@@ -78,31 +83,57 @@ def cmd_compare(args) -> int:
 
 def cmd_check(args) -> int:
     if args.toy and (args.spec or args.prior or args.likelihood or args.overrides or args.checkpoint):
-        raise SpecError("--toy models have their own prior and likelihood; drop --spec/--prior/--likelihood/--set/"
-                         "--checkpoint, or drop --toy to check the MNIST VAE they describe")
+        raise SpecError(
+            "--toy models have their own prior and likelihood; drop --spec/--prior/--likelihood/--set/"
+            "--checkpoint, or drop --toy to check the MNIST VAE they describe"
+        )
     if args.toy:
-        result = api.check(spec_from_args(args), toy=args.toy, progress=not args.no_progress, epochs=args.epochs,
-                           **options_from_args(args), **_outputs(args))
+        result = api.check(
+            spec_from_args(args),
+            toy=args.toy,
+            progress=not args.no_progress,
+            epochs=args.epochs,
+            **options_from_args(args),
+            **_outputs(args),
+        )
     else:
-        result = api.check(_evaluated_spec(args, "check"), checkpoint=args.checkpoint, progress=not args.no_progress,
-                           **options_from_args(args), **_outputs(args))
+        result = api.check(
+            _evaluated_spec(args, "check"),
+            checkpoint=args.checkpoint,
+            progress=not args.no_progress,
+            **options_from_args(args),
+            **_outputs(args),
+        )
     print(check_table(result))
     _wrote_json(args)
     return 1 if result["verdict"] == "fail" else 0
 
 
 def cmd_nll(args) -> int:
-    result = api.nll(_evaluated_spec(args, "nll"), checkpoint=args.checkpoint, progress=not args.no_progress,
-                     **options_from_args(args), **_outputs(args))
+    result = api.nll(
+        _evaluated_spec(args, "nll"),
+        checkpoint=args.checkpoint,
+        progress=not args.no_progress,
+        **options_from_args(args),
+        **_outputs(args),
+    )
     print(report.nll_lines(result))
     _wrote_json(args)
     return 0
 
 
 def cmd_train(args) -> int:
-    result = api.train(spec_from_args(args), eval_estimator=args.eval_estimator, checkpoint=args.checkpoint,
-                       resume=args.resume, progress=not args.no_progress, capture_step=args.capture_step,
-                       explicit_estimator=args.estimator is not None, **options_from_args(args), **_outputs(args))
+    result = api.train(
+        spec_from_args(args),
+        eval_estimator=args.eval_estimator,
+        checkpoint=args.checkpoint,
+        resume=args.resume,
+        progress=not args.no_progress,
+        capture_step=args.capture_step,
+        explicit_estimator=args.estimator is not None,
+        **options_from_args(args),
+        **_outputs(args),
+    )
     print(report.train_lines(result))
     _wrote_json(args)
     return 0
@@ -112,8 +143,9 @@ def cmd_experiment(args) -> int:
     options = options_from_args(args)
     result = api.experiment(spec_from_args(args), progress=not args.no_progress, **options, **_outputs(args))
     print(experiment_table(result))
-    print(f"wrote {args.out or 'runs/experiment'}/report.md, metrics.json, metrics.csv "
-          f"and {len(result['plots'])} plots")
+    print(
+        f"wrote {args.out or 'runs/experiment'}/report.md, metrics.json, metrics.csv and {len(result['plots'])} plots"
+    )
     return 0
 
 
@@ -125,8 +157,10 @@ def _all_pairs(args) -> int:
         print(json.dumps(records, indent=2))
         return 0
     headers, rows = validity.matrix_rows(records)
-    print("validity of each estimator for each guide x prior x likelihood: exact = exact KL, "
-          "MC = Monte Carlo KL, invalid = does not apply")
+    print(
+        "validity of each estimator for each guide x prior x likelihood: exact = exact KL, "
+        "MC = Monte Carlo KL, invalid = does not apply"
+    )
     print(report.table(headers, rows, align="l" * len(headers)))
     print()
     for (name, kind, reason), where in validity.reasons(records).items():
@@ -138,20 +172,40 @@ def cmd_estimators(args) -> int:
     if args.all_pairs:
         return _all_pairs(args)
     spec = spec_from_args(args)
-    opts = dict(prior_options=spec.prior.options, likelihood_options=spec.likelihood.options,
-                guide=spec.guide.family, guide_options={"rank": spec.guide.rank, "flows": spec.guide.flows})
+    opts = dict(
+        prior_options=spec.prior.options,
+        likelihood_options=spec.likelihood.options,
+        guide=spec.guide.family,
+        guide_options={"rank": spec.guide.rank, "flows": spec.guide.flows},
+    )
     table = validity.pair_validity(spec.prior.name, spec.likelihood.name, **opts)
     if args.json:
-        print(json.dumps({"spec": spec.source, "prior": spec.prior.name, "likelihood": spec.likelihood.name,
-                          "guide": spec.guide.family,
-                          "estimators": {n: {**v, "description": ESTIMATORS[n].description,
-                                             "default": n in DEFAULT_ESTIMATORS} for n, v in table.items()}},
-                         indent=2))
+        print(
+            json.dumps(
+                {
+                    "spec": spec.source,
+                    "prior": spec.prior.name,
+                    "likelihood": spec.likelihood.name,
+                    "guide": spec.guide.family,
+                    "estimators": {
+                        n: {**v, "description": ESTIMATORS[n].description, "default": n in DEFAULT_ESTIMATORS}
+                        for n, v in table.items()
+                    },
+                },
+                indent=2,
+            )
+        )
         return 0
-    rows = [[name, ESTIMATORS[name].description, "yes" if name in DEFAULT_ESTIMATORS else "no",
-             report.VALIDITY_LABELS[table[name]["kind"]]] for name in estimator_names()]
-    print(f"prior {spec.prior.name}, likelihood {spec.likelihood.name}, guide {spec.guide.family} "
-          f"(spec {spec.source})")
+    rows = [
+        [
+            name,
+            ESTIMATORS[name].description,
+            "yes" if name in DEFAULT_ESTIMATORS else "no",
+            report.VALIDITY_LABELS[table[name]["kind"]],
+        ]
+        for name in estimator_names()
+    ]
+    print(f"prior {spec.prior.name}, likelihood {spec.likelihood.name}, guide {spec.guide.family} (spec {spec.source})")
     print(report.table(["estimator", "what", "in compare by default", "validity"], rows, align="llll"))
     print()
     for name in estimator_names():
@@ -161,8 +215,10 @@ def cmd_estimators(args) -> int:
 
 def cmd_spec(args) -> int:
     if args.spec_command == "list":
-        rows = [[name, s.prior.name, s.likelihood.name, s.description]
-                for name, s in ((n, load_spec(n)) for n in shipped_specs())]
+        rows = [
+            [name, s.prior.name, s.likelihood.name, s.description]
+            for name, s in ((n, load_spec(n)) for n in shipped_specs())
+        ]
         print(report.table(["spec", "prior", "likelihood", "description"], rows, align="llll"))
         return 0
     spec = load_spec(args.name, overrides=args.overrides, prior=args.prior, likelihood=args.likelihood)
@@ -171,19 +227,31 @@ def cmd_spec(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    result = api.reproduce(args.target, out=args.out, overrides=tuple(args.overrides), force=args.force,
-                           progress=not args.no_progress, **{k: v for k, v in vars(args).items()
-                                                             if k in ("dataset", "epochs", "device", "seed")},
-                           **options_from_args(args))
+    result = api.reproduce(
+        args.target,
+        out=args.out,
+        overrides=tuple(args.overrides),
+        force=args.force,
+        progress=not args.no_progress,
+        **{k: v for k, v in vars(args).items() if k in ("dataset", "epochs", "device", "seed")},
+        **options_from_args(args),
+    )
     print(f"vae-pyro reproduce {args.target}: {data_label(result)}; test NLL by IWAE k={result['k']:,}")
     print(text_table(result))
     print(f"wrote {args.out}/report.md, results.json, {len(result['plots'])} plots and checkpoints/")
     return 0
 
 
-COMMANDS = {"compare": cmd_compare, "train": cmd_train, "experiment": cmd_experiment,
-            "estimators": cmd_estimators, "spec": cmd_spec, "check": cmd_check, "nll": cmd_nll,
-            "reproduce": cmd_reproduce}
+COMMANDS = {
+    "compare": cmd_compare,
+    "train": cmd_train,
+    "experiment": cmd_experiment,
+    "estimators": cmd_estimators,
+    "spec": cmd_spec,
+    "check": cmd_check,
+    "nll": cmd_nll,
+    "reproduce": cmd_reproduce,
+}
 
 
 #: the library's names of the entry points' keyword options, and their flags (always on the command line)

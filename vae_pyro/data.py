@@ -48,10 +48,10 @@ BINARIZATION_CHOICES = ("auto", *BINARIZATIONS)
 TRANSFORMS = ("auto", "unit", "open_unit", "counts")
 #: what each likelihood may declare as its ``data_kind``, and the transform that produces it
 DATA_KINDS = {
-    "binary": "unit",               # x in {0, 1}
-    "unit_interval": "unit",        # x in [0, 1]
+    "binary": "unit",  # x in {0, 1}
+    "unit_interval": "unit",  # x in [0, 1]
     "open_unit_interval": "open_unit",  # x in (0, 1)
-    "counts": "counts",             # x in {0, 1, ..., max_value}
+    "counts": "counts",  # x in {0, 1, ..., max_value}
 }
 #: the data each kind may be made from: (binarizations, transforms) whose output lies in its support.
 #: Binary pixels clamped into (0, 1) lie inside a Beta's support only formally (the density is huge
@@ -103,8 +103,9 @@ def _max_value(x: torch.Tensor, max_value: int | None) -> int:
 # Binarization and batching
 
 
-def static_binarize(x_uint8: torch.Tensor, seed: int = STATIC_BINARIZATION_SEED,
-                    max_value: int | None = None) -> torch.Tensor:
+def static_binarize(
+    x_uint8: torch.Tensor, seed: int = STATIC_BINARIZATION_SEED, max_value: int | None = None
+) -> torch.Tensor:
     """One fixed-seed Bernoulli(intensity/max_value) draw per pixel (the draw is made on the CPU so it
     is the same on every device)."""
     gen = torch.Generator().manual_seed(seed)
@@ -126,8 +127,10 @@ def resolve_data(binarization: str, transform: str, data_kind: str) -> tuple[str
     if transform == "auto":
         transform = DATA_KINDS[data_kind]
     if transform == "counts" and binarization != "none":
-        raise DataError(f"transform 'counts' takes the raw intensities, so binarization must be "
-                        f"'none' or 'auto', got {binarization!r}")
+        raise DataError(
+            f"transform 'counts' takes the raw intensities, so binarization must be "
+            f"'none' or 'auto', got {binarization!r}"
+        )
     check_data_source(binarization, transform, data_kind)
     return binarization, transform
 
@@ -140,13 +143,16 @@ def check_data_source(binarization: str, transform: str, data_kind: str) -> None
     if binarization == "dynamic" and transform == "open_unit":
         binarizations = tuple(b for b in binarizations if b != "dynamic")
     if binarization not in binarizations or transform not in transforms:
-        raise DataError(f"{data_kind.replace('_', ' ')} data cannot come from binarization {binarization!r} "
-                        f"with transform {transform!r}; use binarization {' or '.join(map(repr, binarizations))} "
-                        f"(or 'auto') with transform {' or '.join(map(repr, transforms))} (or 'auto')")
+        raise DataError(
+            f"{data_kind.replace('_', ' ')} data cannot come from binarization {binarization!r} "
+            f"with transform {transform!r}; use binarization {' or '.join(map(repr, binarizations))} "
+            f"(or 'auto') with transform {' or '.join(map(repr, transforms))} (or 'auto')"
+        )
 
 
-def prepare(x_uint8: torch.Tensor, binarization: str, transform: str = "unit",
-            max_value: int | None = None) -> torch.Tensor:
+def prepare(
+    x_uint8: torch.Tensor, binarization: str, transform: str = "unit", max_value: int | None = None
+) -> torch.Tensor:
     """The float tensor a model sees for ``binarization`` and ``transform`` (``auto`` must have been
     resolved by :func:`resolve_data`) of raw pixels 0..``max_value`` (the dataset's); for ``dynamic``
     these are the grey levels in [0, 1], to be redrawn by :class:`Batches` each time they are served."""
@@ -168,8 +174,10 @@ def prepare(x_uint8: torch.Tensor, binarization: str, transform: str = "unit",
         x = x_uint8.float() / max_value
     if transform == "open_unit":
         if binarization == "dynamic":
-            raise DataError("transform 'open_unit' cannot follow dynamic binarization (each batch would be "
-                            "0/1 again); use binarization 'none'")
+            raise DataError(
+                "transform 'open_unit' cannot follow dynamic binarization (each batch would be "
+                "0/1 again); use binarization 'none'"
+            )
         eps = open_unit_eps(max_value)
         x = x.clamp(eps, 1 - eps)
     return x
@@ -193,22 +201,28 @@ def _first_bad(x: torch.Tensor, bad: torch.Tensor) -> float:
 def check_unit_interval(x: torch.Tensor, what: str) -> None:
     bad = ~((x >= 0) & (x <= 1))
     if bool(bad.any()):
-        raise DataError(f"{what} must lie in [0, 1] (found value {_first_bad(x, bad):g}); "
-                        "use transform 'unit' or 'auto' (--transform, or data.transform in a spec)")
+        raise DataError(
+            f"{what} must lie in [0, 1] (found value {_first_bad(x, bad):g}); "
+            "use transform 'unit' or 'auto' (--transform, or data.transform in a spec)"
+        )
 
 
 def check_open_unit_interval(x: torch.Tensor, what: str) -> None:
     bad = ~((x > 0) & (x < 1))
     if bool(bad.any()):
-        raise DataError(f"{what} must lie strictly inside (0, 1) (found value {_first_bad(x, bad):g}); "
-                        "use transform 'open_unit' or 'auto' (--transform, or data.transform in a spec)")
+        raise DataError(
+            f"{what} must lie strictly inside (0, 1) (found value {_first_bad(x, bad):g}); "
+            "use transform 'open_unit' or 'auto' (--transform, or data.transform in a spec)"
+        )
 
 
 def check_counts(x: torch.Tensor, what: str, total: int) -> None:
     bad = ~((x >= 0) & (x <= total) & (x == x.round()))
     if bool(bad.any()):
-        raise DataError(f"{what} must be integer counts 0..{total} (found value {_first_bad(x, bad):g}); "
-                        "use transform 'counts' or 'auto' with binarization 'none' or 'auto'")
+        raise DataError(
+            f"{what} must be integer counts 0..{total} (found value {_first_bad(x, bad):g}); "
+            "use transform 'counts' or 'auto' with binarization 'none' or 'auto'"
+        )
 
 
 class Batches:
@@ -219,8 +233,16 @@ class Batches:
     dynamic draws come from torch's global generator on the data's device, which
     :func:`vae_pyro.train.seed_all` seeds."""
 
-    def __init__(self, x: torch.Tensor, batch_size: int, *, shuffle: bool = True, dynamic: bool = False,
-                 drop_last: bool = True, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        dynamic: bool = False,
+        drop_last: bool = True,
+        generator: torch.Generator | None = None,
+    ):
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
         if dynamic and (not x.is_floating_point() or not bool(((x >= 0) & (x <= 1)).all())):  # NaN fails too
@@ -239,5 +261,5 @@ class Batches:
         else:
             order = torch.arange(n, device=self.x.device)
         for i in range(len(self)):
-            batch = self.x[order[i * self.batch_size:(i + 1) * self.batch_size]]
+            batch = self.x[order[i * self.batch_size : (i + 1) * self.batch_size]]
             yield torch.bernoulli(batch) if self.dynamic else batch

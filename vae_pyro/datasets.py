@@ -59,16 +59,24 @@ class Dataset:
     argument: str | None = None
     summary = ""
 
-    def __init__(self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 name: str | None = None):
+    def __init__(
+        self,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        test_x: torch.Tensor,
+        test_y: torch.Tensor,
+        name: str | None = None,
+    ):
         self.train_x, self.train_y, self.test_x, self.test_y = train_x, train_y, test_x, test_y
         if name is not None:
             self.name = name
         pixels = math.prod(self.image_shape)
         for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
             if x.dtype != torch.uint8 or x.ndim != 2 or x.shape[1] != pixels or len(y) != len(x):
-                raise DataError(f"dataset {self.name!r}: {split} images {tuple(x.shape)} ({x.dtype}) with "
-                                f"{len(y)} labels; expected uint8 rows of {pixels} pixels, one label each")
+                raise DataError(
+                    f"dataset {self.name!r}: {split} images {tuple(x.shape)} ({x.dtype}) with "
+                    f"{len(y)} labels; expected uint8 rows of {pixels} pixels, one label each"
+                )
 
     @classmethod
     def load(cls, argument: str | None = None) -> "Dataset":
@@ -166,10 +174,15 @@ class MNIST5k(MNISTDigits):
         except (ValueError, OSError, EOFError) as err:
             raise DataError(f"malformed data file {path}: {err}") from None
         pixels = math.prod(cls.image_shape)
-        if (table.ndim != 2 or table.shape[1] != pixels + 1 or table.min() < 0
-                or table[:, :pixels].max() > cls.max_value):
-            raise DataError(f"malformed data file {path}: expected rows of {pixels} pixels in "
-                            f"0..{cls.max_value} and a label")
+        if (
+            table.ndim != 2
+            or table.shape[1] != pixels + 1
+            or table.min() < 0
+            or table[:, :pixels].max() > cls.max_value
+        ):
+            raise DataError(
+                f"malformed data file {path}: expected rows of {pixels} pixels in 0..{cls.max_value} and a label"
+            )
         x, y = table[:, :pixels].astype(np.uint8), table[:, pixels]
         rng = np.random.default_rng(SPLIT_SEED)
         train_idx, test_idx = [], []
@@ -179,8 +192,12 @@ class MNIST5k(MNISTDigits):
             train_idx.append(idx[:n_train])
             test_idx.append(idx[n_train:])
         train_idx, test_idx = np.concatenate(train_idx), np.concatenate(test_idx)
-        return cls(torch.from_numpy(x[train_idx]), torch.from_numpy(y[train_idx]),
-                   torch.from_numpy(x[test_idx]), torch.from_numpy(y[test_idx]))
+        return cls(
+            torch.from_numpy(x[train_idx]),
+            torch.from_numpy(y[train_idx]),
+            torch.from_numpy(x[test_idx]),
+            torch.from_numpy(y[test_idx]),
+        )
 
 
 IDX_FILES = {
@@ -253,8 +270,10 @@ class MNISTIdx(MNISTDigits):
             arrays[key] = read_idx(path)
             if key.endswith("images") and arrays[key].shape[1:] != side:
                 h, w = arrays[key].shape[1:] if arrays[key].ndim == 3 else ("?", "?")
-                raise DataError(f"IDX file {path} holds {h}x{w} images; dataset 'idx:FOLDER' is full MNIST, "
-                                f"whose files take {side[0]}x{side[1]} digits ({math.prod(side)} pixels)")
+                raise DataError(
+                    f"IDX file {path} holds {h}x{w} images; dataset 'idx:FOLDER' is full MNIST, "
+                    f"whose files take {side[0]}x{side[1]} digits ({math.prod(side)} pixels)"
+                )
         for split in ("train", "test"):
             images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
             if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -268,8 +287,13 @@ class MNISTIdx(MNISTDigits):
         def labels(key):
             return torch.from_numpy(arrays[key].astype(np.int64))
 
-        return cls(images("train_images"), labels("train_labels"), images("test_images"), labels("test_labels"),
-                   name=f"mnist-idx:{folder}")
+        return cls(
+            images("train_images"),
+            labels("train_labels"),
+            images("test_images"),
+            labels("test_labels"),
+            name=f"mnist-idx:{folder}",
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,8 +322,10 @@ class Digits8x8(Dataset):
         bunch = load_digits()
         x, y = bunch.data, bunch.target.astype(np.int64)
         if x.shape[1:] != (math.prod(cls.image_shape),) or x.min() < 0 or x.max() > cls.max_value:
-            raise DataError(f"scikit-learn's digits have shape {x.shape} and values {x.min():g}..{x.max():g}; "
-                            f"expected 64 pixels in 0..{cls.max_value}")
+            raise DataError(
+                f"scikit-learn's digits have shape {x.shape} and values {x.min():g}..{x.max():g}; "
+                f"expected 64 pixels in 0..{cls.max_value}"
+            )
         x = torch.from_numpy(x.astype(np.uint8))
         train, test = (torch.from_numpy(i) for i in stratified_split(y, cls.test_size, SPLIT_SEED))
         y = torch.from_numpy(y)

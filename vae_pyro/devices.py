@@ -21,6 +21,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise DeviceError("training.device 'cuda' requested but CUDA is not available; allowed here: auto, cpu")
     return torch.device(name)
 
+
 #: how each full-size training batch runs (:mod:`vae_pyro.steps`): ``eager`` (Python every step),
 #: ``captured`` (the whole step as one CUDA graph on CUDA; eager elsewhere), ``fused`` (traced out of
 #: Pyro and compiled by inductor), ``auto`` (the fastest of them that applies to the run)

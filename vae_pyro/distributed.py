@@ -127,10 +127,17 @@ def launch(main, argv=None) -> int:
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 2
     except Exception as err:  # any process's failure: say which, then stop (torchrun stops the others)
-        print(f"vae-pyro: error on process {rank_from_env()} of {os.environ.get('WORLD_SIZE')}: "
-              f"{type(err).__name__}: {err}" + (" (a collective failed or timed out: another process probably "
-                                                 "failed first; see its message)" if _is_collective(err) else ""),
-              file=real_stderr, flush=True)
+        print(
+            f"vae-pyro: error on process {rank_from_env()} of {os.environ.get('WORLD_SIZE')}: "
+            f"{type(err).__name__}: {err}"
+            + (
+                " (a collective failed or timed out: another process probably failed first; see its message)"
+                if _is_collective(err)
+                else ""
+            ),
+            file=real_stderr,
+            flush=True,
+        )
         os._exit(1)  # not a clean shutdown: the other processes may be blocked in a collective
     if is_main() and code != 2:
         print(f"{n} processes ran (torch.distributed, {backend()} backend)")
@@ -172,7 +179,8 @@ def rank_from_env() -> str:
 def _is_collective(err: Exception) -> bool:
     text = str(err).lower()
     return isinstance(err, (RuntimeError, dist.DistBackendError)) and any(
-        w in text for w in ("gloo", "nccl", "timed out", "timeout", "connection", "peer"))
+        w in text for w in ("gloo", "nccl", "timed out", "timeout", "connection", "peer")
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,7 +217,7 @@ def broadcast_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def shared_seed() -> int:
     """A seed drawn from torch's generator on process 0, the same on every process."""
-    seed = torch.randint(0, 2 ** 62, (1,), dtype=torch.int64)
+    seed = torch.randint(0, 2**62, (1,), dtype=torch.int64)
     return int(broadcast_tensors([seed])[0])
 
 
@@ -230,7 +238,7 @@ def seeded_draws(n: int, warmup=None):
         if warmup is not None:
             warmup()
         for r in my_draws(n):
-            torch.manual_seed((base + r) % 2 ** 63)
+            torch.manual_seed((base + r) % 2**63)
             yield r
 
 
@@ -267,8 +275,9 @@ def shard_batch(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     if n == 1:
         return x, x.shape[0]
     if x.shape[0] < n:
-        raise ValueError(f"a batch of {x.shape[0]} examples cannot be split over {n} processes; "
-                         f"use --batch-size >= {n}")
+        raise ValueError(
+            f"a batch of {x.shape[0]} examples cannot be split over {n} processes; use --batch-size >= {n}"
+        )
     return x.tensor_split(n)[rank()], x.shape[0]
 
 
@@ -283,7 +292,7 @@ def reduce_gradients(params, loss: torch.Tensor) -> torch.Tensor:
     dist.all_reduce(flat)
     offset = 0
     for p in params:
-        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
         offset += p.numel()
     return flat[-1].to(loss.dtype)
 
@@ -291,8 +300,10 @@ def reduce_gradients(params, loss: torch.Tensor) -> torch.Tensor:
 def refuse_in_several_processes(what: str) -> None:
     """A ``ValueError`` (exit 2, before any work) for a feature that runs in one process only."""
     if active():
-        raise SpecError(f"{what} runs in one process only, not under torchrun ({world_size()} processes); "
-                         f"drop {what} or run without torchrun")
+        raise SpecError(
+            f"{what} runs in one process only, not under torchrun ({world_size()} processes); "
+            f"drop {what} or run without torchrun"
+        )
 
 
 def shared_rng_state():

@@ -20,8 +20,16 @@ from .estimators.iwae import BURDA_K, NLL_CHUNK, log_mean_exp, log_weights
 
 
 @torch.no_grad()  # an evaluation: keeping the graph of k samples per digit would cost gigabytes
-def iwae_bounds_at(vae, x: torch.Tensor, ks, chunk: int = NLL_CHUNK, batch_size: int = 100, progress: bool = False,
-                   desc: str = "log p(x), IWAE", proposal=None) -> dict[int, torch.Tensor]:
+def iwae_bounds_at(
+    vae,
+    x: torch.Tensor,
+    ks,
+    chunk: int = NLL_CHUNK,
+    batch_size: int = 100,
+    progress: bool = False,
+    desc: str = "log p(x), IWAE",
+    proposal=None,
+) -> dict[int, torch.Tensor]:
     """``{k: IWAE_k estimate of log p(x_i) per example}`` (nats, shape (N,)) for every k in ``ks``, all
     from one draw of max(ks) importance samples per digit: IWAE_k uses the first k of them (each is an
     unbiased draw of IWAE_k; they share samples, so a curve over k is smooth).
@@ -42,7 +50,7 @@ def iwae_bounds_at(vae, x: torch.Tensor, ks, chunk: int = NLL_CHUNK, batch_size:
         eps = torch.randn((k_max, len(xb), vae.guide_family.noise_dim), dtype=vae.dtype, device=xb.device)
         parts = []
         for j in range(0, k_max, chunk):
-            parts.append(log_weights(vae, xb, min(chunk, k_max - j), eps[j:j + chunk], proposal=proposal))
+            parts.append(log_weights(vae, xb, min(chunk, k_max - j), eps[j : j + chunk], proposal=proposal))
             bar.update(distributed.world_size())  # all processes advance alike
         lw = torch.cat(parts)
         return [log_mean_exp(lw[:k], dim=0) for k in ks]
@@ -51,8 +59,15 @@ def iwae_bounds_at(vae, x: torch.Tensor, ks, chunk: int = NLL_CHUNK, batch_size:
         return dict(zip(ks, distributed.map_seeded_batches(x, batch_size, one_batch, len(ks))))
 
 
-def iwae_log_likelihood(vae, x: torch.Tensor, k: int = BURDA_K, chunk: int = NLL_CHUNK, batch_size: int = 100,
-                        progress: bool = True, desc: str = "log p(x), IWAE") -> torch.Tensor:
+def iwae_log_likelihood(
+    vae,
+    x: torch.Tensor,
+    k: int = BURDA_K,
+    chunk: int = NLL_CHUNK,
+    batch_size: int = 100,
+    progress: bool = True,
+    desc: str = "log p(x), IWAE",
+) -> torch.Tensor:
     """One IWAE_k estimate of log p(x_i) per example (nats), k = 5,000 as in Burda et al. 2015: the
     largest-k case of :func:`iwae_bounds_at` (the same draws at the same seed)."""
     return iwae_bounds_at(vae, x, [k], chunk=chunk, batch_size=batch_size, progress=progress, desc=desc)[k]

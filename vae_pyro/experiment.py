@@ -44,11 +44,21 @@ def _train_one(name: str, run: Run, out: Path, progress: bool) -> tuple[VAE, dic
     t = run.spec.training
     ref = checks.reference_for(vae, particles=16, reference_particles=16)
     start = time.perf_counter()
-    history = train(vae, build_estimator(name, t.particles), run.x_train, epochs=t.epochs,
-                    batch_size=t.batch_size, lr=t.lr, dynamic=run.dynamic, x_test=run.x_test,
-                    eval_estimator=build_estimator(ref.estimator, ref.particles), generator=run.generator,
-                    progress=progress, kl_anneal_epochs=t.kl_anneal_epochs,
-                    checkpoint=str(out / "checkpoints" / f"{name}.pt"))
+    history = train(
+        vae,
+        build_estimator(name, t.particles),
+        run.x_train,
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        dynamic=run.dynamic,
+        x_test=run.x_test,
+        eval_estimator=build_estimator(ref.estimator, ref.particles),
+        generator=run.generator,
+        progress=progress,
+        kl_anneal_epochs=t.kl_anneal_epochs,
+        checkpoint=str(out / "checkpoints" / f"{name}.pt"),
+    )
     record = {
         "name": name,
         "test_estimator": f"{ref.estimator} x{ref.particles}",
@@ -86,8 +96,9 @@ def _train_all(run: Run, options: dict, out: Path, progress: bool) -> tuple[dict
         models[name], record = _train_one(name, run, out, progress)
         if nll_k and float(run.spec.training.kl_weight) == 1.0:
             torch.manual_seed(run.spec.training.seed)
-            log_px = iwae_log_likelihood(models[name], run.x_test, k=nll_k, progress=progress,
-                                         desc=f"test NLL [{name}]")
+            log_px = iwae_log_likelihood(
+                models[name], run.x_test, k=nll_k, progress=progress, desc=f"test NLL [{name}]"
+            )
             record["test_nll"] = float(-log_px.mean())
             record["test_nll_se"] = float(log_px.std() / len(log_px) ** 0.5)
         records.append(record)
@@ -114,10 +125,14 @@ def _pictures(spec, models: dict, records: list, x_test, test_y, transform: str,
     files = {
         "curves": plots.training_curves({r["name"]: r["history"] for r in records}, out / "curves.png"),
         "reconstructions": plots.image_grid(
-            recon, out / "reconstructions.png",
-            "test digits (top) and each model's reconstruction (decoder mean at z = mu)", images.image_shape),
-        "samples": plots.image_grid(samples, out / "samples.png",
-                                    "samples from each model's prior (pixel probabilities)", images.image_shape),
+            recon,
+            out / "reconstructions.png",
+            "test digits (top) and each model's reconstruction (decoder mean at z = mu)",
+            images.image_shape,
+        ),
+        "samples": plots.image_grid(
+            samples, out / "samples.png", "samples from each model's prior (pixel probabilities)", images.image_shape
+        ),
     }
     if spec.networks.z_dim == 2:
         with torch.no_grad():
@@ -133,8 +148,9 @@ def _check_estimators(spec, names) -> None:
     for name in names:
         v = build_estimator(name).validity(probe)
         if not v.valid:
-            raise SpecError(f"experiment train_estimators: estimator {name!r} is invalid for prior "
-                            f"{spec.prior.name!r}: {v.reason}")
+            raise SpecError(
+                f"experiment train_estimators: estimator {name!r} is invalid for prior {spec.prior.name!r}: {v.reason}"
+            )
 
 
 def run_experiment(spec, options: dict, progress: bool = False, force: bool = False) -> dict:
@@ -161,10 +177,14 @@ def _run_experiment(run: Run, options: dict, out: Path, progress: bool) -> dict:
     # Estimator spread, all measured at the same trained model (the first estimator's).
     variance = _variance(models[names[0]], x_test, names, options["variance_draws"], t.particles)
     files["variance"] = plots.estimator_variance(
-        list(variance), [v["value_sd"] for v in variance.values()],
-        {"encoder": [v["grad_var_encoder"] for v in variance.values()],
-         "decoder": [v["grad_var_decoder"] for v in variance.values()]},
-        out / "variance.png")
+        list(variance),
+        [v["value_sd"] for v in variance.values()],
+        {
+            "encoder": [v["grad_var_encoder"] for v in variance.values()],
+            "decoder": [v["grad_var_decoder"] for v in variance.values()],
+        },
+        out / "variance.png",
+    )
     for record in records:
         record.update(variance[record["name"]])
 
@@ -199,20 +219,33 @@ def metrics_csv(records: list[dict]) -> str:
         wall = 0.0
         for h in r["history"]:
             wall += h["seconds"]
-            writer.writerow([r["name"], h["epoch"], f"{h['train_neg_elbo']:.6f}",
-                             f"{h['test_neg_elbo']:.6f}", f"{h['seconds']:.4f}", f"{wall:.4f}"])
+            writer.writerow(
+                [
+                    r["name"],
+                    h["epoch"],
+                    f"{h['train_neg_elbo']:.6f}",
+                    f"{h['test_neg_elbo']:.6f}",
+                    f"{h['seconds']:.4f}",
+                    f"{wall:.4f}",
+                ]
+            )
     return buf.getvalue()
 
 
 def summary_rows(result: dict) -> list[list[str]]:
     rows = []
     for r in result["estimators"]:
-        rows.append([
-            r["name"], fmt(r["final_test_neg_elbo"], ".2f"),
-            f"{r['test_nll']:.2f} ± {r['test_nll_se']:.2f}" if r.get("test_nll") is not None else "-",
-            fmt(r["train_seconds"], ".1f"), fmt(r["value_sd"], ".3f"),
-            fmt(r["grad_var_encoder"], ".3g"), fmt(r["grad_var_decoder"], ".3g"),
-        ])
+        rows.append(
+            [
+                r["name"],
+                fmt(r["final_test_neg_elbo"], ".2f"),
+                f"{r['test_nll']:.2f} ± {r['test_nll_se']:.2f}" if r.get("test_nll") is not None else "-",
+                fmt(r["train_seconds"], ".1f"),
+                fmt(r["value_sd"], ".3f"),
+                fmt(r["grad_var_encoder"], ".3g"),
+                fmt(r["grad_var_decoder"], ".3g"),
+            ]
+        )
     return rows
 
 

@@ -57,8 +57,7 @@ from vae_pyro.estimators.graph import LossModule
 def _adam_settings(optimizer: torch.optim.Optimizer) -> dict:
     """The one Adam group's hyper-parameters; refuses what the traced update does not implement."""
     if not isinstance(optimizer, torch.optim.Adam) or len(optimizer.param_groups) != 1:
-        raise SpecError("a fused step needs one torch.optim.Adam parameter group "
-                        "(vae_pyro.train.make_optimizer)")
+        raise SpecError("a fused step needs one torch.optim.Adam parameter group (vae_pyro.train.make_optimizer)")
     group = optimizer.param_groups[0]
     unsupported = [k for k in ("weight_decay", "amsgrad", "maximize", "fused", "capturable") if group.get(k)]
     if unsupported:
@@ -91,8 +90,14 @@ class FusedTrainStep:
     eagerly; its matrix products, which stay library GEMM calls; the kernels inductor generated for
     the rest)."""
 
-    def __init__(self, vae, estimator: Estimator, optimizer: torch.optim.Optimizer, batch_shape: tuple[int, ...],
-                 dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        vae,
+        estimator: Estimator,
+        optimizer: torch.optim.Optimizer,
+        batch_shape: tuple[int, ...],
+        dtype: torch.dtype | None = None,
+    ):
         self.vae, self.optimizer = vae, optimizer
         self.loss_fn = captured_loss_fn(estimator)
         self.adam = _adam_settings(optimizer)
@@ -112,8 +117,10 @@ class FusedTrainStep:
     def _step_fn(self, params, steps, exp_avgs, exp_avg_sqs, x, beta, lr):
         """The traced step (module docstring): updates ``params`` and the state in place, returns the loss."""
         b1, b2 = self.adam["betas"]
-        loss = functional_call(self.module, dict(zip(self.names, params)), (x, beta),
-                               strict=False, tie_weights=False) / x.shape[0]
+        loss = (
+            functional_call(self.module, dict(zip(self.names, params)), (x, beta), strict=False, tie_weights=False)
+            / x.shape[0]
+        )
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         ok = torch.isfinite(loss)
         with torch.no_grad():
@@ -189,8 +196,10 @@ class FusedTrainStep:
     def step(self, x: torch.Tensor, beta: float) -> torch.Tensor:
         """Run the step; the loss/example as a tensor, never read here."""
         if not self.fits(x):
-            raise ValueError(f"batch of shape {tuple(x.shape)}, {x.dtype} on {x.device} does not fit this step; "
-                             f"allowed: shape {self.shape}, {self.dtype} on {self.device}")
+            raise ValueError(
+                f"batch of shape {tuple(x.shape)}, {x.dtype} on {x.device} does not fit this step; "
+                f"allowed: shape {self.shape}, {self.dtype} on {self.device}"
+            )
         # 0-d device tensors by fill kernels: graph inputs, so annealing and schedules reach the graph
         beta_t = torch.full((), beta, dtype=self.dtype, device=self.device)
         lr = torch.full((), self.optimizer.param_groups[0]["lr"], dtype=torch.float64, device=self.device)
@@ -214,14 +223,37 @@ def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
 #: ATen matrix products: inductor calls a GEMM library for them rather than generating a kernel
 GEMMS = {"mm", "addmm", "bmm", "baddbmm", "matmul"}
 #: ATen operations that only re-describe memory (views) or make constants: they launch no kernel
-NO_KERNEL = {"view", "_unsafe_view", "t", "expand", "permute", "transpose", "detach", "alias", "lift_fresh",
-             "squeeze", "unsqueeze", "select", "slice", "split", "as_strided", "reshape", "_to_copy_meta"}
+NO_KERNEL = {
+    "view",
+    "_unsafe_view",
+    "t",
+    "expand",
+    "permute",
+    "transpose",
+    "detach",
+    "alias",
+    "lift_fresh",
+    "squeeze",
+    "unsqueeze",
+    "select",
+    "slice",
+    "split",
+    "as_strided",
+    "reshape",
+    "_to_copy_meta",
+}
 
 
 def _kernel_counts(graph: torch.fx.GraphModule, fused_kernels: int) -> dict:
     """What fusion did to one step (see :class:`FusedTrainStep`'s ``kernels``)."""
-    names = [n.target._schema.name.split("::")[-1] for n in graph.graph.nodes
-             if n.op == "call_function" and hasattr(n.target, "_schema")]
+    names = [
+        n.target._schema.name.split("::")[-1]
+        for n in graph.graph.nodes
+        if n.op == "call_function" and hasattr(n.target, "_schema")
+    ]
     computing = [name for name in names if name not in NO_KERNEL]
-    return {"aten_ops": len(computing), "gemms": sum(name in GEMMS for name in computing),
-            "fused_kernels": fused_kernels}
+    return {
+        "aten_ops": len(computing),
+        "gemms": sum(name in GEMMS for name in computing),
+        "fused_kernels": fused_kernels,
+    }

@@ -56,8 +56,9 @@ LOG_2PI = math.log(2 * math.pi)
 _HALF_LOG_2PI = 0.5 * LOG_2PI
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, num_particles: int = 1,
-                   eps: torch.Tensor | None = None) -> torch.Tensor:
+def reparameterize(
+    mu: torch.Tensor, logvar: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None
+) -> torch.Tensor:
     """z = mu + sigma * eps with eps ~ N(0, I), shape (num_particles, *mu.shape)."""
     std = torch.exp(0.5 * logvar)
     shape = (num_particles,) + tuple(std.shape)
@@ -145,8 +146,10 @@ class Posterior:
         if eps is None:
             return torch.randn(shape, dtype=self.mu.dtype, device=self.mu.device)
         if tuple(eps.shape) != shape:
-            raise ValueError(f"eps has shape {tuple(eps.shape)}, expected {shape} (num_particles, batch, z_dim)"
-                             + ("" if self.noise_dim == self.mu.shape[-1] else " with rank + z_dim noise"))
+            raise ValueError(
+                f"eps has shape {tuple(eps.shape)}, expected {shape} (num_particles, batch, z_dim)"
+                + ("" if self.noise_dim == self.mu.shape[-1] else " with rank + z_dim noise")
+            )
         return eps
 
     def rsample(self, num_particles: int = 1, eps: torch.Tensor | None = None) -> torch.Tensor:
@@ -180,8 +183,10 @@ class Posterior:
         form ("prior 'mog'", "guide 'iaf'") and why not."""
         params = normal_prior_params(prior, self.mu)
         if params is None:
-            raise NotImplementedError(f"guide {self.family!r} with prior {prior.name!r}",
-                                      "a Gaussian guide's closed form here is against a diagonal-Normal prior only")
+            raise NotImplementedError(
+                f"guide {self.family!r} with prior {prior.name!r}",
+                "a Gaussian guide's closed form here is against a diagonal-Normal prior only",
+            )
         return self.kl_to_normal(*params)
 
     #: the registered family that built it and its z_dim as a Python int (:meth:`Guide.from_encoding` sets both)
@@ -278,8 +283,7 @@ class FullPosterior(Posterior):
         return FullPosterior(self.mu.detach(), self.logvar.detach(), self.scale_tril.detach())
 
     def kl_to_normal(self, loc_p, scale_p):
-        return gaussian_kl_to_diag_normal(self.mu, self.scale_tril.pow(2).sum(-1), self.logvar.sum(-1),
-                                          loc_p, scale_p)
+        return gaussian_kl_to_diag_normal(self.mu, self.scale_tril.pow(2).sum(-1), self.logvar.sum(-1), loc_p, scale_p)
 
 
 class RecordingLowRankMultivariateNormal(_ConstantInPython, dist.LowRankMultivariateNormal):
@@ -295,18 +299,24 @@ class RecordingLowRankMultivariateNormal(_ConstantInPython, dist.LowRankMultivar
     def rsample(self, sample_shape=torch.Size()):
         shape = self._extended_shape(sample_shape)
         rank = self.cov_factor.shape[-1]
-        self.last_noise = _standard_normal(shape[:-1] + (rank + shape[-1],), dtype=self.loc.dtype,
-                                           device=self.loc.device)
+        self.last_noise = _standard_normal(
+            shape[:-1] + (rank + shape[-1],), dtype=self.loc.dtype, device=self.loc.device
+        )
         eps_w, eps_d = self.last_noise[..., :rank], self.last_noise[..., rank:]
-        return (self.loc + (self._unbroadcasted_cov_factor @ eps_w.unsqueeze(-1)).squeeze(-1)
-                + self._unbroadcasted_cov_diag.sqrt() * eps_d)
+        return (
+            self.loc
+            + (self._unbroadcasted_cov_factor @ eps_w.unsqueeze(-1)).squeeze(-1)
+            + self._unbroadcasted_cov_diag.sqrt() * eps_d
+        )
 
     def log_prob(self, value):
         diff = value - self.loc
-        mahalanobis = _batch_lowrank_mahalanobis(self._unbroadcasted_cov_factor, self._unbroadcasted_cov_diag,
-                                                 diff, self._capacitance_tril)
-        log_det = _batch_lowrank_logdet(self._unbroadcasted_cov_factor, self._unbroadcasted_cov_diag,
-                                        self._capacitance_tril)
+        mahalanobis = _batch_lowrank_mahalanobis(
+            self._unbroadcasted_cov_factor, self._unbroadcasted_cov_diag, diff, self._capacitance_tril
+        )
+        log_det = _batch_lowrank_logdet(
+            self._unbroadcasted_cov_factor, self._unbroadcasted_cov_diag, self._capacitance_tril
+        )
         return -0.5 * (self.z_dim * LOG_2PI + log_det + mahalanobis)
 
 
@@ -326,7 +336,7 @@ class LowRankPosterior(Posterior):
 
     def rsample(self, num_particles=1, eps=None):
         eps = self.draw_noise(num_particles, eps)
-        eps_w, eps_d = eps[..., :self.rank], eps[..., self.rank:]
+        eps_w, eps_d = eps[..., : self.rank], eps[..., self.rank :]
         return self.mu + (self.cov_factor @ eps_w.unsqueeze(-1)).squeeze(-1) + self.std * eps_d
 
     def _capacitance_tril(self):
@@ -342,7 +352,7 @@ class LowRankPosterior(Posterior):
         r = z - self.mu
         r_over_d = r / self.logvar.exp()
         cap_tril = self._capacitance_tril()
-        a = (self.cov_factor.transpose(-1, -2) @ r_over_d.unsqueeze(-1))
+        a = self.cov_factor.transpose(-1, -2) @ r_over_d.unsqueeze(-1)
         y = torch.linalg.solve_triangular(cap_tril.expand(a.shape[:-2] + cap_tril.shape[-2:]), a, upper=False)
         mahalanobis = (r * r_over_d).sum(-1) - y.squeeze(-1).pow(2).sum(-1)
         log_det = self.logvar.sum(-1) + 2 * torch.log(torch.diagonal(cap_tril, dim1=-2, dim2=-1)).sum(-1)
@@ -350,8 +360,10 @@ class LowRankPosterior(Posterior):
 
     def noise(self, z, fn):
         if getattr(fn, "last_noise", None) is None:
-            raise ValueError("the low-rank guide's z does not determine its noise, and this distribution "
-                             "recorded none (it must be the one that drew z)")
+            raise ValueError(
+                "the low-rank guide's z does not determine its noise, and this distribution "
+                "recorded none (it must be the one that drew z)"
+            )
         return fn.last_noise.reshape(-1, *self.mu.shape[:-1], self.noise_dim)
 
     def detach(self):
@@ -359,8 +371,9 @@ class LowRankPosterior(Posterior):
 
     def kl_to_normal(self, loc_p, scale_p):
         diag = self.cov_factor.pow(2).sum(-1) + self.logvar.exp()
-        log_det = self.logvar.sum(-1) + 2 * torch.log(torch.diagonal(self._capacitance_tril(), dim1=-2,
-                                                                     dim2=-1)).sum(-1)
+        log_det = self.logvar.sum(-1) + 2 * torch.log(torch.diagonal(self._capacitance_tril(), dim1=-2, dim2=-1)).sum(
+            -1
+        )
         return gaussian_kl_to_diag_normal(self.mu, diag, log_det, loc_p, scale_p)
 
 
@@ -406,8 +419,7 @@ class FlowPosterior(Posterior):
         raise NotImplementedError(f"guide {self.family!r}", IAFGuide.no_closed_form)
 
     def detach(self):
-        raise NotImplementedError("a flow's log q with its parameters stopped needs the flow's networks "
-                                  "detached too")
+        raise NotImplementedError("a flow's log q with its parameters stopped needs the flow's networks detached too")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -494,7 +506,7 @@ class FullNormalGuide(Guide):
     def scale_tril(self, mu, logvar) -> torch.Tensor:
         """L = diag(exp(logvar / 2)) + the head's entries below the diagonal, shape (..., z_dim, z_dim)."""
         lower = self.head(self.context(mu, logvar))
-        flat = lower.new_zeros(lower.shape[:-1] + (self.z_dim ** 2,)).index_copy(-1, self._below, lower)
+        flat = lower.new_zeros(lower.shape[:-1] + (self.z_dim**2,)).index_copy(-1, self._below, lower)
         return torch.diag_embed(torch.exp(0.5 * logvar)) + flat.unflatten(-1, (self.z_dim, self.z_dim))
 
     def _posterior(self, mu, logvar):
@@ -529,16 +541,20 @@ class IAFGuide(Guide):
 
     summary = "N(mu, diag(sigma^2)) through guide.flows inverse autoregressive flows (Kingma et al. 2016)"
     label = "IAF flow"
-    no_closed_form = ("a flow's q(z|x) has no closed-form KL to any prior (log q involves the flow's "
-                      "Jacobian at the sampled z)")
-    no_path_derivative = ("the path-derivative needs log q with every parameter stopped, the flow's "
-                          "networks included; not implemented for flows")
+    no_closed_form = (
+        "a flow's q(z|x) has no closed-form KL to any prior (log q involves the flow's Jacobian at the sampled z)"
+    )
+    no_path_derivative = (
+        "the path-derivative needs log q with every parameter stopped, the flow's "
+        "networks included; not implemented for flows"
+    )
     uses = ("flows",)
 
     def __init__(self, z_dim, rank=2, flows=2):
         super().__init__(z_dim, rank, flows)
-        self.flow = nn.ModuleList(conditional_affine_autoregressive(z_dim, 2 * z_dim, stable=True)
-                                  for _ in range(flows))
+        self.flow = nn.ModuleList(
+            conditional_affine_autoregressive(z_dim, 2 * z_dim, stable=True) for _ in range(flows)
+        )
 
     def _posterior(self, mu, logvar):
         context = self.context(mu, logvar)

@@ -244,8 +244,10 @@ class BinomialLikelihood(Likelihood):
     def __init__(self, x_dim, max_value=None, **options):
         super().__init__(x_dim, max_value, **options)
         if not isinstance(max_value, int) or max_value < 1:
-            raise ValueError(f"the binomial likelihood needs its number of trials, the data's max_value, "
-                             f"as an integer >= 1; got {max_value!r}")
+            raise ValueError(
+                f"the binomial likelihood needs its number of trials, the data's max_value, "
+                f"as an integer >= 1; got {max_value!r}"
+            )
         #: n, the number of trials
         self.total_count = max_value
         self.input_scale = 1.0 / max_value

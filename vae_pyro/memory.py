@@ -68,8 +68,9 @@ def available_bytes(device: torch.device) -> int | None:
 
 def _network(spec):
     images = dataset_class(spec.data.dataset)[0].image_shape
-    return build_network(spec.networks.network, images, spec.networks.z_dim, spec.networks.hidden,
-                         spec.networks.activation)
+    return build_network(
+        spec.networks.network, images, spec.networks.z_dim, spec.networks.hidden, spec.networks.activation
+    )
 
 
 def parameter_counts(spec) -> tuple[int, int]:
@@ -132,8 +133,9 @@ def _add(parts: dict, name: str, amount: float) -> None:
     parts[name] = parts.get(name, 0) + amount
 
 
-def estimate(spec, *, k: int | None = None, chunk: int | None = None, command: str | None = None,
-             options: dict | None = None) -> dict[str, int]:
+def estimate(
+    spec, *, k: int | None = None, chunk: int | None = None, command: str | None = None, options: dict | None = None
+) -> dict[str, int]:
     """Bytes a run of ``spec`` holds at its peak, split by the setting that scales each part
     (``k``/``chunk``: an IWAE test NLL's, named as ``command``'s options; ``options``: the command's
     own, for the draws they set)."""
@@ -148,10 +150,19 @@ def estimate(spec, *, k: int | None = None, chunk: int | None = None, command: s
     examples = dataset.examples
     parts: dict[str, float] = {}
     _add(parts, culprit(spec, ("networks.hidden", "networks.z_dim")), PARAM_COPIES * FLOAT * params)
-    _add(parts, "prior.components", FLOAT * (PARAM_COPIES * prior_params
-                                             + ACTIVATION_COPIES * batch * particles * components * z))
-    activations = ("training.batch_size", "training.particles", "checks.particles", "checks.grad_batch",
-                   "networks.hidden", "networks.z_dim")
+    _add(
+        parts,
+        "prior.components",
+        FLOAT * (PARAM_COPIES * prior_params + ACTIVATION_COPIES * batch * particles * components * z),
+    )
+    activations = (
+        "training.batch_size",
+        "training.particles",
+        "checks.particles",
+        "checks.grad_batch",
+        "networks.hidden",
+        "networks.z_dim",
+    )
     _add(parts, culprit(spec, activations), ACTIVATION_COPIES * FLOAT * batch * particles * width)
     _add(parts, "data.dataset", 2 * FLOAT * examples * x_dim)  # the data, and its binarized copy
     tensors = 4 * (len(spec.networks.hidden) + 2) + 3  # weights and biases both ways, the prior's
@@ -161,7 +172,8 @@ def estimate(spec, *, k: int | None = None, chunk: int | None = None, command: s
     _add(parts, "checks.draws", DRAW_BYTES * spec.checks.draws)
     if k is not None:
         names = {"nll": ("nll k", "nll chunk"), "experiment": ("experiment nll_k", None)}.get(
-            command, (f"{command} k" if command else "k", None))
+            command, (f"{command} k" if command else "k", None)
+        )
         samples = min(k, chunk or NLL_CHUNK_DEFAULT)
         given = {**options, names[0].split(" ")[-1]: k, "chunk": chunk}
         scales = (names[1] or names[0], "networks.hidden", "networks.z_dim")  # a chunk's activations
@@ -175,8 +187,16 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.3g} GiB"
 
 
-def check_fits(spec, device: torch.device, *, k: int | None = None, chunk: int | None = None,
-               command: str | None = None, options: dict | None = None, trains: bool = True) -> None:
+def check_fits(
+    spec,
+    device: torch.device,
+    *,
+    k: int | None = None,
+    chunk: int | None = None,
+    command: str | None = None,
+    options: dict | None = None,
+    trains: bool = True,
+) -> None:
     """Refuse a run whose :func:`estimate` exceeds what ``device`` has free, or (given its
     ``command``) whose :func:`time_estimate` exceeds :data:`TIME_LIMIT_S`, naming the biggest part's
     setting. ``trains``: False where a saved model is evaluated."""
@@ -186,8 +206,10 @@ def check_fits(spec, device: torch.device, *, k: int | None = None, chunk: int |
         need = sum(parts.values())
         if need > free:
             option, biggest = max(parts.items(), key=lambda kv: kv[1])
-            raise MemoryBoundError(f"this run needs about {_gib(need)} but device {device} has {_gib(free)} free; "
-                                   f"lower {option} (it accounts for {_gib(biggest)})")
+            raise MemoryBoundError(
+                f"this run needs about {_gib(need)} but device {device} has {_gib(free)} free; "
+                f"lower {option} (it accounts for {_gib(biggest)})"
+            )
     if command is not None:
         check_time(time_estimate(spec, command, options or {}, trains), device)
 
@@ -205,9 +227,11 @@ def check_time(loops: dict[str, tuple[float, float]], device: torch.device) -> N
     if total <= TIME_LIMIT_S:
         return
     option, longest = max(seconds.items(), key=lambda kv: kv[1])
-    raise MemoryBoundError(f"this run would take at least {_hours(total)} on device {device} (a lower bound: "
-                           f"{CALL_FLOOR_S * 1e3:g} ms per call, {rate:.0e} multiply-adds/s), over the limit of "
-                           f"{_hours(TIME_LIMIT_S)}; lower {option} (it accounts for {_hours(longest)})")
+    raise MemoryBoundError(
+        f"this run would take at least {_hours(total)} on device {device} (a lower bound: "
+        f"{CALL_FLOOR_S * 1e3:g} ms per call, {rate:.0e} multiply-adds/s), over the limit of "
+        f"{_hours(TIME_LIMIT_S)}; lower {option} (it accounts for {_hours(longest)})"
+    )
 
 
 def _training(spec, loops: dict, times: int = 1) -> None:
@@ -242,28 +266,51 @@ def time_estimate(spec, command: str, options: dict, trains: bool = True) -> dic
     if command in ("compare", "check"):
         estimators = len(c.estimators) + 1  # and the reference
         _loop(loops, "checks.draws", estimators * c.draws, estimators * c.draws * tests * c.particles * 2 * params)
-        _loop(loops, "checks.grad_draws", estimators * c.grad_draws,
-              estimators * c.grad_draws * c.grad_batch * c.particles * 6 * params)
+        _loop(
+            loops,
+            "checks.grad_draws",
+            estimators * c.grad_draws,
+            estimators * c.grad_draws * c.grad_batch * c.particles * 6 * params,
+        )
     if command == "compare":
-        _loop(loops, "checks.timing_steps", len(c.estimators) * (c.timing_steps + 3),
-              len(c.estimators) * (c.timing_steps + 3) * t.batch_size * c.particles * 6 * params)
-    nll_k, nll_name = {"nll": (options.get("k"), "nll k"), "experiment": (options.get("nll_k"), "experiment nll_k"),
-                       "reproduce": (options.get("k"), "reproduce k")}.get(command, (None, None))
+        _loop(
+            loops,
+            "checks.timing_steps",
+            len(c.estimators) * (c.timing_steps + 3),
+            len(c.estimators) * (c.timing_steps + 3) * t.batch_size * c.particles * 6 * params,
+        )
+    nll_k, nll_name = {
+        "nll": (options.get("k"), "nll k"),
+        "experiment": (options.get("nll_k"), "experiment nll_k"),
+        "reproduce": (options.get("k"), "reproduce k"),
+    }.get(command, (None, None))
     if nll_k:
         chunk = options.get("chunk") or NLL_CHUNK_DEFAULT
         n = min(options.get("examples") or tests, tests)
         twice = 2 if options.get("refine_steps") else 1  # the refined proposal's estimate too
-        _loop(loops, nll_name, twice * models * -(-n // NLL_BATCH) * -(-nll_k // chunk),
-              twice * models * n * nll_k * 2 * params)
+        _loop(
+            loops,
+            nll_name,
+            twice * models * -(-n // NLL_BATCH) * -(-nll_k // chunk),
+            twice * models * n * nll_k * 2 * params,
+        )
     if command == "experiment":
         draws = options.get("variance_draws") or 0
-        _loop(loops, "experiment variance_draws", models * 2 * draws,
-              models * draws * (tests * t.particles * 2 + 256 * t.particles * 6) * params)
+        _loop(
+            loops,
+            "experiment variance_draws",
+            models * 2 * draws,
+            models * draws * (tests * t.particles * 2 + 256 * t.particles * 6) * params,
+        )
     if command == "reproduce":
         sel = spec.selection
         evaluations = -(-t.epochs // sel.every)
-        _loop(loops, "selection.k", evaluations * 2 * -(-(tests + sel.validation) // NLL_BATCH),
-              evaluations * (tests + sel.validation) * sel.k * 2 * params)
+        _loop(
+            loops,
+            "selection.k",
+            evaluations * 2 * -(-(tests + sel.validation) // NLL_BATCH),
+            evaluations * (tests + sel.validation) * sel.k * 2 * params,
+        )
         steps = options.get("refine_steps") or 0
         _loop(loops, "reproduce refine_steps", steps, steps * REFINE_BATCH * REFINE_K * 6 * params)
     return {name: (calls, flops) for name, (calls, flops) in loops.items()}
@@ -276,8 +323,9 @@ def check_draws(spec, device: torch.device) -> None:
     parts = {"checks.grad_draws": 8 * GRAD_PROJECTIONS * 16 * c.grad_draws, "checks.draws": DRAW_BYTES * c.draws}
     if free is not None and sum(parts.values()) > free:
         option, biggest = max(parts.items(), key=lambda kv: kv[1])
-        raise MemoryBoundError(f"this run needs about {_gib(sum(parts.values()))} but device {device} has "
-                               f"{_gib(free)} free; lower {option} (it accounts for {_gib(biggest)})")
+        raise MemoryBoundError(
+            f"this run needs about {_gib(sum(parts.values()))} but device {device} has "
+            f"{_gib(free)} free; lower {option} (it accounts for {_gib(biggest)})"
+        )
     estimators = len(c.estimators) + 1
-    check_time({"checks.draws": (estimators * c.draws, 0), "checks.grad_draws": (estimators * c.grad_draws, 0)},
-               device)
+    check_time({"checks.draws": (estimators * c.draws, 0), "checks.grad_draws": (estimators * c.grad_draws, 0)}, device)

@@ -126,8 +126,10 @@ class VAE(nn.Module):
             config = config.replace(**overrides)
         self.config = config
         if not config.kl_weight > 0:
-            raise ValueError(f"kl_weight must be > 0, got {config.kl_weight!r} (poutine.scale needs a positive "
-                             "scale; beta = 0 would be a plain autoencoder)")
+            raise ValueError(
+                f"kl_weight must be > 0, got {config.kl_weight!r} (poutine.scale needs a positive "
+                "scale; beta = 0 would be a plain autoencoder)"
+            )
         likelihood, prior, network = self.parts(config)
         self.likelihood: Likelihood = likelihood
         self.prior: Prior = prior
@@ -137,8 +139,9 @@ class VAE(nn.Module):
             self.prior.attach(self.encoder)
         #: q(z|x)'s family, built last: its parameters (none for ``diag_normal``) and the random numbers
         #: their initialisation draws come after the networks', which therefore start as before
-        self.guide_family: Guide = build_guide(getattr(config, "guide", DEFAULT_GUIDE), config.z_dim,
-                                               **getattr(config, "guide_options", {}))  # toys: ToyConfig
+        self.guide_family: Guide = build_guide(
+            getattr(config, "guide", DEFAULT_GUIDE), config.z_dim, **getattr(config, "guide_options", {})
+        )  # toys: ToyConfig
         #: the current beta; training may anneal it, the checks run at ``config.kl_weight``
         self.kl_weight = float(config.kl_weight)
         self.pyro_prefix = f"{self.prefix}{next(type(self)._ids)}"

@@ -61,8 +61,9 @@ class Network:
     name = "network"
     summary = ""
 
-    def __init__(self, image_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (400,),
-                 activation: str = "relu"):
+    def __init__(
+        self, image_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (400,), activation: str = "relu"
+    ):
         self.image_shape, self.z_dim = tuple(image_shape), z_dim
         self.hidden, self.activation = tuple(hidden), activation
         self.x_dim = math.prod(self.image_shape)
@@ -129,8 +130,14 @@ def per_pixel(out: torch.Tensor, out_per_pixel: int, x_dim: int) -> torch.Tensor
 class Encoder(GaussianEncoder):
     """The MLP encoder: x -> hidden layers -> (mu, logvar)."""
 
-    def __init__(self, x_dim: int, hidden: Sequence[int] = (400,), z_dim: int = 20,
-                 input_scale: float = 1.0, activation: str = "relu"):
+    def __init__(
+        self,
+        x_dim: int,
+        hidden: Sequence[int] = (400,),
+        z_dim: int = 20,
+        input_scale: float = 1.0,
+        activation: str = "relu",
+    ):
         super().__init__(z_dim, input_scale)
         self.body = mlp([x_dim, *hidden], activation)
         if hidden:
@@ -145,8 +152,14 @@ class Encoder(GaussianEncoder):
 class Decoder(nn.Module):
     """The MLP decoder: z -> hidden layers -> ``out_per_pixel`` numbers per pixel (Bernoulli: one logit)."""
 
-    def __init__(self, x_dim: int, hidden: Sequence[int] = (400,), z_dim: int = 20,
-                 out_per_pixel: int = 1, activation: str = "relu"):
+    def __init__(
+        self,
+        x_dim: int,
+        hidden: Sequence[int] = (400,),
+        z_dim: int = 20,
+        out_per_pixel: int = 1,
+        activation: str = "relu",
+    ):
         super().__init__()
         self.x_dim, self.out_per_pixel = x_dim, out_per_pixel
         self.net = mlp([z_dim, *hidden, x_dim * out_per_pixel], activation)
@@ -178,8 +191,8 @@ CONV_CHANNELS = (32, 64)
 
 def _flat_batch(t: torch.Tensor, event_dims: int) -> tuple[torch.Tensor, tuple[int, ...]]:
     """``t`` with its leading (batch, particle...) dimensions flattened into one, and those dimensions."""
-    lead = t.shape[:t.dim() - event_dims]
-    return t.reshape(-1, *t.shape[t.dim() - event_dims:]), tuple(lead)
+    lead = t.shape[: t.dim() - event_dims]
+    return t.reshape(-1, *t.shape[t.dim() - event_dims :]), tuple(lead)
 
 
 class ConvEncoder(GaussianEncoder):
@@ -244,8 +257,10 @@ class Conv(Network):
     def check_image_shape(cls, image_shape):
         factor = 2 ** len(CONV_CHANNELS)
         if len(image_shape) != 3 or any(s % factor for s in image_shape[1:]):
-            raise NetworkError(f"network 'conv' takes images (C, H, W) whose height and width are multiples of "
-                               f"{factor} (it halves them {len(CONV_CHANNELS)} times); got {tuple(image_shape)}")
+            raise NetworkError(
+                f"network 'conv' takes images (C, H, W) whose height and width are multiples of "
+                f"{factor} (it halves them {len(CONV_CHANNELS)} times); got {tuple(image_shape)}"
+            )
 
     def encoder(self, input_scale):
         return ConvEncoder(self.image_shape, self.hidden, self.z_dim, input_scale, self.activation)
@@ -259,7 +274,8 @@ class Conv(Network):
         return super().activation_floats(out_per_pixel) + 2 * maps
 
 
-def build_network(name: str, image_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (400,),
-                  activation: str = "relu") -> Network:
+def build_network(
+    name: str, image_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (400,), activation: str = "relu"
+) -> Network:
     """The registered network ``name`` for images of ``image_shape``."""
     return NETWORKS[name](image_shape, z_dim, hidden, activation)

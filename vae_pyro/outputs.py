@@ -100,7 +100,7 @@ def clean_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     for entry in path.parent.iterdir():
         if not entry.name.startswith(prefix):
             continue
-        tail = entry.name[len(prefix):]
+        tail = entry.name[len(prefix) :]
         match = _TEMP.match("." + tail)
         stale = (match and not _alive(int(match.group(2)))) or _legacy_checkpoint_temporary(entry, tail)
         if not stale:
@@ -222,8 +222,10 @@ def claim(path: str | os.PathLike, option: str) -> Path | None:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise OutputError(f"{option} {path} is being written by another vae-pyro run ({holder}); wait for it "
-                              "to end or choose another path") from None
+            raise OutputError(
+                f"{option} {path} is being written by another vae-pyro run ({holder}); wait for it "
+                "to end or choose another path"
+            ) from None
         try:  # its last holder may have removed the file between our open and our lock: lock the new one
             current = os.stat(lock).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -255,6 +257,7 @@ atexit.register(release_claims)
 def releasing_claims(fn):
     """Decorate a library entry point: the outputs it claims are released when it returns or raises
     (the claims its caller held before are kept)."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         held = frozenset(_CLAIMS)
@@ -300,21 +303,31 @@ def check_path_text(path: str | os.PathLike, option: str, *, folder: bool = Fals
     parts = [p for p in full.split(os.sep) if p]
     for part in parts[:-1]:
         if len(part.encode()) > name_max:
-            raise OutputError(f"{option} {raw}: the folder name {part[:20]}... is {len(part.encode())} bytes, "
-                              f"longer than the file system's {name_max}; choose a shorter path")
+            raise OutputError(
+                f"{option} {raw}: the folder name {part[:20]}... is {len(part.encode())} bytes, "
+                f"longer than the file system's {name_max}; choose a shorter path"
+            )
     name = parts[-1] if parts else ""
     if len(name.encode()) + TEMP_EXTRA > name_max:
-        raise OutputError(f"{option} {raw}: the name is {len(name.encode())} bytes; with the temporary suffix "
-                          f"vae-pyro writes first (up to {TEMP_EXTRA} more) it exceeds the file system's "
-                          f"{name_max}; choose a name of at most {name_max - TEMP_EXTRA} bytes")
+        raise OutputError(
+            f"{option} {raw}: the name is {len(name.encode())} bytes; with the temporary suffix "
+            f"vae-pyro writes first (up to {TEMP_EXTRA} more) it exceeds the file system's "
+            f"{name_max}; choose a name of at most {name_max - TEMP_EXTRA} bytes"
+        )
     extra = TEMP_EXTRA + (FOLDER_INSIDE if folder else 0)
     if len(full.encode()) + extra >= path_max:
-        raise OutputError(f"{option} {raw}: the path is {len(full.encode())} bytes; with what vae-pyro writes "
-                          f"below it (up to {extra} more) it exceeds the system's {path_max}; choose a shorter path")
+        raise OutputError(
+            f"{option} {raw}: the path is {len(full.encode())} bytes; with what vae-pyro writes "
+            f"below it (up to {extra} more) it exceeds the system's {path_max}; choose a shorter path"
+        )
 
 
-_KINDS = {stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device", stat.S_ISFIFO: "a FIFO",
-          stat.S_ISSOCK: "a socket"}
+_KINDS = {
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+    stat.S_ISFIFO: "a FIFO",
+    stat.S_ISSOCK: "a socket",
+}
 
 
 def _kind(mode: int) -> str:
@@ -345,8 +358,10 @@ def check_replaceable(path: Path, option: str, shown) -> None:
     """An existing output that a run will replace (with ``--force``, or a resumed checkpoint) can be:
     not immutable or append-only, which would fail the final rename after the work."""
     if path.exists() and immutable(path):
-        raise OutputError(f"{option} {shown} is immutable or append-only (chattr +i/+a), so it cannot be replaced; "
-                          "clear the flag or choose another path")
+        raise OutputError(
+            f"{option} {shown} is immutable or append-only (chattr +i/+a), so it cannot be replaced; "
+            "clear the flag or choose another path"
+        )
 
 
 def writable_folder(folder: Path, option: str, path: Path) -> None:
@@ -361,12 +376,12 @@ def writable_folder(folder: Path, option: str, path: Path) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise OutputError(f"{option} {path}: cannot write in folder {folder} ({err.strerror or err}); "
-                          "choose another path") from None
+        raise OutputError(
+            f"{option} {path}: cannot write in folder {folder} ({err.strerror or err}); choose another path"
+        ) from None
 
 
-def check_output_file(path: str | os.PathLike, option: str, *, force: bool = False,
-                      resumable: bool = False) -> Path:
+def check_output_file(path: str | os.PathLike, option: str, *, force: bool = False, resumable: bool = False) -> Path:
     """``path`` can be written as a result file: its text sound (:func:`check_path_text`), not a
     folder nor anything but a regular file, its folder writable, claimed by this run (:func:`claim`),
     and not an existing file unless ``force``."""
@@ -375,14 +390,15 @@ def check_output_file(path: str | os.PathLike, option: str, *, force: bool = Fal
     if path.is_dir():
         raise OutputError(f"{option} {shown} is a folder; give a file path")
     if path.exists() and not stat.S_ISREG(path.stat().st_mode):
-        raise OutputError(f"{option} {shown} is {_kind(path.stat().st_mode)}; vae-pyro replaces only regular files, "
-                          "even with --force: choose a file path")
+        raise OutputError(
+            f"{option} {shown} is {_kind(path.stat().st_mode)}; vae-pyro replaces only regular files, "
+            "even with --force: choose a file path"
+        )
     writable_folder(path.parent, option, shown)
     claim(path, option)
     if path.exists() and not force:
         resume = ", --resume to continue from it," if resumable else ""
-        raise OutputError(f"{option} {shown} already exists; pass --force to replace it{resume} "
-                          "or choose a new path")
+        raise OutputError(f"{option} {shown} already exists; pass --force to replace it{resume} or choose a new path")
     check_replaceable(path, option, shown)
     return shown
 
@@ -417,20 +433,28 @@ def check_run_folder(path: str | os.PathLike, option: str = "--out", *, force: b
         raise OutputError(f"{option} {shown} is a file; give a folder path")
     cwd = resolved(os.getcwd())
     if path == cwd or path in cwd.parents:
-        raise OutputError(f"{option} {shown} is the current folder or holds it; a run folder is replaced whole "
-                          "when the run ends: give a new folder")
+        raise OutputError(
+            f"{option} {shown} is the current folder or holds it; a run folder is replaced whole "
+            "when the run ends: give a new folder"
+        )
     writable_folder(path.parent, option, shown)
     claim(path, option)
     if path.is_dir() and any(path.iterdir()):
         if not force:
-            raise OutputError(f"{option} {shown} already holds files (an earlier run?); pass --force to replace "
-                              "the whole folder, or choose a new folder")
+            raise OutputError(
+                f"{option} {shown} already holds files (an earlier run?); pass --force to replace "
+                "the whole folder, or choose a new folder"
+            )
         foreign = _foreign_entries(path)
         if foreign:
-            raise OutputError(f"{option} {shown} holds files that are not a vae-pyro run (e.g. {foreign[0]!r}), "
-                              "which --force would delete; move them away or choose a new folder")
+            raise OutputError(
+                f"{option} {shown} holds files that are not a vae-pyro run (e.g. {foreign[0]!r}), "
+                "which --force would delete; move them away or choose a new folder"
+            )
         stuck = _unwritable_inside(path)
         if stuck is not None:
-            raise OutputError(f"{option} {shown}: {stuck} cannot be written (read-only or immutable), so --force "
-                              "could not replace it; make it writable or choose a new folder")
+            raise OutputError(
+                f"{option} {shown}: {stuck} cannot be written (read-only or immutable), so --force "
+                "could not replace it; make it writable or choose a new folder"
+            )
     return shown

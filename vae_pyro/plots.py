@@ -67,8 +67,9 @@ def image_grid(rows: Mapping[str, torch.Tensor], path, title: str, image_shape: 
 
 def latent_scatter(latents: Mapping[str, torch.Tensor], labels: torch.Tensor, path) -> Path:
     """The encoder means of test digits in a 2-D latent space, coloured by digit, per estimator."""
-    fig, axes = plt.subplots(1, len(latents), figsize=(3.6 * len(latents) + 1, 3.6), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(latents), figsize=(3.6 * len(latents) + 1, 3.6), squeeze=False, layout="constrained"
+    )
     for ax, (name, z) in zip(axes[0], latents.items()):
         z = z.detach().cpu()
         points = ax.scatter(z[:, 0], z[:, 1], c=labels.cpu(), cmap="tab10", s=5, vmin=-0.5, vmax=9.5)
@@ -80,8 +81,9 @@ def latent_scatter(latents: Mapping[str, torch.Tensor], labels: torch.Tensor, pa
     return Path(path)
 
 
-def estimator_variance(names: Sequence[str], value_sd: Sequence[float], grad_var: Mapping[str, Sequence[float]],
-                       path) -> Path:
+def estimator_variance(
+    names: Sequence[str], value_sd: Sequence[float], grad_var: Mapping[str, Sequence[float]], path
+) -> Path:
     """Left: standard deviation of one draw of -ELBO/example. Right: total gradient variance (sum of
     per-element variances) for encoder and decoder parameters, log scale."""
     fig, (ax_v, ax_g) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -120,8 +122,12 @@ def nll_vs_k(nll: Mapping[str, Mapping[str, float]], path) -> Path:
     for name, by_k in nll.items():
         ks = sorted(by_k, key=int)
         ax.plot([int(k) for k in ks], [by_k[k] for k in ks], marker="o", ms=3, label=name)
-    ax.set(xscale="log", xlabel="k (importance samples per digit)", ylabel="test -IWAE_k (nats/example)",
-           title="test NLL estimate against k")
+    ax.set(
+        xscale="log",
+        xlabel="k (importance samples per digit)",
+        ylabel="test -IWAE_k (nats/example)",
+        title="test NLL estimate against k",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -132,8 +138,14 @@ def active_units_bars(units: Mapping[str, tuple[int, int]], path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     names = list(units)
     ax.bar(names, [units[n][0] for n in names], color="C0", label="active")
-    ax.bar(names, [units[n][1] - units[n][0] for n in names], bottom=[units[n][0] for n in names],
-           color="C7", alpha=0.4, label="inactive")
+    ax.bar(
+        names,
+        [units[n][1] - units[n][0] for n in names],
+        bottom=[units[n][0] for n in names],
+        color="C7",
+        alpha=0.4,
+        label="inactive",
+    )
     ax.set(ylabel="latent dimensions", title="active units: Cov_x(E_q[z_d|x]) > 0.01")
     ax.tick_params(axis="x", rotation=30)
     ax.legend(fontsize=8)

@@ -49,6 +49,7 @@ def register_prior_kl(prior_type: type):
             ...
 
     :func:`prior_kl` dispatches on the prior's type, most specific class first."""
+
     def decorator(fn: Callable) -> Callable:
         _PRIOR_KL[prior_type] = fn
         return fn
@@ -71,8 +72,9 @@ def gaussian_kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> to
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
 
 
-def gaussian_kl_diag(mu: torch.Tensor, logvar: torch.Tensor, mu_p: torch.Tensor,
-                     logvar_p: torch.Tensor) -> torch.Tensor:
+def gaussian_kl_diag(
+    mu: torch.Tensor, logvar: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor
+) -> torch.Tensor:
     """KL(N(mu, v) || N(m, v_p)) summed over latent dimensions, v = exp(logvar), v_p = exp(logvar_p):
     1/2 sum(log v_p - log v + (v + (mu - m)^2) / v_p - 1), the formula above at m = 0, v_p = 1."""
     return 0.5 * torch.sum(logvar_p - logvar + (logvar.exp() + (mu - mu_p).pow(2)) / logvar_p.exp() - 1, dim=-1)
@@ -159,8 +161,7 @@ def _gaussian_mixture(logits: torch.Tensor, locs: torch.Tensor, scales: torch.Te
     k, z_dim = locs.shape
     batch_shape = tuple(batch_shape)
     mixing = dist.Categorical(logits=logits.expand(batch_shape + (k,)))
-    components = dist.Normal(locs.expand(batch_shape + (k, z_dim)),
-                             scales.expand(batch_shape + (k, z_dim))).to_event(1)
+    components = dist.Normal(locs.expand(batch_shape + (k, z_dim)), scales.expand(batch_shape + (k, z_dim))).to_event(1)
     return dist.MixtureSameFamily(mixing, components)
 
 
@@ -245,14 +246,17 @@ class StudentTPrior(Prior):
     samples the KL here."""
 
     summary = "prod_j StudentT(nu, 0, s)"
-    options = {"df": Option(float, 3.0, low=0.0, help="degrees of freedom nu"),
-               "scale": Option(float, 1.0, low=0.0, help="scale s")}
+    options = {
+        "df": Option(float, 3.0, low=0.0, help="degrees of freedom nu"),
+        "scale": Option(float, 1.0, low=0.0, help="scale s"),
+    }
     no_closed_form = "torch registers no KL(Normal || StudentT), and it has no closed form"
 
     def dist(self, batch_shape=()):
         zeros = self._zeros(batch_shape)
-        return dist.StudentT(torch.full_like(zeros, self.opts["df"]), zeros,
-                             torch.full_like(zeros, self.opts["scale"])).to_event(1)
+        return dist.StudentT(
+            torch.full_like(zeros, self.opts["df"]), zeros, torch.full_like(zeros, self.opts["scale"])
+        ).to_event(1)
 
 
 def build_prior(name: str, z_dim: int, x_dim: int | None = None, **options) -> Prior:

@@ -30,9 +30,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; allowed: {', '.join(self._entries)}"
-            ) from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; allowed: {', '.join(self._entries)}") from None
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
@@ -53,8 +51,19 @@ class Option:
     of a list. ``flag``: the command-line flag that sets it (None: only ``--set``); ``example``: a
     value as the command line writes it, for messages."""
 
-    def __init__(self, type_: type, default, low=None, help: str = "", choices=None, item: type | None = None,
-                 high=None, flag: str | None = None, kind: str | None = None, example: str | None = None):
+    def __init__(
+        self,
+        type_: type,
+        default,
+        low=None,
+        help: str = "",
+        choices=None,
+        item: type | None = None,
+        high=None,
+        flag: str | None = None,
+        kind: str | None = None,
+        example: str | None = None,
+    ):
         self.type, self.default, self.low, self.high, self.help = type_, default, low, high, help
         self.choices, self.item, self.flag, self.kind, self.example = choices, item, flag, kind, example
 
@@ -88,7 +97,8 @@ class Option:
         allowed = self.allowed()
         if allowed is not None and value not in allowed:
             raise SpecError(
-                f"{where}: unknown {self.kind or 'value'} {value!r}; allowed: {', '.join(map(str, allowed))}")
+                f"{where}: unknown {self.kind or 'value'} {value!r}; allowed: {', '.join(map(str, allowed))}"
+            )
         if self.low is not None and (value < self.low if self.type is int else not value > self.low):
             bound = f">= {self.low}" if self.type is int else f"> {self.low:g}"
             raise SpecError(f"{where} must be {bound}, got {value!r}")
@@ -98,8 +108,14 @@ class Option:
 
 
 def _type_name(t: type) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            list: "a list", dict: "a table"}.get(t, t.__name__)
+    return {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }.get(t, t.__name__)
 
 
 def resolve_options(kind: str, name: str, declared: dict[str, Option], given: dict) -> dict:

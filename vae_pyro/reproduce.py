@@ -64,7 +64,7 @@ from .train import make_optimizer, train
 #: Adam's eps in Burda et al. 2015 (torch's default is 1e-8)
 ADAM_EPS = 1e-4
 #: the paper's stages: 3^i passes each, i = 0..7
-BURDA_STAGES = tuple(3 ** i for i in range(8))
+BURDA_STAGES = tuple(3**i for i in range(8))
 
 
 @dataclass(frozen=True)
@@ -89,21 +89,29 @@ class Target:
 
 
 def _row(name, label, estimator, k, binarization, paper):
-    return Row(name, label, (f"training.estimator={estimator}", f"training.particles={k}",
-                             f"data.binarization={binarization}"), paper)
+    return Row(
+        name,
+        label,
+        (f"training.estimator={estimator}", f"training.particles={k}", f"data.binarization={binarization}"),
+        paper,
+    )
 
 
 #: the targets ``vae-pyro reproduce`` knows, by name
 TARGETS = {
-    "burda2015": Target("burda2015", (
-        _row("vae", "VAE (analytic ELBO, k=1), dynamic", "analytic", 1, "dynamic", 86.76),
-        _row("iwae-k1", "IWAE k=1, dynamic", "iwae", 1, "dynamic", 86.76),
-        _row("iwae-k5", "IWAE k=5, dynamic", "iwae", 5, "dynamic", 85.54),
-        _row("iwae-k50", "IWAE k=50, dynamic", "iwae", 50, "dynamic", 84.78),
-        _row("vae-static", "VAE (analytic ELBO, k=1), static", "analytic", 1, "static", None),
-    ), fast_rows=("vae", "iwae-k5", "vae-static"),
+    "burda2015": Target(
+        "burda2015",
+        (
+            _row("vae", "VAE (analytic ELBO, k=1), dynamic", "analytic", 1, "dynamic", 86.76),
+            _row("iwae-k1", "IWAE k=1, dynamic", "iwae", 1, "dynamic", 86.76),
+            _row("iwae-k5", "IWAE k=5, dynamic", "iwae", 5, "dynamic", 85.54),
+            _row("iwae-k50", "IWAE k=50, dynamic", "iwae", 50, "dynamic", 84.78),
+            _row("vae-static", "VAE (analytic ELBO, k=1), static", "analytic", 1, "static", None),
+        ),
+        fast_rows=("vae", "iwae-k5", "vae-static"),
         reference="Burda, Grosse & Salakhutdinov 2015, Importance Weighted Autoencoders, Table 1 "
-                  "(MNIST, one stochastic layer, test NLL by IWAE k=5,000, full MNIST 60,000/10,000)"),
+        "(MNIST, one stochastic layer, test NLL by IWAE k=5,000, full MNIST 60,000/10,000)",
+    ),
     "best-nll": Target("best-nll", (Row("best-nll", "spec best-nll"),), fast_rows=("best-nll",), refine_steps=2000),
 }
 
@@ -112,8 +120,15 @@ TARGETS = {
 NLL_KS = (1, 5, 50, 500, 5000)
 
 
-def plan(target: str = "burda2015", out: str = "runs/burda2015", options: dict | None = None,
-         settings: dict | None = None, overrides=(), force: bool = False, progress: bool = True) -> SimpleNamespace:
+def plan(
+    target: str = "burda2015",
+    out: str = "runs/burda2015",
+    options: dict | None = None,
+    settings: dict | None = None,
+    overrides=(),
+    force: bool = False,
+    progress: bool = True,
+) -> SimpleNamespace:
     """What a run of ``target`` does: ``options`` (``reproduce``'s own, checked and completed from
     :data:`~vae_pyro.spec.COMMAND_OPTIONS`), ``settings`` ({"training.epochs": 3}: over the target's
     spec for every row, of ``data.dataset``, ``training.epochs``, ``training.device``,
@@ -124,12 +139,24 @@ def plan(target: str = "burda2015", out: str = "runs/burda2015", options: dict |
         raise SpecError(f"unknown reproduce target {target!r}; allowed: {', '.join(TARGETS)}")
     o, t = command_options("reproduce", options or {}), settings or {}
     given = sorted(k for k, v in (options or {}).items() if v is not None)  # the options given explicitly
-    return SimpleNamespace(given=given, target=target, out=out, dataset=t.get("data.dataset"),
-                           epochs=t.get("training.epochs"),
-                           k=o["k"], ks=NLL_KS, rows=tuple(o["rows"]) or None, lr_schedule=o["lr_schedule"],
-                           refine_steps=o["refine_steps"], device=t.get("training.device"),
-                           seed=t.get("training.seed"), overrides=tuple(overrides), fast=o["fast"], force=force,
-                           progress=progress)
+    return SimpleNamespace(
+        given=given,
+        target=target,
+        out=out,
+        dataset=t.get("data.dataset"),
+        epochs=t.get("training.epochs"),
+        k=o["k"],
+        ks=NLL_KS,
+        rows=tuple(o["rows"]) or None,
+        lr_schedule=o["lr_schedule"],
+        refine_steps=o["refine_steps"],
+        device=t.get("training.device"),
+        seed=t.get("training.seed"),
+        overrides=tuple(overrides),
+        fast=o["fast"],
+        force=force,
+        progress=progress,
+    )
 
 
 def apply_target_defaults(cfg: SimpleNamespace) -> None:
@@ -207,8 +234,11 @@ def split_data(run: Run) -> Data:
     if validation:
         train_idx, val_idx = validation_split(run.dataset.train_y, validation)
         # static draws are made over all the training digits, then indexed: the same draw every row
-        x_fixed = (prepare(run.dataset.train_x, "static", run.transform, run.dataset.max_value).to(run.device)
-                   if run.dynamic else x_train)
+        x_fixed = (
+            prepare(run.dataset.train_x, "static", run.transform, run.dataset.max_value).to(run.device)
+            if run.dynamic
+            else x_train
+        )
         x_train, x_val = x_train[train_idx.to(run.device)], x_fixed[val_idx.to(run.device)]
     return Data(run.dataset.name, x_train, x_val, run.x_test, run.dynamic, run.binarization)
 
@@ -230,29 +260,48 @@ def fit_row(run: Run, data: Data, cfg: SimpleNamespace, label: str) -> dict:
         lr = burda_lr(epoch, t.epochs, t.lr) if cfg.lr_schedule == "burda" else t.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
-        log = train(vae, estimator, data.x_train, epochs=1, batch_size=t.batch_size, optimizer=optimizer,
-                    dynamic=data.dynamic, generator=run.generator, progress=False)[0]
+        log = train(
+            vae,
+            estimator,
+            data.x_train,
+            epochs=1,
+            batch_size=t.batch_size,
+            optimizer=optimizer,
+            dynamic=data.dynamic,
+            generator=run.generator,
+            progress=False,
+        )[0]
         seconds.append(log.seconds)
         if epoch == 1:
-            tqdm.write(f"{label}: {log.seconds:.2f} s/epoch on {run.device}; {t.epochs} epochs ~ "
-                       f"{log.seconds * t.epochs / 60:.1f} min of training")
+            tqdm.write(
+                f"{label}: {log.seconds:.2f} s/epoch on {run.device}; {t.epochs} epochs ~ "
+                f"{log.seconds * t.epochs / 60:.1f} min of training"
+            )
         if epoch % sel.every and epoch != t.epochs:
             continue
-        point = {"epoch": epoch, "lr": lr, "train_neg_bound": log.train_neg_elbo,
-                 "test_bound": mean_bound(vae, data.x_test, sel.k, t.seed),
-                 "val_bound": mean_bound(vae, data.x_val, sel.k, t.seed) if data.x_val is not None else None}
+        point = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_neg_bound": log.train_neg_elbo,
+            "test_bound": mean_bound(vae, data.x_test, sel.k, t.seed),
+            "val_bound": mean_bound(vae, data.x_val, sel.k, t.seed) if data.x_val is not None else None,
+        }
         curve.append(point)
         score = point["val_bound"] if data.x_val is not None else epoch  # no validation: the last
         if score > best["score"]:
             best = {"score": score, "epoch": epoch, "state": copy.deepcopy(vae.state_dict())}
-        bar.set_postfix(val=fmt(point["val_bound"], ".2f"), test=f"{point['test_bound']:.2f}",
-                        best_epoch=best["epoch"])
+        bar.set_postfix(val=fmt(point["val_bound"], ".2f"), test=f"{point['test_bound']:.2f}", best_epoch=best["epoch"])
         if sel.patience and (epoch - best["epoch"]) >= sel.patience * sel.every:
             break
     bar.close()
     vae.load_state_dict(best["state"])
-    return {"curve": curve, "epochs_run": len(seconds), "selected_epoch": best["epoch"],
-            "train_seconds": sum(seconds), "seconds_per_epoch": sum(seconds) / max(len(seconds), 1)}
+    return {
+        "curve": curve,
+        "epochs_run": len(seconds),
+        "selected_epoch": best["epoch"],
+        "train_seconds": sum(seconds),
+        "seconds_per_epoch": sum(seconds) / max(len(seconds), 1),
+    }
 
 
 def evaluate_row(vae, data: Data, cfg: SimpleNamespace, seed: int) -> dict:
@@ -266,9 +315,14 @@ def evaluate_row(vae, data: Data, cfg: SimpleNamespace, seed: int) -> dict:
     log_px = bounds[cfg.k]
     units = active_units(vae, data.x_test)
     nll, se = mean_se(-log_px)
-    out = {"test_nll": nll, "test_nll_se": se,
-           "nll_vs_k": {str(k): float(-v.mean()) for k, v in bounds.items()},
-           "active_units": units["active"], "z_dim": units["z_dim"], "unit_variances": units["variances"]}
+    out = {
+        "test_nll": nll,
+        "test_nll_se": se,
+        "nll_vs_k": {str(k): float(-v.mean()) for k, v in bounds.items()},
+        "active_units": units["active"],
+        "z_dim": units["z_dim"],
+        "unit_variances": units["variances"],
+    }
     out.update(refined_nll(vae, data, cfg, seed) if cfg.refine_steps else {"test_nll_refined": None})
     out["eval_seconds"] = time.perf_counter() - start
     return out
@@ -282,11 +336,21 @@ def refined_nll(vae, data: Data, cfg: SimpleNamespace, seed: int) -> dict:
     start = time.perf_counter()
     proposal = refine_proposal(vae, data.x_test, cfg.refine_steps, seed=seed + 1)
     torch.manual_seed(seed)
-    log_px = iwae_bounds_at(vae, data.x_test, [cfg.k], progress=cfg.progress, proposal=proposal,
-                            desc=f"test NLL, refined proposal, k={cfg.k}")[cfg.k]
+    log_px = iwae_bounds_at(
+        vae,
+        data.x_test,
+        [cfg.k],
+        progress=cfg.progress,
+        proposal=proposal,
+        desc=f"test NLL, refined proposal, k={cfg.k}",
+    )[cfg.k]
     nll, se = mean_se(-log_px)
-    return {"test_nll_refined": nll, "test_nll_refined_se": se, "refine_steps": cfg.refine_steps,
-            "refine_seconds": time.perf_counter() - start}
+    return {
+        "test_nll_refined": nll,
+        "test_nll_refined_se": se,
+        "refine_steps": cfg.refine_steps,
+        "refine_seconds": time.perf_counter() - start,
+    }
 
 
 def run_row(row: Row, spec, cfg: SimpleNamespace, out: Path) -> tuple[dict, Data]:
@@ -296,14 +360,27 @@ def run_row(row: Row, spec, cfg: SimpleNamespace, out: Path) -> tuple[dict, Data
     data = split_data(run)
     record = fit_row(run, data, cfg, row.name)
     record.update(evaluate_row(run.vae, data, cfg, spec.training.seed))
-    record.update(name=row.name, label=row.label, paper_nll=row.paper_nll, estimator=spec.training.estimator,
-                  particles=spec.training.particles, binarization=data.binarization, spec=spec.to_dict())
-    save_checkpoint(out / "checkpoints" / f"{row.name}.pt", vae=run.vae, epoch=record["selected_epoch"],
-                    estimator=spec.training.estimator)
+    record.update(
+        name=row.name,
+        label=row.label,
+        paper_nll=row.paper_nll,
+        estimator=spec.training.estimator,
+        particles=spec.training.particles,
+        binarization=data.binarization,
+        spec=spec.to_dict(),
+    )
+    save_checkpoint(
+        out / "checkpoints" / f"{row.name}.pt",
+        vae=run.vae,
+        epoch=record["selected_epoch"],
+        estimator=spec.training.estimator,
+    )
     refined = f" ({record['test_nll_refined']:.2f} with the refined proposal)" if record["test_nll_refined"] else ""
-    tqdm.write(f"{row.name}: test NLL {record['test_nll']:.2f}{refined} (IWAE k={cfg.k}) at epoch "
-               f"{record['selected_epoch']}/{record['epochs_run']}, {record['active_units']} active units, "
-               f"{record['train_seconds']:.0f} s training")
+    tqdm.write(
+        f"{row.name}: test NLL {record['test_nll']:.2f}{refined} (IWAE k={cfg.k}) at epoch "
+        f"{record['selected_epoch']}/{record['epochs_run']}, {record['active_units']} active units, "
+        f"{record['train_seconds']:.0f} s training"
+    )
     return record, data
 
 
@@ -314,15 +391,28 @@ def run_row(row: Row, spec, cfg: SimpleNamespace, out: Path) -> tuple[dict, Data
 def row_spec(target: Target, row: Row, cfg: SimpleNamespace):
     """``row``'s resolved spec, refused (one line) when it cannot give a bound on log p(x) or its
     estimator does not apply to its model (the training-estimator rule, the row naming its estimator)."""
-    fields = {key: value for key, value in (("data.dataset", cfg.dataset), ("training.epochs", cfg.epochs),
-                                            ("training.device", cfg.device), ("training.seed", cfg.seed))
-              if value is not None}
+    fields = {
+        key: value
+        for key, value in (
+            ("data.dataset", cfg.dataset),
+            ("training.epochs", cfg.epochs),
+            ("training.device", cfg.device),
+            ("training.seed", cfg.seed),
+        )
+        if value is not None
+    }
     spec = load_spec(target.spec, overrides=[*row.overrides, *cfg.overrides], settings=fields)
     if spec.training.kl_weight != 1.0 or spec.training.kl_anneal_epochs:
-        raise SpecError("reproduce compares bounds on log p(x): training.kl_weight must be 1 and "
-                         "training.kl_anneal_epochs 0")
-    memory.check_fits(spec, resolve_device(spec.training.device), k=cfg.k, command="reproduce",
-                      options={"k": cfg.k, "refine_steps": cfg.refine_steps})  # before the probe below is built
+        raise SpecError(
+            "reproduce compares bounds on log p(x): training.kl_weight must be 1 and training.kl_anneal_epochs 0"
+        )
+    memory.check_fits(
+        spec,
+        resolve_device(spec.training.device),
+        k=cfg.k,
+        command="reproduce",
+        options={"k": cfg.k, "refine_steps": cfg.refine_steps},
+    )  # before the probe below is built
     training_estimator(VAE(spec.model_config()), spec.training.estimator, explicit=True)
     return spec
 
@@ -337,8 +427,15 @@ def row_specs(cfg: SimpleNamespace) -> list[tuple[Row, object]]:
     return [(row, row_spec(target, row, cfg)) for row in target.rows if not cfg.rows or row.name in cfg.rows]
 
 
-def run_reproduce(target: str, out: str, options: dict | None = None, settings: dict | None = None, overrides=(),
-                  force: bool = False, progress: bool = True) -> dict:
+def run_reproduce(
+    target: str,
+    out: str,
+    options: dict | None = None,
+    settings: dict | None = None,
+    overrides=(),
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
     """Train and evaluate every row of ``target`` (:func:`plan`); write the run folder; return the results."""
     cfg = plan(target, out, options, settings, overrides, force, progress)
     apply_target_defaults(cfg)
@@ -366,22 +463,35 @@ def check_sizes(rows: list, cfg: SimpleNamespace) -> None:
 def _run_rows(cfg: SimpleNamespace, rows: list, out: Path) -> dict:
     first = rows[0][1]  # the rows differ in estimator, k and binarization only: data and device are shared
     ds, device, t = load_dataset(first.data.dataset), resolve_device(first.training.device), first.training
-    print(f"reproduce {cfg.target}: {len(rows)} row(s) on {ds.name}, {t.epochs} epochs each, batch {t.batch_size}, "
-          f"Adam lr {t.lr:g} (eps {ADAM_EPS:g}, {cfg.lr_schedule} schedule), seed {t.seed}, device {device}; "
-          f"test NLL by IWAE k={cfg.k:,}")
+    print(
+        f"reproduce {cfg.target}: {len(rows)} row(s) on {ds.name}, {t.epochs} epochs each, batch {t.batch_size}, "
+        f"Adam lr {t.lr:g} (eps {ADAM_EPS:g}, {cfg.lr_schedule} schedule), seed {t.seed}, device {device}; "
+        f"test NLL by IWAE k={cfg.k:,}"
+    )
     records, started = [], time.perf_counter()
     for row, spec in tqdm(rows, desc=cfg.target, unit="row", disable=not cfg.progress, leave=False):
         record, data = run_row(row, spec, cfg, out)
         records.append(record)
     result = result_header("reproduce", first, device, settings=False)  # each row: its spec
-    result.update({
-        "target": cfg.target, "reference": TARGETS[cfg.target].reference,
-        "dataset": data.name, "embedded_split": data.name == "mnist5k", "train_digits": int(len(data.x_train)),
-        "validation_digits": int(len(data.x_val)) if data.x_val is not None else 0,
-        "test_digits": int(len(data.x_test)), "k": cfg.k, "lr_schedule": cfg.lr_schedule, "adam_eps": ADAM_EPS,
-        "fast": cfg.fast, "seconds": time.perf_counter() - started, "config": vars(cfg), "rows": records,
-        "comparisons": comparisons(records),
-    })
+    result.update(
+        {
+            "target": cfg.target,
+            "reference": TARGETS[cfg.target].reference,
+            "dataset": data.name,
+            "embedded_split": data.name == "mnist5k",
+            "train_digits": int(len(data.x_train)),
+            "validation_digits": int(len(data.x_val)) if data.x_val is not None else 0,
+            "test_digits": int(len(data.x_test)),
+            "k": cfg.k,
+            "lr_schedule": cfg.lr_schedule,
+            "adam_eps": ADAM_EPS,
+            "fast": cfg.fast,
+            "seconds": time.perf_counter() - started,
+            "config": vars(cfg),
+            "rows": records,
+            "comparisons": comparisons(records),
+        }
+    )
     write_outputs(out, result)
     return result
 
@@ -404,14 +514,27 @@ def comparisons(records: list[dict]) -> dict:
 
 def data_label(result: dict) -> str:
     if result["embedded_split"]:
-        return (f"embedded mnist5k split ({result['train_digits']:,} train / {result['validation_digits']:,} "
-                f"validation / {result['test_digits']:,} test digits): NOT full MNIST")
-    return (f"{result['dataset']} ({result['train_digits']:,} train / {result['validation_digits']:,} validation / "
-            f"{result['test_digits']:,} test digits)")
+        return (
+            f"embedded mnist5k split ({result['train_digits']:,} train / {result['validation_digits']:,} "
+            f"validation / {result['test_digits']:,} test digits): NOT full MNIST"
+        )
+    return (
+        f"{result['dataset']} ({result['train_digits']:,} train / {result['validation_digits']:,} validation / "
+        f"{result['test_digits']:,} test digits)"
+    )
 
 
-TABLE_HEADERS = ["row", "trained with", "binarization", "selected epoch", "test NLL (ours)", "paper (full MNIST)",
-                 "active units", "train s", "s/epoch"]
+TABLE_HEADERS = [
+    "row",
+    "trained with",
+    "binarization",
+    "selected epoch",
+    "test NLL (ours)",
+    "paper (full MNIST)",
+    "active units",
+    "train s",
+    "s/epoch",
+]
 #: the extra column where a row refined its proposal (:mod:`vae_pyro.amortization`)
 REFINED_HEADER = "test NLL, refined proposal"
 
@@ -427,10 +550,17 @@ def table_headers(result: dict) -> list[str]:
 def table_rows(result: dict) -> list[list[str]]:
     rows = []
     for r in result["rows"]:
-        row = [r["name"], f"{r['estimator']} k={r['particles']}", r["binarization"],
-               f"{r['selected_epoch']}/{r['epochs_run']}", f"{r['test_nll']:.2f} ± {r['test_nll_se']:.2f}",
-               fmt(r["paper_nll"], ".2f"), f"{r['active_units']}/{r['z_dim']}", f"{r['train_seconds']:.0f}",
-               f"{r['seconds_per_epoch']:.2f}"]
+        row = [
+            r["name"],
+            f"{r['estimator']} k={r['particles']}",
+            r["binarization"],
+            f"{r['selected_epoch']}/{r['epochs_run']}",
+            f"{r['test_nll']:.2f} ± {r['test_nll_se']:.2f}",
+            fmt(r["paper_nll"], ".2f"),
+            f"{r['active_units']}/{r['z_dim']}",
+            f"{r['train_seconds']:.0f}",
+            f"{r['seconds_per_epoch']:.2f}",
+        ]
         if _refined(result):
             refined = r.get("test_nll_refined")
             row.insert(5, "-" if refined is None else f"{refined:.2f} ± {r['test_nll_refined_se']:.2f}")
@@ -451,8 +581,9 @@ def markdown_report(result: dict, plot_files: dict) -> str:
         "",
         f"**Our numbers are on the {data_label(result)}.** The paper's column is full MNIST (60,000 training "
         "digits, 3,280 passes); the two columns share the recipe, not the data, so compare the *shape* "
-        "(the order of the rows and the size of the gaps), not the values." if result["embedded_split"] else
-        f"Our numbers are on {data_label(result)}.",
+        "(the order of the rows and the size of the gaps), not the values."
+        if result["embedded_split"]
+        else f"Our numbers are on {data_label(result)}.",
         "",
         f"Test NLL: -mean IWAE_k over the test digits, k = {result['k']:,} (± its standard error). Every row: "
         f"same seed, same epochs, Adam (eps {result['adam_eps']:g}), lr schedule {result['lr_schedule']}; "
@@ -465,20 +596,27 @@ def markdown_report(result: dict, plot_files: dict) -> str:
         "",
     ]
     if _refined(result):
-        lines += [f"{REFINED_HEADER}: the same IWAE_k estimate (same k, same seed) with the encoder, as the "
-                  f"proposal only, refined on the test digits by {result['rows'][0]['refine_steps']:,} Adam steps "
-                  "on their IWAE_5 bound; the model p(x|z) p(z) is unchanged, so it bounds the same log p(x). "
-                  "The difference is the amortization gap (Cremer, Li & Duvenaud 2018): how much of the "
-                  "amortized number is the encoder's, not the model's. The paper's column is amortized.", ""]
+        lines += [
+            f"{REFINED_HEADER}: the same IWAE_k estimate (same k, same seed) with the encoder, as the "
+            f"proposal only, refined on the test digits by {result['rows'][0]['refine_steps']:,} Adam steps "
+            "on their IWAE_5 bound; the model p(x|z) p(z) is unchanged, so it bounds the same log p(x). "
+            "The difference is the amortization gap (Cremer, Li & Duvenaud 2018): how much of the "
+            "amortized number is the encoder's, not the model's. The paper's column is amortized.",
+            "",
+        ]
     c = result["comparisons"]
     if "vae_minus_iwae_k50" in c:
         lines.append(f"- VAE - IWAE k=50: {c['vae_minus_iwae_k50']:+.2f} nats (paper: +1.98; positive = IWAE better)")
     if "static_minus_dynamic" in c:
-        lines.append(f"- static - dynamic binarization (VAE): {c['static_minus_dynamic']:+.2f} nats "
-                     "(positive = dynamic better)")
+        lines.append(
+            f"- static - dynamic binarization (VAE): {c['static_minus_dynamic']:+.2f} nats (positive = dynamic better)"
+        )
     lines += ["", f"Total {result['seconds']:.0f} s.", ""]
-    for title, key in (("Validation and test bounds during training", "curves"), ("Test NLL against k", "nll_vs_k"),
-                       ("Active units", "active_units")):
+    for title, key in (
+        ("Validation and test bounds during training", "curves"),
+        ("Test NLL against k", "nll_vs_k"),
+        ("Active units", "active_units"),
+    ):
         lines += [f"## {title}", "", f"![{key}]({plot_files[key]})", ""]
     return "\n".join(lines)
 
@@ -488,8 +626,9 @@ def write_outputs(out: Path, result: dict) -> None:
     files = {
         "curves": plots.bound_curves({r["name"]: r["curve"] for r in rows}, out / "curves.png"),
         "nll_vs_k": plots.nll_vs_k({r["name"]: r["nll_vs_k"] for r in rows}, out / "nll_vs_k.png"),
-        "active_units": plots.active_units_bars({r["name"]: (r["active_units"], r["z_dim"]) for r in rows},
-                                                out / "active_units.png"),
+        "active_units": plots.active_units_bars(
+            {r["name"]: (r["active_units"], r["z_dim"]) for r in rows}, out / "active_units.png"
+        ),
     }
     result["plots"] = {k: Path(v).name for k, v in files.items()}
     write_json(out / "results.json", result)

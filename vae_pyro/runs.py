@@ -94,17 +94,48 @@ def fit_run(run: Run, trainer: str, note: str | None, progress: bool, **train_kw
     if train_kwargs.pop("capture", False):
         t = dataclasses.replace(t, step="captured")  # the older spelling, train(capture=True)
     route, why = choose_step(t.step, run.vae.device, estimator, len(run.x_train) // t.batch_size * t.epochs)
-    history = train(run.vae, estimator, run.x_train, epochs=t.epochs,
-                  batch_size=t.batch_size, lr=t.lr, dynamic=run.dynamic, generator=run.generator,
-                  progress=progress, kl_anneal_epochs=t.kl_anneal_epochs, step=route, **train_kwargs)
-    return history, {"estimator": trainer, "requested_estimator": t.estimator, "estimator_note": note,
-                     "epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr,
-                     "kl_anneal_epochs": t.kl_anneal_epochs, "step": route, "step_reason": why}
+    history = train(
+        run.vae,
+        estimator,
+        run.x_train,
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        dynamic=run.dynamic,
+        generator=run.generator,
+        progress=progress,
+        kl_anneal_epochs=t.kl_anneal_epochs,
+        step=route,
+        **train_kwargs,
+    )
+    return history, {
+        "estimator": trainer,
+        "requested_estimator": t.estimator,
+        "estimator_note": note,
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "lr": t.lr,
+        "kl_anneal_epochs": t.kl_anneal_epochs,
+        "step": route,
+        "step_reason": why,
+    }
 
 
-def check_before_work(spec, *, json=None, checkpoint=None, resume: bool = False, out=None, force: bool = False,
-                      k: int | None = None, chunk: int | None = None, command: str | None = None,
-                      options: dict | None = None, trains: bool = True, toy: bool = False) -> None:
+def check_before_work(
+    spec,
+    *,
+    json=None,
+    checkpoint=None,
+    resume: bool = False,
+    out=None,
+    force: bool = False,
+    k: int | None = None,
+    chunk: int | None = None,
+    command: str | None = None,
+    options: dict | None = None,
+    trains: bool = True,
+    toy: bool = False,
+) -> None:
     """What every command checks before it loads data or allocates a model, so a bad output or an
     impossible size is one clear error instead of a traceback after the work: every output can be
     written and none is an earlier result unless ``force`` (:func:`vae_pyro.preflight.check_outputs`;
@@ -113,17 +144,31 @@ def check_before_work(spec, *, json=None, checkpoint=None, resume: bool = False,
     ``k``/``chunk``: the IWAE test NLL's; ``command``, ``options``: the loops it runs, its own options;
     ``trains``: False where a saved model is evaluated; ``toy``: the spec's model is not run, only its
     checks' draws are sized, :func:`vae_pyro.memory.check_draws`). ``spec`` None: nothing to size."""
-    preflight.check_outputs(json=json, checkpoint=checkpoint, resume=resume, out=out, force=force,
-                            epochs=spec.training.epochs if spec is not None and resume else None)
+    preflight.check_outputs(
+        json=json,
+        checkpoint=checkpoint,
+        resume=resume,
+        out=out,
+        force=force,
+        epochs=spec.training.epochs if spec is not None and resume else None,
+    )
     if spec is not None and toy:
         memory.check_draws(spec, torch.device("cpu"))  # toys run on the CPU (the toy says so, for --device)
     elif spec is not None:
         spec.resolved_data()  # the likelihood's support holds for the data options, after every override
-        memory.check_fits(spec, resolve_device(spec.training.device), k=k, chunk=chunk, command=command,
-                          options=options, trains=trains)
+        memory.check_fits(
+            spec,
+            resolve_device(spec.training.device),
+            k=k,
+            chunk=chunk,
+            command=command,
+            options=options,
+            trains=trains,
+        )
         # an explicit --step that cannot apply is refused now, not after the data is loaded
-        choose_step(spec.training.step, resolve_device(spec.training.device),
-                    build_estimator(spec.training.estimator), 0)
+        choose_step(
+            spec.training.step, resolve_device(spec.training.device), build_estimator(spec.training.estimator), 0
+        )
 
 
 def training_estimator(vae, requested: str, explicit: bool = False) -> tuple[str, str | None]:
@@ -138,8 +183,10 @@ def training_estimator(vae, requested: str, explicit: bool = False) -> tuple[str
         return requested, None
     chosen = reference_for(vae).trainer
     if explicit:
-        raise SpecError(f"training.estimator {requested!r} is invalid for prior {vae.prior.name!r}: {valid.reason} "
-                        f"(e.g. training.estimator {chosen!r})")
+        raise SpecError(
+            f"training.estimator {requested!r} is invalid for prior {vae.prior.name!r}: {valid.reason} "
+            f"(e.g. training.estimator {chosen!r})"
+        )
     return chosen, f"trained with {chosen!r} instead of {requested!r}: {valid.reason}"
 
 
@@ -149,16 +196,22 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def result_header(command: str, spec: VAESpec | None, device, seed: int | None = None,
-                  settings: bool = True) -> dict:
+def result_header(command: str, spec: VAESpec | None, device, seed: int | None = None, settings: bool = True) -> dict:
     """The fields every JSON result starts with: the command, the spec's source and seed, every resolved
     setting (``settings``: the spec as it reads back, :meth:`VAESpec.to_raw`; left out where each row of
     the result carries its own spec), the device and the versions. ``spec`` None: a toy, whose ``seed``
     is given."""
-    header = {"schema_version": SCHEMA_VERSION, "command": command, "spec": spec.source if spec else None,
-              "device": str(device), "device_name": device_name(torch.device(device)),
-              "seed": spec.training.seed if spec else seed, "torch_version": torch.__version__,
-              "pyro_version": pyro.__version__, "processes": distributed.world_size()}
+    header = {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "spec": spec.source if spec else None,
+        "device": str(device),
+        "device_name": device_name(torch.device(device)),
+        "seed": spec.training.seed if spec else seed,
+        "torch_version": torch.__version__,
+        "pyro_version": pyro.__version__,
+        "processes": distributed.world_size(),
+    }
     if spec is not None and settings:
         header["settings"] = spec.to_raw()
     return header
@@ -179,9 +232,15 @@ def with_model(spec: VAESpec, model: dict) -> VAESpec:
 
 #: what a checkpoint fixes that a user may also ask for: the setting, and the saved model's key
 #: (a prior's or likelihood's own options, ``prior.components`` ..., are compared with its saved options)
-CHECKPOINT_FIXES = {"prior.name": "prior", "likelihood.name": "likelihood", "networks.z_dim": "z_dim",
-                    "networks.hidden": "hidden", "networks.activation": "activation", "networks.network": "network",
-                    "training.kl_weight": "kl_weight"}
+CHECKPOINT_FIXES = {
+    "prior.name": "prior",
+    "likelihood.name": "likelihood",
+    "networks.z_dim": "z_dim",
+    "networks.hidden": "hidden",
+    "networks.activation": "activation",
+    "networks.network": "network",
+    "training.kl_weight": "kl_weight",
+}
 
 
 def _saved_value(saved: dict, setting: str):
@@ -222,11 +281,15 @@ def spec_for_checkpoint(spec: VAESpec, path: str, asked: dict | None = None) -> 
         have = _saved_value(saved, setting)
         if value is not None and have is not _NOT_FIXED and not _same(value, have):
             key = setting.partition(".")[2] if setting not in CHECKPOINT_FIXES else CHECKPOINT_FIXES[setting]
-            raise CheckpointError(f"checkpoint {path} holds a model with {key} {have!r}, not {value!r}; "
-                                  f"leave {setting} unset (the model's settings come from the checkpoint)")
+            raise CheckpointError(
+                f"checkpoint {path} holds a model with {key} {have!r}, not {value!r}; "
+                f"leave {setting} unset (the model's settings come from the checkpoint)"
+            )
     spec = with_model(spec, saved)
     images, data = VAEConfig.from_dict(saved).image_shape, spec.model_config().image_shape
     if images != data:
-        raise CheckpointError(f"checkpoint {path} holds a model of {'x'.join(map(str, images))} images; "
-                              f"this data has {'x'.join(map(str, data))}")
+        raise CheckpointError(
+            f"checkpoint {path} holds a model of {'x'.join(map(str, images))} images; "
+            f"this data has {'x'.join(map(str, data))}"
+        )
     return spec

@@ -67,21 +67,29 @@ def setting(default, help: str = "", **declared):
 
 @dataclass
 class DataSpec:
-    dataset: str = setting(DEFAULT_DATASET, "a registered dataset (vae_pyro.datasets): "
-                           + ", ".join(dataset_names()), flag="--dataset")
-    binarization: str = setting("auto", "static: one fixed-seed Bernoulli draw; dynamic: a fresh draw per batch "
-                                "(Burda et al. 2015); threshold: pixel > 127; none: grey levels; auto: static for "
-                                "the Bernoulli likelihood, none for the others", choices=BINARIZATION_CHOICES,
-                                flag="--binarization")
-    transform: str = setting("auto", "unit: [0, 1]; open_unit: clamped into (0, 1) (Beta); counts: raw 0..the "
-                             "dataset's max value (Binomial); auto: what the likelihood takes",
-                             choices=TRANSFORMS, flag="--transform")
+    dataset: str = setting(
+        DEFAULT_DATASET, "a registered dataset (vae_pyro.datasets): " + ", ".join(dataset_names()), flag="--dataset"
+    )
+    binarization: str = setting(
+        "auto",
+        "static: one fixed-seed Bernoulli draw; dynamic: a fresh draw per batch "
+        "(Burda et al. 2015); threshold: pixel > 127; none: grey levels; auto: static for "
+        "the Bernoulli likelihood, none for the others",
+        choices=BINARIZATION_CHOICES,
+        flag="--binarization",
+    )
+    transform: str = setting(
+        "auto",
+        "unit: [0, 1]; open_unit: clamped into (0, 1) (Beta); counts: raw 0..the "
+        "dataset's max value (Binomial); auto: what the likelihood takes",
+        choices=TRANSFORMS,
+        flag="--transform",
+    )
 
 
 @dataclass
 class NetworksSpec:
-    hidden: list[int] = setting([400], "hidden layer sizes", low=1, item=int, flag="--hidden",
-                                example="400 or 512,256")
+    hidden: list[int] = setting([400], "hidden layer sizes", low=1, item=int, flag="--hidden", example="400 or 512,256")
     z_dim: int = setting(20, "latent dimensions", low=1, flag="--z-dim")
     activation: str = setting("relu", "nonlinearity between layers", choices=tuple(ACTIVATIONS))
     network: str = setting("mlp", "encoder and decoder (vae_pyro.networks)", choices=NETWORKS.names, flag="--network")
@@ -91,12 +99,25 @@ class NetworksSpec:
 class GuideSpec:
     """q(z|x)'s family (:mod:`vae_pyro.guides`) and the settings the families read."""
 
-    family: str = setting(DEFAULT_GUIDE, "the guide family q(z|x) (vae_pyro.guides): " + ", ".join(GUIDES.names()),
-                          choices=GUIDES.names, kind="guide", flag="--guide")
-    rank: int = setting(GUIDE_SETTINGS["rank"].default, "rank of lowrank_normal's covariance factor W",
-                        low=GUIDE_SETTINGS["rank"].low, flag="--guide-rank")
-    flows: int = setting(GUIDE_SETTINGS["flows"].default, "number of iaf flow steps", low=GUIDE_SETTINGS["flows"].low,
-                         flag="--guide-flows")
+    family: str = setting(
+        DEFAULT_GUIDE,
+        "the guide family q(z|x) (vae_pyro.guides): " + ", ".join(GUIDES.names()),
+        choices=GUIDES.names,
+        kind="guide",
+        flag="--guide",
+    )
+    rank: int = setting(
+        GUIDE_SETTINGS["rank"].default,
+        "rank of lowrank_normal's covariance factor W",
+        low=GUIDE_SETTINGS["rank"].low,
+        flag="--guide-rank",
+    )
+    flows: int = setting(
+        GUIDE_SETTINGS["flows"].default,
+        "number of iaf flow steps",
+        low=GUIDE_SETTINGS["flows"].low,
+        flag="--guide-flows",
+    )
 
 
 @dataclass
@@ -112,20 +133,28 @@ class TrainingSpec:
     epochs: int = setting(10, "training epochs", low=0, flag="--epochs")
     batch_size: int = setting(128, "training batch size", low=1, flag="--batch-size")
     lr: float = setting(1e-3, "Adam learning rate", low=0.0, flag="--lr")
-    seed: int = setting(0, "seed for torch, Pyro, NumPy, the data order and every check's draws",
-                        low=0, high=SEED_MAX, flag="--seed")
-    estimator: str = setting("analytic", "estimator to train with", choices=estimator_names, kind="estimator",
-                             flag="--estimator")
+    seed: int = setting(
+        0, "seed for torch, Pyro, NumPy, the data order and every check's draws", low=0, high=SEED_MAX, flag="--seed"
+    )
+    estimator: str = setting(
+        "analytic", "estimator to train with", choices=estimator_names, kind="estimator", flag="--estimator"
+    )
     #: k of the training estimator (IWAE_k's importance samples; particles of an ELBO estimator)
-    particles: int = setting(1, "samples of z per example in each training estimate, vectorised", low=1,
-                             flag="--particles")
+    particles: int = setting(
+        1, "samples of z per example in each training estimate, vectorised", low=1, flag="--particles"
+    )
     kl_weight: float = setting(1.0, "beta: weight of KL(q || p), the same in every estimator", low=0.0)
     kl_anneal_epochs: int = setting(0, "linear warm-up of beta from ~0 over this many epochs", low=0)
-    device: str = setting("auto", "where tensors live: auto = CUDA when available, else CPU", choices=DEVICES,
-                          flag="--device")
-    step: str = setting("auto", "how each full-size batch's step runs: eager, captured (one CUDA graph), fused "
-                        "(compiled by inductor), auto (the fastest that applies: vae_pyro.steps)", choices=STEPS,
-                        flag="--step")
+    device: str = setting(
+        "auto", "where tensors live: auto = CUDA when available, else CPU", choices=DEVICES, flag="--device"
+    )
+    step: str = setting(
+        "auto",
+        "how each full-size batch's step runs: eager, captured (one CUDA graph), fused "
+        "(compiled by inductor), auto (the fastest that applies: vae_pyro.steps)",
+        choices=STEPS,
+        flag="--step",
+    )
 
 
 @dataclass
@@ -134,13 +163,20 @@ class ChecksSpec:
     draws: int = setting(DRAWS, "independent draws per estimator for the Monte Carlo checks", low=2, flag="--draws")
     grad_draws: int = setting(GRAD_DRAWS, "independent gradient draws per estimator", low=2, flag="--grad-draws")
     grad_batch: int = setting(256, "test examples the gradient check uses", low=1)
-    reference_particles: int = setting(REFERENCE_PARTICLES, "particles of the hand_mc reference where analytic "
-                                       "is invalid", low=1)
+    reference_particles: int = setting(
+        REFERENCE_PARTICLES, "particles of the hand_mc reference where analytic is invalid", low=1
+    )
     timing_steps: int = setting(20, "steps timed per estimator (ms/step)", low=1)
     z_tol: float = setting(Z_TOL, "|z| tolerance of the statistical checks", low=0.0)
     same_noise_tol: float = setting(SAME_NOISE_TOL, "nats allowed between estimators at shared noise", low=0.0)
-    estimators: list[str] = setting(list(DEFAULT_ESTIMATORS), "estimators to compare", item=str,
-                                    choices=estimator_names, kind="estimator", flag="--estimators")
+    estimators: list[str] = setting(
+        list(DEFAULT_ESTIMATORS),
+        "estimators to compare",
+        item=str,
+        choices=estimator_names,
+        kind="estimator",
+        flag="--estimators",
+    )
 
 
 @dataclass
@@ -157,11 +193,18 @@ class SelectionSpec:
 
 #: the plain sections, each a dataclass of declared settings; [prior] and [likelihood] take ``name``
 #: plus the options the named class declares
-SECTION_TYPES = {"data": DataSpec, "networks": NetworksSpec, "guide": GuideSpec, "training": TrainingSpec,
-                 "checks": ChecksSpec, "selection": SelectionSpec}
+SECTION_TYPES = {
+    "data": DataSpec,
+    "networks": NetworksSpec,
+    "guide": GuideSpec,
+    "training": TrainingSpec,
+    "checks": ChecksSpec,
+    "selection": SelectionSpec,
+}
 #: section -> key -> its :class:`Option`, read from the declarations above
-FIELDS: dict[str, dict[str, Option]] = {name: {f.name: f.metadata["option"] for f in fields(cls)}
-                                        for name, cls in SECTION_TYPES.items()}
+FIELDS: dict[str, dict[str, Option]] = {
+    name: {f.name: f.metadata["option"] for f in fields(cls)} for name, cls in SECTION_TYPES.items()
+}
 COMPONENTS = {"prior": (PRIORS, "standard_normal"), "likelihood": (LIKELIHOODS, "bernoulli")}
 SECTIONS = ("description", "data", "networks", "prior", "likelihood", "guide", "training", "checks", "selection")
 
@@ -186,8 +229,12 @@ class VAESpec:
     def to_raw(self) -> dict:
         """The spec as the parsed TOML it reads back from (:func:`validate`)."""
         raw = {name: asdict(getattr(self, name)) for name in SECTION_TYPES}
-        raw.update({name: {"name": c.name, **c.options} for name, c in (("prior", self.prior),
-                                                                       ("likelihood", self.likelihood))})
+        raw.update(
+            {
+                name: {"name": c.name, **c.options}
+                for name, c in (("prior", self.prior), ("likelihood", self.likelihood))
+            }
+        )
         return {**raw, "description": self.description}
 
     def to_toml(self) -> str:
@@ -198,7 +245,7 @@ class VAESpec:
         for section in SECTIONS[1:]:
             lines += ["", f"[{section}]"]
             value = getattr(self, section)
-            items = ({"name": value.name, **value.options} if isinstance(value, ComponentSpec) else asdict(value))
+            items = {"name": value.name, **value.options} if isinstance(value, ComponentSpec) else asdict(value)
             lines += [f"{k} = {_toml_value(v)}" for k, v in items.items()]
         return "\n".join(lines) + "\n"
 
@@ -206,12 +253,21 @@ class VAESpec:
 
     def model_config(self) -> VAEConfig:
         images = dataset_class(self.data.dataset)[0]
-        return VAEConfig(hidden=tuple(self.networks.hidden), z_dim=self.networks.z_dim,
-                         prior=self.prior.name, likelihood=self.likelihood.name,
-                         prior_options=dict(self.prior.options), likelihood_options=dict(self.likelihood.options),
-                         kl_weight=self.training.kl_weight, activation=self.networks.activation,
-                         network=self.networks.network, image_shape=images.image_shape, max_value=images.max_value,
-                         guide=self.guide.family, guide_options={"rank": self.guide.rank, "flows": self.guide.flows})
+        return VAEConfig(
+            hidden=tuple(self.networks.hidden),
+            z_dim=self.networks.z_dim,
+            prior=self.prior.name,
+            likelihood=self.likelihood.name,
+            prior_options=dict(self.prior.options),
+            likelihood_options=dict(self.likelihood.options),
+            kl_weight=self.training.kl_weight,
+            activation=self.networks.activation,
+            network=self.networks.network,
+            image_shape=images.image_shape,
+            max_value=images.max_value,
+            guide=self.guide.family,
+            guide_options={"rank": self.guide.rank, "flows": self.guide.flows},
+        )
 
     def resolved_data(self) -> tuple[str, str]:
         """(binarization, transform) with ``auto`` replaced by what the likelihood takes."""
@@ -253,8 +309,9 @@ def read_spec_text(name_or_path: str) -> tuple[str, str]:
         try:
             return path.read_text(encoding="utf-8"), str(path)
         except UnicodeDecodeError as err:
-            raise SpecError(f"spec file {name_or_path} is not UTF-8 text (byte {err.start}); "
-                            "TOML files are UTF-8") from None
+            raise SpecError(
+                f"spec file {name_or_path} is not UTF-8 text (byte {err.start}); TOML files are UTF-8"
+            ) from None
         except OSError as err:
             raise SpecError(f"spec file {name_or_path} cannot be read ({err.strerror or err})") from None
     if path.suffix == ".toml" or "/" in name_or_path:
@@ -291,12 +348,16 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raw["description"] = value
             continue
         if len(path) != 2:
-            raise SpecError(f"--set {text!r}: the key must be SECTION.KEY with SECTION one of "
-                            f"{', '.join(s for s in SECTIONS if s != 'description')}")
+            raise SpecError(
+                f"--set {text!r}: the key must be SECTION.KEY with SECTION one of "
+                f"{', '.join(s for s in SECTIONS if s != 'description')}"
+            )
         section, key = path
         if section not in SECTIONS or section == "description":
-            raise SpecError(f"--set {text!r}: unknown section {section!r}; allowed: "
-                            f"{', '.join(s for s in SECTIONS if s != 'description')}")
+            raise SpecError(
+                f"--set {text!r}: unknown section {section!r}; allowed: "
+                f"{', '.join(s for s in SECTIONS if s != 'description')}"
+            )
         # a prior/likelihood the spec leaves out is the default one, whose options --set may change
         table = raw.setdefault(section, {"name": COMPONENTS[section][1]} if section in COMPONENTS else {})
         if not isinstance(table, dict):
@@ -341,8 +402,9 @@ def _validate(raw: dict) -> VAESpec:
         for key in table:
             if key not in declared:
                 raise SpecError(f"unknown key {key!r} in [{section}]; allowed: {', '.join(declared)}")
-        out[section] = {k: opt.check(f"{section}.{k}", table.get(k, copy.deepcopy(opt.default)))
-                        for k, opt in declared.items()}
+        out[section] = {
+            k: opt.check(f"{section}.{k}", table.get(k, copy.deepcopy(opt.default))) for k, opt in declared.items()
+        }
     if not out["networks"]["hidden"]:
         raise SpecError("networks.hidden must list at least one layer size, e.g. [400] or [512, 256]")
     try:
@@ -360,17 +422,20 @@ def _validate(raw: dict) -> VAESpec:
         if "name" not in table:
             raise SpecError(f"[{section}] is missing its name; allowed: {', '.join(registry.names())}")
         name = Option(str, None, choices=registry.names).check(f"{section}.name", table["name"])
-        options = resolve_options(section, name, registry[name].options,
-                                  {k: v for k, v in table.items() if k != "name"})
+        options = resolve_options(
+            section, name, registry[name].options, {k: v for k, v in table.items() if k != "name"}
+        )
         components[section] = ComponentSpec(name, options)
-    spec = VAESpec(**{name: cls(**out[name]) for name, cls in SECTION_TYPES.items()}, **components,
-                   description=description)
+    spec = VAESpec(
+        **{name: cls(**out[name]) for name, cls in SECTION_TYPES.items()}, **components, description=description
+    )
     try:
         spec.resolved_data()  # data the likelihood cannot take is a spec error, found before any work
     except DataError as err:
         kind = LIKELIHOODS[spec.likelihood.name].data_kind
-        raise SpecError(f"likelihood {spec.likelihood.name!r} takes {kind} data "
-                         f"(transform {DATA_KINDS[kind]!r}): {err}") from None
+        raise SpecError(
+            f"likelihood {spec.likelihood.name!r} takes {kind} data (transform {DATA_KINDS[kind]!r}): {err}"
+        ) from None
     return spec
 
 
@@ -382,9 +447,14 @@ COMMAND_DEFAULTS = {
 }
 
 #: ``--log-dir``: an output every command that measures takes (:mod:`vae_pyro.tblog`)
-LOG_DIR = Option(str, None, flag="--log-dir", help="also write the results as TensorBoard scalars (per-epoch "
-                 "losses and bounds, every estimator's values and checks) into this folder; needs the "
-                 "[tensorboard] extra")
+LOG_DIR = Option(
+    str,
+    None,
+    flag="--log-dir",
+    help="also write the results as TensorBoard scalars (per-epoch "
+    "losses and bounds, every estimator's values and checks) into this folder; needs the "
+    "[tensorboard] extra",
+)
 
 #: Each command's own options, the settings that are not the VAE's (so not in a spec): declared
 #: once, like the spec's; the command line's flags and the API's keywords come from here
@@ -395,35 +465,63 @@ COMMAND_OPTIONS: dict[str, dict[str, Option]] = {
     "train": {"log_dir": LOG_DIR},
     "nll": {
         "k": Option(int, BURDA_K, low=1, flag="--k", help="importance samples per test digit (Burda et al. 2015)"),
-        "examples": Option(int, 1000, low=1, flag="--examples",
-                           help="test digits to evaluate, every (1000 / N)-th so all classes appear"),
+        "examples": Option(
+            int,
+            1000,
+            low=1,
+            flag="--examples",
+            help="test digits to evaluate, every (1000 / N)-th so all classes appear",
+        ),
         "chunk": Option(int, NLL_CHUNK, low=1, flag="--chunk", help="samples per example held in memory at once"),
         "log_dir": LOG_DIR,
     },
     "experiment": {
         "out": Option(str, "runs/experiment", flag="--out", help="run folder"),
-        "train_estimators": Option(list, ["analytic", "trace", "tmf"], item=str, choices=estimator_names,
-                                   kind="estimator", flag="--train-estimators",
-                                   help="the estimators to train one model each with (each must apply to the prior)"),
-        "variance_draws": Option(int, 50, low=2, flag="--variance-draws",
-                                 help="draws per estimator for the variance plot"),
-        "nll_k": Option(int, 1000, low=0, flag="--nll-k",
-                        help="importance samples per test digit for the final test NLL (IWAE_k; 0 skips it; "
-                             f"`vae-pyro nll` uses Burda et al.'s {BURDA_K})"),
+        "train_estimators": Option(
+            list,
+            ["analytic", "trace", "tmf"],
+            item=str,
+            choices=estimator_names,
+            kind="estimator",
+            flag="--train-estimators",
+            help="the estimators to train one model each with (each must apply to the prior)",
+        ),
+        "variance_draws": Option(
+            int, 50, low=2, flag="--variance-draws", help="draws per estimator for the variance plot"
+        ),
+        "nll_k": Option(
+            int,
+            1000,
+            low=0,
+            flag="--nll-k",
+            help="importance samples per test digit for the final test NLL (IWAE_k; 0 skips it; "
+            f"`vae-pyro nll` uses Burda et al.'s {BURDA_K})",
+        ),
         "log_dir": LOG_DIR,
     },
     "reproduce": {
         "k": Option(int, BURDA_K, low=1, flag="--k", help="importance samples per test digit"),
         "rows": Option(list, [], item=str, flag="--rows", help="comma-separated subset of the rows (empty: all)"),
-        "lr_schedule": Option(str, None, choices=LR_SCHEDULES, flag="--lr-schedule",
-                              help="constant, or the paper's 3^i-pass stages compressed into the epochs (unset: "
-                                   "burda with --dataset idx:FOLDER, else constant)"),
-        "refine_steps": Option(int, None, low=0, flag="--refine-steps",
-                               help="Adam steps refining the encoder as a proposal on the test digits before a "
-                                    "second test NLL (the amortization gap; the model is unchanged; 0: none; "
-                                    "unset: the target's, best-nll 2000, burda2015 0)"),
-        "fast": Option(bool, False, flag="--fast",
-                       help="a smoke run: 2 epochs, validation k=5, test k=20, the target's fast rows"),
+        "lr_schedule": Option(
+            str,
+            None,
+            choices=LR_SCHEDULES,
+            flag="--lr-schedule",
+            help="constant, or the paper's 3^i-pass stages compressed into the epochs (unset: "
+            "burda with --dataset idx:FOLDER, else constant)",
+        ),
+        "refine_steps": Option(
+            int,
+            None,
+            low=0,
+            flag="--refine-steps",
+            help="Adam steps refining the encoder as a proposal on the test digits before a "
+            "second test NLL (the amortization gap; the model is unchanged; 0: none; "
+            "unset: the target's, best-nll 2000, burda2015 0)",
+        ),
+        "fast": Option(
+            bool, False, flag="--fast", help="a smoke run: 2 epochs, validation k=5, test k=20, the target's fast rows"
+        ),
         "log_dir": LOG_DIR,
     },
 }
@@ -436,8 +534,13 @@ def command_options(command: str, given: dict) -> dict:
     unknown = [k for k in given if k not in declared]
     if unknown:
         raise SpecError(f"unknown {command} option {unknown[0]!r}; allowed: {', '.join(declared) or 'none'}")
-    return {k: opt.check(f"{command} {k}", list(given[k]) if isinstance(given.get(k), tuple) else
-                         given.get(k, copy.deepcopy(opt.default))) for k, opt in declared.items()}
+    return {
+        k: opt.check(
+            f"{command} {k}",
+            list(given[k]) if isinstance(given.get(k), tuple) else given.get(k, copy.deepcopy(opt.default)),
+        )
+        for k, opt in declared.items()
+    }
 
 
 def setting_options() -> dict[str, Option]:
@@ -463,8 +566,14 @@ def command_default(command: str | None, path: str):
     return COMMAND_DEFAULTS.get(command, {}).get(path, FIELDS[section][key].default)
 
 
-def load_spec(name_or_path: str | None = None, overrides: list[str] = (), prior: str | None = None,
-              likelihood: str | None = None, settings: dict | None = None, command: str | None = None) -> VAESpec:
+def load_spec(
+    name_or_path: str | None = None,
+    overrides: list[str] = (),
+    prior: str | None = None,
+    likelihood: str | None = None,
+    settings: dict | None = None,
+    command: str | None = None,
+) -> VAESpec:
     """``command``'s defaults (:data:`COMMAND_DEFAULTS`), then the spec ``name_or_path`` (None: the
     built-in defaults; a :class:`VAESpec`: that one), then ``settings`` ({"training.epochs": 1}, from
     command-line options or API keywords), then

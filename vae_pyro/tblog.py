@@ -35,8 +35,10 @@ def require(log_dir) -> None:
         import tensorboard  # noqa: F401  (an optional dependency, imported only when asked for)
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError:
-        raise LogDirError("--log-dir (log_dir) needs TensorBoard, which is not installed: pip install "
-                          "'vae-pyro[tensorboard]' (or pip install tensorboard), or drop --log-dir") from None
+        raise LogDirError(
+            "--log-dir (log_dir) needs TensorBoard, which is not installed: pip install "
+            "'vae-pyro[tensorboard]' (or pip install tensorboard), or drop --log-dir"
+        ) from None
 
 
 def _number(value) -> bool:
@@ -58,8 +60,11 @@ def scalars(result, prefix: str) -> list[tuple[str, float, int]]:
                 out += scalars(value, f"{prefix}/{key}")
     elif isinstance(result, list) and result and all(isinstance(r, dict) and "epoch" in r for r in result):
         for record in result:
-            out += [(f"{prefix}/{k}", float(v), int(record["epoch"])) for k, v in record.items()
-                    if k != "epoch" and _number(v) and math.isfinite(v)]
+            out += [
+                (f"{prefix}/{k}", float(v), int(record["epoch"]))
+                for k, v in record.items()
+                if k != "epoch" and _number(v) and math.isfinite(v)
+            ]
     elif isinstance(result, list):
         for i, item in enumerate(result):
             label = _label(item, prefix) if isinstance(item, dict) else ""

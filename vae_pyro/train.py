@@ -63,16 +63,30 @@ def evaluate(vae, estimator: Estimator, x: torch.Tensor, batch_size: int = 1000)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     with torch.no_grad(), step_without_validation(False):
         for i in range(0, len(x), batch_size):  # summed on the device: one read at the end
-            total += estimator.differentiable_loss(vae, x[i:i + batch_size]).detach()
+            total += estimator.differentiable_loss(vae, x[i : i + batch_size]).detach()
     return float(total) / len(x)
 
 
-def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10, batch_size: int = 128,
-          lr: float = 1e-3, dynamic: bool = False, x_test: torch.Tensor | None = None,
-          eval_estimator: Estimator | None = None, generator: torch.Generator | None = None,
-          progress: bool = True, optimizer: torch.optim.Optimizer | None = None,
-          kl_anneal_epochs: int = 0, checkpoint: str | None = None, resume: bool = False,
-          capture: bool = False, step: str = "eager") -> list[EpochLog]:
+def train(
+    vae,
+    estimator: Estimator,
+    x_train: torch.Tensor,
+    *,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    dynamic: bool = False,
+    x_test: torch.Tensor | None = None,
+    eval_estimator: Estimator | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
+    kl_anneal_epochs: int = 0,
+    checkpoint: str | None = None,
+    resume: bool = False,
+    capture: bool = False,
+    step: str = "eager",
+) -> list[EpochLog]:
     """Adam on ``estimator.differentiable_loss / batch``. ``dynamic=True``: ``x_train`` holds grey
     levels and every batch is a fresh Bernoulli draw. Raises :class:`TrainingError` on a NaN loss.
 
@@ -104,21 +118,23 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
     CUDA-graph replay; the optimiser must then be ``Adam(capturable=True)``, which the default one is).
     ``fused``: one :class:`vae_pyro.fused_step.FusedTrainStep` (traced out of Pyro, compiled by inductor;
     the default optimiser is then plain Adam)."""
-    route, _ = choose_step("captured" if capture else step, vae.device, estimator,
-                           len(x_train) // batch_size * epochs)
+    route, _ = choose_step("captured" if capture else step, vae.device, estimator, len(x_train) // batch_size * epochs)
     own_optimizer = optimizer is None
-    optimizer = optimizer or make_optimizer(vae, lr, capturable=route == "captured",
-                                            fused=False if route == "fused" else None)
+    optimizer = optimizer or make_optimizer(
+        vae, lr, capturable=route == "captured", fused=False if route == "fused" else None
+    )
     target = float(vae.config.kl_weight)
     batches = Batches(x_train, batch_size, dynamic=dynamic, generator=generator)
     if not dynamic:
         vae.check_data(x_train)
-    history, first_epoch = _resume(checkpoint, vae, optimizer, generator, lr if own_optimizer else None) \
-        if resume else ([], 1)
+    history, first_epoch = (
+        _resume(checkpoint, vae, optimizer, generator, lr if own_optimizer else None) if resume else ([], 1)
+    )
     whole_step = _whole_step(route, vae, estimator, optimizer, x_train, batch_size)
     remaining = max(epochs - first_epoch + 1, 0)
-    bar = tqdm(total=remaining * len(batches), desc=f"train[{estimator.name}]", disable=not progress,
-               unit="step", leave=False)
+    bar = tqdm(
+        total=remaining * len(batches), desc=f"train[{estimator.name}]", disable=not progress, unit="step", leave=False
+    )
     anneal = (target, kl_anneal_epochs * len(batches))
     shared_rng = distributed.shared_rng_state()  # several processes: each draws its own noise, then back
     try:
@@ -141,9 +157,15 @@ def train(vae, estimator: Estimator, x_train: torch.Tensor, *, epochs: int = 10,
 
 def _save_epoch(checkpoint, vae, optimizer, estimator, history: list[EpochLog], generator) -> None:
     """The checkpoint after an epoch whose losses were read and found finite (see :func:`train`)."""
-    save_checkpoint(checkpoint, vae=vae, optimizer=optimizer, epoch=history[-1].epoch, estimator=estimator.name,
-                    history=[asdict(h) for h in history],
-                    extra={"generator": generator.get_state()} if generator is not None else None)
+    save_checkpoint(
+        checkpoint,
+        vae=vae,
+        optimizer=optimizer,
+        epoch=history[-1].epoch,
+        estimator=estimator.name,
+        history=[asdict(h) for h in history],
+        extra={"generator": generator.get_state()} if generator is not None else None,
+    )
 
 
 def _resume(checkpoint, vae, optimizer, generator, lr: float | None) -> tuple[list[EpochLog], int]:
@@ -208,8 +230,9 @@ def train_step(vae, estimator: Estimator, optimizer: torch.optim.Optimizer, x: t
     return loss
 
 
-def make_optimizer(vae, lr: float = 1e-3, capturable: bool = False, eps: float = 1e-8,
-                   fused: bool | None = None) -> torch.optim.Optimizer:
+def make_optimizer(
+    vae, lr: float = 1e-3, capturable: bool = False, eps: float = 1e-8, fused: bool | None = None
+) -> torch.optim.Optimizer:
     """Adam over the VAE's parameters; fused on CUDA (one kernel for all parameters instead of a
     dozen multi-tensor launches, and a NaN step is skipped on the device: :func:`train_step`).
     ``capturable``: on CUDA, an Adam whose step can be recorded in a CUDA graph (``captured_step``).
@@ -234,8 +257,9 @@ def _read_losses(losses: torch.Tensor, step: int, epoch: int, estimator: Estimat
     bar.set_postfix(epoch=epoch, neg_elbo=f"{float(seen[-1]):.2f}")
 
 
-def time_steps(vae, estimator: Estimator, x: torch.Tensor, steps: int = 20, warmup: int = 3,
-               validate_every_step: bool = False) -> float:
+def time_steps(
+    vae, estimator: Estimator, x: torch.Tensor, steps: int = 20, warmup: int = 3, validate_every_step: bool = False
+) -> float:
     """Milliseconds per training step (loss, backward, Adam) at this batch, after ``warmup`` steps
     that absorb JIT compilation. Runs on a copy so the caller's model is not changed."""
     vae = vae.clone()

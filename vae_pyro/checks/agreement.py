@@ -43,8 +43,13 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..estimators import ELBO_BOUND, build_estimator
-from ..estimators.analytic import (closed_form_kl_reason, closed_form_kl_subject, neg_elbo, neg_elbo_from_terms,
-                                   neg_elbo_terms)
+from ..estimators.analytic import (
+    closed_form_kl_reason,
+    closed_form_kl_subject,
+    neg_elbo,
+    neg_elbo_from_terms,
+    neg_elbo_terms,
+)
 from ..estimators.same_noise import differences, recorded_noise
 from .result import DRAWS, ERROR, GRAD_DETERMINISTIC_REL, GRAD_DRAWS, GRAD_REL_TOL, REFERENCE_PARTICLES, SAME_NOISE_TOL
 from .result import Z_TOL, CheckResult, skipped, verdict_of
@@ -76,20 +81,26 @@ def reference_for(vae, particles: int = 1, reference_particles: int = REFERENCE_
     ``tmf``, the Pyro estimator a user would train such a model with (Monte Carlo KL there)."""
     why_not = closed_form_kl_reason(vae)
     if why_not is None:
-        return Reference("analytic", particles, "closed-form KL: the hand-derived loss is the reference",
-                         trainer="analytic")
-    return Reference("hand_mc", max(reference_particles, particles),
-                     f"no closed-form KL for {closed_form_kl_subject(vae)}, so the analytic loss does not apply; "
-                     f"reference is hand_mc (hand-written recon + log q - log p at reparameterised z, no Pyro) "
-                     f"with {max(reference_particles, particles)} particles", trainer="tmf")
+        return Reference(
+            "analytic", particles, "closed-form KL: the hand-derived loss is the reference", trainer="analytic"
+        )
+    return Reference(
+        "hand_mc",
+        max(reference_particles, particles),
+        f"no closed-form KL for {closed_form_kl_subject(vae)}, so the analytic loss does not apply; "
+        f"reference is hand_mc (hand-written recon + log q - log p at reparameterised z, no Pyro) "
+        f"with {max(reference_particles, particles)} particles",
+        trainer="tmf",
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Same noise: exact identities
 
 
-def same_noise_check(vae, x: torch.Tensor, estimator: str, num_particles: int = 1,
-                     repeats: int = 3, tol: float = SAME_NOISE_TOL) -> CheckResult:
+def same_noise_check(
+    vae, x: torch.Tensor, estimator: str, num_particles: int = 1, repeats: int = 3, tol: float = SAME_NOISE_TOL
+) -> CheckResult:
     """Exact agreement at shared noise, in float64 (see the module docstring).
 
     ``value`` is the largest |difference| in nats/example over ``repeats`` fresh noise draws;
@@ -121,10 +132,18 @@ def same_noise_check(vae, x: torch.Tensor, estimator: str, num_particles: int = 
         hand = neg_elbo_from_terms(recon, kl, vae64.kl_weight, sampled_kl)
         value, grad = differences(pyro_loss, hand, params, batch)
         worst_value, worst_grad = max(worst_value, value), max(worst_grad, grad)
-    against = ("hand-written recon + beta (log q - log p) at the recorded z" if sampled_kl
-               else "analytic loss (recon + beta closed-form KL) at the recorded noise")
-    details = {"grad_max_rel_diff": worst_grad, "repeats": repeats, "dtype": "float64",
-               "against": against, "kl_weight": vae.kl_weight}
+    against = (
+        "hand-written recon + beta (log q - log p) at the recorded z"
+        if sampled_kl
+        else "analytic loss (recon + beta closed-form KL) at the recorded noise"
+    )
+    details = {
+        "grad_max_rel_diff": worst_grad,
+        "repeats": repeats,
+        "dtype": "float64",
+        "against": against,
+        "kl_weight": vae.kl_weight,
+    }
     ok = worst_value <= tol and worst_grad <= GRAD_REL_TOL
     return CheckResult("same_noise", estimator, worst_value, tol, verdict_of(ok), reference=0.0, details=details)
 
@@ -145,9 +164,20 @@ def _same_seed_twin_check(vae, x, estimator, twin, num_particles, repeats, tol) 
         value, grad = differences(a, b, params, x.shape[0])
         worst_value, worst_grad = max(worst_value, value), max(worst_grad, grad)
     ok = worst_value <= tol and worst_grad <= GRAD_REL_TOL
-    return CheckResult("same_noise", estimator, worst_value, tol, verdict_of(ok), reference=0.0,
-                       details={"grad_max_rel_diff": worst_grad, "repeats": repeats, "dtype": "float64",
-                                "against": f"{twin} at the same seed"})
+    return CheckResult(
+        "same_noise",
+        estimator,
+        worst_value,
+        tol,
+        verdict_of(ok),
+        reference=0.0,
+        details={
+            "grad_max_rel_diff": worst_grad,
+            "repeats": repeats,
+            "dtype": "float64",
+            "against": f"{twin} at the same seed",
+        },
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,9 +191,20 @@ def monte_carlo_check(stats: MCStats, reference: MCStats, tol: float = Z_TOL) ->
     z = z_score(stats, reference)
     tol = t_tolerance(tol, welch_df(stats.draws if stats.se > 0 else 0, reference.draws if reference.se > 0 else 0))
     return CheckResult(
-        "monte_carlo", stats.estimator, z, tol, verdict_of(abs(z) <= tol), reference=reference.mean,
-        details={"mean": stats.mean, "se": stats.se, "sd_per_draw": stats.sd, "draws": stats.draws,
-                 "num_particles": stats.num_particles, "reference_se": reference.se},
+        "monte_carlo",
+        stats.estimator,
+        z,
+        tol,
+        verdict_of(abs(z) <= tol),
+        reference=reference.mean,
+        details={
+            "mean": stats.mean,
+            "se": stats.se,
+            "sd_per_draw": stats.sd,
+            "draws": stats.draws,
+            "num_particles": stats.num_particles,
+            "reference_se": reference.se,
+        },
     )
 
 
@@ -192,25 +233,36 @@ def gradient_check(stats: GradStats, reference: GradStats, tol: float = Z_TOL) -
     # floor of GRAD_DETERMINISTIC_REL (1e-5, ~100 float32 epsilons of accumulated rounding) times the
     # projection's size. Any real disagreement of a deterministic gradient is far above it.
     floor = GRAD_DETERMINISTIC_REL * reference.proj.mean(dim=0).abs()
-    se = (var_a + var_b + floor ** 2).sqrt()
+    se = (var_a + var_b + floor**2).sqrt()
     z = torch.where(se > 0, diff / se.clamp_min(1e-300), torch.where(diff.abs() > 0, torch.inf, 0.0))
     tol = t_tolerance(tol, welch_df(stats.draws, reference.draws))  # same false-alarm rate at any draws
     for i, name in enumerate(stats.names):
         m, rm = stats.mean[i], reference.mean[i]
-        per_tensor[name] = {"z": [float(v) for v in z[i]],
-                            "rel_err": float((m - rm).norm() / (rm.norm() + 1e-30))}
+        per_tensor[name] = {"z": [float(v) for v in z[i]], "rel_err": float((m - rm).norm() / (rm.norm() + 1e-30))}
     value = float(z.abs().max())
-    return CheckResult("gradient", stats.estimator, value, tol, verdict_of(value <= tol), reference=0.0,
-                       details={"per_tensor": per_tensor, "draws": stats.draws, "directions": int(z.shape[1]),
-                                "max_rel_err": max(d["rel_err"] for d in per_tensor.values())})
+    return CheckResult(
+        "gradient",
+        stats.estimator,
+        value,
+        tol,
+        verdict_of(value <= tol),
+        reference=0.0,
+        details={
+            "per_tensor": per_tensor,
+            "draws": stats.draws,
+            "directions": int(z.shape[1]),
+            "max_rel_err": max(d["rel_err"] for d in per_tensor.values()),
+        },
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Devices
 
 
-def device_check(vae, x: torch.Tensor, estimator: str, draws: int, num_particles: int = 1,
-                 tol: float = Z_TOL) -> CheckResult:
+def device_check(
+    vae, x: torch.Tensor, estimator: str, draws: int, num_particles: int = 1, tol: float = Z_TOL
+) -> CheckResult:
     """On CUDA: (1) the hand-written loss (closed-form KL, or sampled KL where there is none) at one
     fixed noise draw (made on the CPU) equals the CPU's
     to 1e-4 relative (float32 kernels differ in summation order); (2) the estimator's Monte Carlo
@@ -234,10 +286,17 @@ def device_check(vae, x: torch.Tensor, estimator: str, draws: int, num_particles
     gpu = MCStats.of(estimator, loss_draws(est, cuda_vae, x_cuda, draws), num_particles)
     z = z_score(gpu, cpu)
     tol = t_tolerance(tol, welch_df(draws, draws))  # both standard errors estimated: Student t
-    details = {"fixed_noise_rel_diff": rel, "cuda_mean": gpu.mean, "cuda_se": gpu.se,
-               "cpu_mean": cpu.mean, "cpu_se": cpu.se, "device_name": torch.cuda.get_device_name()}
-    return CheckResult("device", estimator, z, tol, verdict_of(rel <= 1e-4 and abs(z) <= tol),
-                       reference=cpu.mean, details=details)
+    details = {
+        "fixed_noise_rel_diff": rel,
+        "cuda_mean": gpu.mean,
+        "cuda_se": gpu.se,
+        "cpu_mean": cpu.mean,
+        "cpu_se": cpu.se,
+        "device_name": torch.cuda.get_device_name(),
+    }
+    return CheckResult(
+        "device", estimator, z, tol, verdict_of(rel <= 1e-4 and abs(z) <= tol), reference=cpu.mean, details=details
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,8 +366,14 @@ def _context(subject: Subject, ref: Reference, bar) -> dict:
     ref_mc = MCStats.of(ref.estimator, value_draws(lambda: subject.value(ref_est), subject.draws, bar), ref.particles)
     directions = distributed.broadcast_tensors(subject.directions(ref))  # every process projects on the same ones
     ref_grad = subject.gradient_draws(ref_est, directions, bar)
-    return {"setup": subject, "reference": ref, "ref_mc": ref_mc, "directions": directions, "ref_grad": ref_grad,
-            "bar": bar}
+    return {
+        "setup": subject,
+        "reference": ref,
+        "ref_mc": ref_mc,
+        "directions": directions,
+        "ref_grad": ref_grad,
+        "bar": bar,
+    }
 
 
 def _monte_carlo(ctx, est, mc) -> CheckResult:
@@ -335,15 +400,16 @@ def _device(ctx, est, mc) -> CheckResult:
 
 #: The engine's list: check name -> function ``(ctx, est, mc) -> CheckResult``. A subject names the
 #: ones it runs (``Subject.checks``); :func:`agreement_check` adds one.
-AGREEMENT_CHECKS = {"monte_carlo": _monte_carlo, "same_noise": _same_noise, "gradient": _gradient,
-                    "device": _device}
+AGREEMENT_CHECKS = {"monte_carlo": _monte_carlo, "same_noise": _same_noise, "gradient": _gradient, "device": _device}
 
 
 def agreement_check(name: str):
     """Register ``fn(ctx, est, mc) -> CheckResult`` as the agreement check ``name`` (a decorator)."""
+
     def register(fn):
         AGREEMENT_CHECKS[name] = fn
         return fn
+
     return register
 
 
@@ -384,8 +450,14 @@ def _guarded(subject: Subject, name: str, fn, *args):
         return None, crash_reason(name, err)
 
 
-def run_agreement(subject: Subject, names, progress: bool = True, desc: str = "checks",
-                  validities: dict | None = None, on_estimator=None) -> Agreement:
+def run_agreement(
+    subject: Subject,
+    names,
+    progress: bool = True,
+    desc: str = "checks",
+    validities: dict | None = None,
+    on_estimator=None,
+) -> Agreement:
     """Every check of ``subject.checks`` for each estimator in ``names`` against the subject's
     reference (for the VAE, :func:`reference_for`). An estimator invalid here is not run (its checks
     are skipped with the reason); one of another bound than the ELBO (IWAE_k) has its value drawn but
@@ -403,8 +475,12 @@ def run_agreement(subject: Subject, names, progress: bool = True, desc: str = "c
         bar.set_postfix(estimator=name)
         est = subject.estimator(name)
         if ref_crash:
-            out[name] = (est, None, None, _errors(subject.checks, name, f"the reference {ref.estimator} could "
-                                                                        f"not run: {ref_crash}"))
+            out[name] = (
+                est,
+                None,
+                None,
+                _errors(subject.checks, name, f"the reference {ref.estimator} could not run: {ref_crash}"),
+            )
         else:
             valid = validities[name] if validities else subject.validity(est)
             entry, crash = _guarded(subject, name, _check_one, ctx, name, est, valid, subject)

@@ -92,11 +92,14 @@ class EstimatorReport:
         return bool(self.checks) and all(c.verdict not in (FAIL, ERROR) for c in self.checks)
 
     def table(self) -> str:
-        rows = [[c.name, c.estimator, fmt(c.value, ".3g"), fmt(c.tolerance, ".3g"), c.verdict.upper()]
-                for c in self.checks]
+        rows = [
+            [c.name, c.estimator, fmt(c.value, ".3g"), fmt(c.tolerance, ".3g"), c.verdict.upper()] for c in self.checks
+        ]
         lines = [table(["check", "estimator", "value", "tolerance", "verdict"], rows, align="llrrl")]
-        lines.append("loss per estimator (mean ± s.e., -ELBO summed as the model sums it): " + ", ".join(
-            f"{name} {m['mean']:.4g} ± {m['se']:.2g}" for name, m in self.means.items()))
+        lines.append(
+            "loss per estimator (mean ± s.e., -ELBO summed as the model sums it): "
+            + ", ".join(f"{name} {m['mean']:.4g} ± {m['se']:.2g}" for name, m in self.means.items())
+        )
         lines.append(f"parameters: {', '.join(self.params) or '(none)'}")
         lines += [f"cause: {note}" for note in self.notes]
         lines.append(f"overall: {'PASS' if self.ok else 'FAIL'}")
@@ -132,8 +135,10 @@ def gradient_interface(elbo) -> str:
     has both) ``loss_and_grads`` wins: it is the gradient SVI trains with (pyro 1.9.2's
     ``JitTrace_ELBO.differentiable_loss`` doubles its gradient, its ``loss_and_grads`` does not)."""
     mro = type(elbo).__mro__
-    owner = {attr: next((i for i, c in enumerate(mro) if attr in vars(c)), None)
-             for attr in ("differentiable_loss", "loss_and_grads")}
+    owner = {
+        attr: next((i for i, c in enumerate(mro) if attr in vars(c)), None)
+        for attr in ("differentiable_loss", "loss_and_grads")
+    }
     if owner["loss_and_grads"] is None and not callable(getattr(elbo, "loss_and_grads", None)):
         return "differentiable_loss"
     d = owner["differentiable_loss"]
@@ -191,8 +196,19 @@ class PyroProgram(Subject):
     report_crashes = True
     other_bound_note = "so it is not judged against the ELBO's value or gradient here"
 
-    def __init__(self, model, guide, args: tuple, kwargs: dict, elbos: dict, *, draws: int, grad_draws: int,
-                 seed: int, z_tol: float = Z_TOL):
+    def __init__(
+        self,
+        model,
+        guide,
+        args: tuple,
+        kwargs: dict,
+        elbos: dict,
+        *,
+        draws: int,
+        grad_draws: int,
+        seed: int,
+        z_tol: float = Z_TOL,
+    ):
         self.model, self.guide, self.args, self.kwargs, self.elbos = model, guide, args, kwargs, elbos
         self.draws, self.grad_draws, self.seed, self.z_tol = draws, grad_draws, seed, z_tol
         self._params = _used_params(model, guide, args, kwargs)
@@ -278,16 +294,20 @@ def _has_enumerated_sites(model, guide, args, kwargs) -> bool:
     with torch.random.fork_rng(devices=cuda), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    return any(s["type"] == "sample" and s["infer"].get("enumerate")
-               for t in (guide_trace, model_trace) for s in t.nodes.values())
+    return any(
+        s["type"] == "sample" and s["infer"].get("enumerate")
+        for t in (guide_trace, model_trace)
+        for s in t.nodes.values()
+    )
 
 
 def _used_params(model, guide, args, kwargs) -> tuple[list[str], list[torch.Tensor]]:
     """Names and unconstrained tensors of the param-store entries the model and guide read."""
     with poutine.block():
         guide_trace = poutine.trace(guide, param_only=True).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace),
-                                    param_only=True).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace), param_only=True).get_trace(
+            *args, **kwargs
+        )
     names = [n for t in (guide_trace, model_trace) for n, s in t.nodes.items() if s["type"] == "param"]
     names = list(dict.fromkeys(names))
     store = pyro.get_param_store()
@@ -302,8 +322,7 @@ def same_seed_check(ctx, est, mc) -> CheckResult:
     twin_type = same_seed_twin(est.elbo)
     twin = next((n for n, e in program.elbos.items() if twin_type is not None and type(e) is twin_type), None)
     if twin is None:
-        return skipped("same_seed", est.name, "no estimator given computes its number at the same seed",
-                       SAME_SEED_TOL)
+        return skipped("same_seed", est.name, "no estimator given computes its number at the same seed", SAME_SEED_TOL)
     values = []
     cuda = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
     for name in (twin, est.name):
@@ -312,11 +331,24 @@ def same_seed_check(ctx, est, mc) -> CheckResult:
             try:
                 values.append(program.value(program.estimator(name)))
             except Exception as err:  # noqa: BLE001  (any crash is reported, never hidden)
-                return CheckResult("same_seed", est.name, None, SAME_SEED_TOL, ERROR,
-                                   details={"reason": crash_reason(name, err), "against": twin})
+                return CheckResult(
+                    "same_seed",
+                    est.name,
+                    None,
+                    SAME_SEED_TOL,
+                    ERROR,
+                    details={"reason": crash_reason(name, err), "against": twin},
+                )
     rel = abs(values[1] - values[0]) / (1 + abs(values[0]))
-    return CheckResult("same_seed", est.name, rel, SAME_SEED_TOL, verdict_of(rel <= SAME_SEED_TOL), values[0],
-                       {"against": twin, "values": values})
+    return CheckResult(
+        "same_seed",
+        est.name,
+        rel,
+        SAME_SEED_TOL,
+        verdict_of(rel <= SAME_SEED_TOL),
+        values[0],
+        {"against": twin, "values": values},
+    )
 
 
 def delta_cause(program: PyroProgram, name: str) -> str | None:
@@ -327,20 +359,38 @@ def delta_cause(program: PyroProgram, name: str) -> str | None:
     with torch.random.fork_rng(devices=cuda), poutine.block(), torch.no_grad():
         guide_trace = poutine.trace(program.guide).get_trace(*program.args, **program.kwargs)
         model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(
-            *program.args, **program.kwargs)
-    sites = [n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and n in model_trace.nodes
-             and delta_of(s["fn"]) is not None and bool((delta_of(s["fn"]).log_density != 0).any())]
+            *program.args, **program.kwargs
+        )
+    sites = [
+        n
+        for n, s in guide_trace.nodes.items()
+        if s["type"] == "sample"
+        and n in model_trace.nodes
+        and delta_of(s["fn"]) is not None
+        and bool((delta_of(s["fn"]).log_density != 0).any())
+    ]
     if not sites:
         return None
     missing = float(delta_log_density(model_trace, guide_trace))
-    return (f"{name}: the guide's Delta sites {', '.join(sites)} carry a log_density (an autoguide's "
-            f"log|Jacobian| of a constrained latent), which pyro 1.9.2's kl_divergence(Delta, .) ignores, so "
-            f"its ELBO is off by E[log_density] (one guide draw: {missing:.4g}); "
-            "vae_pyro.estimators.delta_kl.DeltaAwareTraceMeanField_ELBO includes it")
+    return (
+        f"{name}: the guide's Delta sites {', '.join(sites)} carry a log_density (an autoguide's "
+        f"log|Jacobian| of a constrained latent), which pyro 1.9.2's kl_divergence(Delta, .) ignores, so "
+        f"its ELBO is off by E[log_density] (one guide draw: {missing:.4g}); "
+        "vae_pyro.estimators.delta_kl.DeltaAwareTraceMeanField_ELBO includes it"
+    )
 
 
-def check_estimators(model, guide, *args, seed: int = 0, draws: int = DRAWS, grad_draws: int = GRAD_DRAWS,
-                     estimators: dict | None = None, progress: bool = False, **kwargs) -> EstimatorReport:
+def check_estimators(
+    model,
+    guide,
+    *args,
+    seed: int = 0,
+    draws: int = DRAWS,
+    grad_draws: int = GRAD_DRAWS,
+    estimators: dict | None = None,
+    progress: bool = False,
+    **kwargs,
+) -> EstimatorReport:
     """Check that Pyro's ELBO estimators agree on ``model``/``guide`` (see the module docstring).
 
     ``estimators``: name -> ELBO object with ``loss`` and ``loss_and_grads`` or ``differentiable_loss``
@@ -364,8 +414,11 @@ def check_estimators(model, guide, *args, seed: int = 0, draws: int = DRAWS, gra
                 c.details["gradient_via"] = est.gradient_via
         report.checks.extend(results)
         failed = [c for c in results if c.verdict == FAIL]
-        if failed and isinstance(est.elbo, TraceMeanField_ELBO) and not isinstance(est.elbo,
-                                                                                   DeltaAwareTraceMeanField_ELBO):
+        if (
+            failed
+            and isinstance(est.elbo, TraceMeanField_ELBO)
+            and not isinstance(est.elbo, DeltaAwareTraceMeanField_ELBO)
+        ):
             cause = delta_cause(program, name)
             if cause:
                 report.notes.append(cause)

@@ -53,10 +53,10 @@ from ..estimators.analytic import LOG_2PI, log_normal_diag
 from ..likelihoods import BernoulliLikelihood
 
 R = 8.0
-COARSE_POINTS = 321       # per dimension in the coarse scan: spacing 0.05, below the posterior s.d. (>= 0.09 here)
+COARSE_POINTS = 321  # per dimension in the coarse scan: spacing 0.05, below the posterior s.d. (>= 0.09 here)
 LOG_WINDOW = 40.0
 MARGIN_CELLS = 3
-BOUNDARY_TOL = -20.0   # log-density on the box's edge relative to the peak (checked by ground_truth)
+BOUNDARY_TOL = -20.0  # log-density on the box's edge relative to the peak (checked by ground_truth)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,8 +64,8 @@ BOUNDARY_TOL = -20.0   # log-density on the box's edge relative to the peak (che
 
 
 def _ppca_parts(toy):
-    w = toy.decoder.weight.detach().double()          # (D, d)
-    b = toy.decoder.bias.detach().double()            # (D,)
+    w = toy.decoder.weight.detach().double()  # (D, d)
+    b = toy.decoder.bias.detach().double()  # (D,)
     s2 = float(toy.likelihood.scale) ** 2
     return w, b, s2
 
@@ -77,7 +77,7 @@ def linear_gaussian_log_px(toy, x: torch.Tensor) -> torch.Tensor:
     x = x.double()
     cov = w @ w.T + s2 * torch.eye(len(b), dtype=torch.float64)
     chol = torch.linalg.cholesky(cov)
-    r = torch.linalg.solve_triangular(chol, (x - b).T, upper=False)        # (D, B)
+    r = torch.linalg.solve_triangular(chol, (x - b).T, upper=False)  # (D, B)
     log_det = 2 * torch.log(torch.diagonal(chol)).sum()
     return -0.5 * (len(b) * LOG_2PI + log_det + r.pow(2).sum(0))
 
@@ -109,8 +109,8 @@ def set_optimal_linear_encoder(toy) -> None:
     (orthogonal columns) S is diagonal and this q *is* the posterior."""
     w, b, s2 = _ppca_parts(toy)
     m_mat = w.T @ w + s2 * torch.eye(w.shape[1], dtype=torch.float64)
-    a = torch.linalg.solve(m_mat, w.T)                                     # (d, D)
-    precision = m_mat / s2                                                 # S^{-1}
+    a = torch.linalg.solve(m_mat, w.T)  # (d, D)
+    precision = m_mat / s2  # S^{-1}
     with torch.no_grad():
         toy.encoder.mean.weight.copy_(a)
         toy.encoder.mean.bias.copy_(-(a @ b))
@@ -164,8 +164,9 @@ def linear_gaussian_elbo(toy, x: torch.Tensor) -> torch.Tensor:
         mu, logvar = (t.double() for t in toy.encoder(x.to(toy.dtype)))
     v = logvar.exp()
     resid = x - mu @ w.T - b
-    expected_log_lik = (-0.5 * len(b) * math.log(2 * math.pi * s2)
-                        - (resid.pow(2).sum(-1) + (v * (w * w).sum(0)).sum(-1)) / (2 * s2))
+    expected_log_lik = -0.5 * len(b) * math.log(2 * math.pi * s2) - (
+        resid.pow(2).sum(-1) + (v * (w * w).sum(0)).sum(-1)
+    ) / (2 * s2)
     kl_prior = 0.5 * (v + mu.pow(2) - 1 - logvar).sum(-1)
     return expected_log_lik - kl_prior
 
@@ -194,11 +195,13 @@ def linear_gaussian_elbo_full(toy, x: torch.Tensor) -> torch.Tensor:
     q = toy.posterior(x.to(toy.dtype))
     mu, tril = q.mu.double(), q.scale_tril.double()
     resid = x - mu @ w.T - b
-    trace_term = ((w @ tril).pow(2)).sum((-1, -2))                       # tr(W L L^T W^T)
+    trace_term = ((w @ tril).pow(2)).sum((-1, -2))  # tr(W L L^T W^T)
     expected_log_lik = -0.5 * len(b) * math.log(2 * math.pi * s2) - (resid.pow(2).sum(-1) + trace_term) / (2 * s2)
     eye = torch.eye(mu.shape[-1], dtype=torch.float64)
-    kl_prior = torch.distributions.kl_divergence(torch.distributions.MultivariateNormal(mu, scale_tril=tril),
-                                                 torch.distributions.MultivariateNormal(torch.zeros_like(mu), eye))
+    kl_prior = torch.distributions.kl_divergence(
+        torch.distributions.MultivariateNormal(mu, scale_tril=tril),
+        torch.distributions.MultivariateNormal(torch.zeros_like(mu), eye),
+    )
     return expected_log_lik - kl_prior
 
 
@@ -225,9 +228,9 @@ def _log_joint_fast(toy, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 def _grid(lo: torch.Tensor, hi: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Midpoints of an n^d grid on per-example boxes [lo, hi] (B, d): points (B, n^d, d) and the
     log cell volume (B,)."""
-    h = (hi - lo) / n                                                      # (B, d)
+    h = (hi - lo) / n  # (B, d)
     steps = torch.arange(n, dtype=lo.dtype) + 0.5
-    axes = [lo[:, i, None] + steps * h[:, i, None] for i in range(lo.shape[1])]   # d x (B, n)
+    axes = [lo[:, i, None] + steps * h[:, i, None] for i in range(lo.shape[1])]  # d x (B, n)
     if len(axes) == 1:
         points = axes[0][:, :, None]
     else:
@@ -241,7 +244,7 @@ def _shared_grid_log_lik(toy, x: torch.Tensor, grid: torch.Tensor) -> torch.Tens
     The decoder runs once on the grid; for Bernoulli pixels, log p(x|z) = x . l - sum softplus(l)
     with l the logits (x log sigmoid(l) + (1 - x) log sigmoid(-l), rearranged), one matrix product
     for all examples."""
-    out = toy.decoder(grid)                                                 # (G, D)
+    out = toy.decoder(grid)  # (G, D)
     if isinstance(toy.likelihood, BernoulliLikelihood):
         return x @ out.T - torch.nn.functional.softplus(out).sum(-1)
     return torch.stack([toy.likelihood.log_prob(out, xi) for xi in x])
@@ -252,7 +255,7 @@ def _coarse_boxes(toy, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     axis = torch.linspace(-R, R, COARSE_POINTS, dtype=torch.float64)
     h = float(axis[1] - axis[0])
     grid = axis[:, None] if d == 1 else torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
-    lj = _shared_grid_log_lik(toy, x, grid) + toy.prior.dist(grid.shape[:1]).log_prob(grid)   # (B, G)
+    lj = _shared_grid_log_lik(toy, x, grid) + toy.prior.dist(grid.shape[:1]).log_prob(grid)  # (B, G)
     keep = lj >= lj.max(1, keepdim=True).values - LOG_WINDOW
     big = torch.tensor(float("inf"), dtype=torch.float64)
     lo = torch.where(keep[..., None], grid[None], big).amin(1)
@@ -272,14 +275,19 @@ def quadrature_log_px(toy, x: torch.Tensor, n: int = 48, chunk: int = 8, progres
     lo, hi = _coarse_boxes(toy, x)
     results = {}
     boundary = -float("inf")
-    bar = tqdm(total=2 * -(-len(x) // chunk), desc="exact log p(x): quadrature", unit="batch",
-               disable=not progress, leave=False)
+    bar = tqdm(
+        total=2 * -(-len(x) // chunk),
+        desc="exact log p(x): quadrature",
+        unit="batch",
+        disable=not progress,
+        leave=False,
+    )
     for m in (n, 2 * n):
         out = []
         for i in range(0, len(x), chunk):
             bar.update(1)
-            points, log_cell = _grid(lo[i:i + chunk], hi[i:i + chunk], m)
-            lj = _log_joint_fast(toy, x[i:i + chunk], points)              # (b, m^d)
+            points, log_cell = _grid(lo[i : i + chunk], hi[i : i + chunk], m)
+            lj = _log_joint_fast(toy, x[i : i + chunk], points)  # (b, m^d)
             out.append(torch.logsumexp(lj, 1) + log_cell)
             if m == 2 * n:
                 edge = lj.reshape(len(lj), *([m] * toy.config.z_dim))
@@ -288,9 +296,15 @@ def quadrature_log_px(toy, x: torch.Tensor, n: int = 48, chunk: int = 8, progres
                 boundary = max(boundary, float((top - lj.amax(1)).max()))
         results[m] = torch.cat(out)
     bar.close()
-    return {"log_px": results[2 * n], "log_px_n": results[n], "n": n,
-            "max_abs_diff": float((results[2 * n] - results[n]).abs().max()), "boundary_rel": boundary,
-            "box_lo": lo, "box_hi": hi}
+    return {
+        "log_px": results[2 * n],
+        "log_px_n": results[n],
+        "n": n,
+        "max_abs_diff": float((results[2 * n] - results[n]).abs().max()),
+        "boundary_rel": boundary,
+        "box_lo": lo,
+        "box_hi": hi,
+    }
 
 
 @torch.no_grad()
@@ -309,9 +323,9 @@ def gauss_hermite_elbo(toy, x: torch.Tensor, n_gh: int = 40, chunk: int = 16) ->
         weights = (w[:, None] * w[None, :]).reshape(-1)
     out = []
     for i in range(0, len(x), chunk):
-        xb = x[i:i + chunk]
+        xb = x[i : i + chunk]
         mu, logvar = toy.encoder(xb)
-        z = mu[:, None, :] + math.sqrt(2) * torch.exp(0.5 * logvar)[:, None, :] * nodes[None]   # (b, G, d)
+        z = mu[:, None, :] + math.sqrt(2) * torch.exp(0.5 * logvar)[:, None, :] * nodes[None]  # (b, G, d)
         f = log_joint(toy, xb, z) - log_normal_diag(z, mu[:, None, :], logvar[:, None, :])
         out.append((f * weights).sum(1))
     return torch.cat(out)

@@ -29,7 +29,7 @@ class GradQuality:
     draws: int
     encoder_snr: float
     decoder_snr: float
-    encoder_var: float       # sum of per-element variances, (nats/example)^2 per parameter^2
+    encoder_var: float  # sum of per-element variances, (nats/example)^2 per parameter^2
     decoder_var: float
     encoder_grad_norm: float  # |mean gradient|
     decoder_grad_norm: float
@@ -54,8 +54,9 @@ def _mean_snr(mean: list[torch.Tensor], var: list[torch.Tensor]) -> float:
     return float(snr.mean())
 
 
-def gradient_quality(est, vae, x: torch.Tensor, draws: int = 50, progress=None,
-                     label: str | None = None) -> GradQuality:
+def gradient_quality(
+    est, vae, x: torch.Tensor, draws: int = 50, progress=None, label: str | None = None
+) -> GradQuality:
     """SNR and variance of ``est``'s gradient for the encoder's and the decoder's parameters."""
     names = [n for n, p in vae.named_parameters() if p.requires_grad]
     params = [p for p in vae.parameters() if p.requires_grad]
@@ -66,7 +67,19 @@ def gradient_quality(est, vae, x: torch.Tensor, draws: int = 50, progress=None,
         idx = [i for i, n in enumerate(names) if _group(names, n) == group]
         mean = [stats.mean[i] for i in idx]
         var = [stats.var[i] for i in idx]
-        out[group] = (_mean_snr(mean, var), float(sum(v.sum() for v in var)),
-                      float(torch.cat([m.flatten() for m in mean]).norm()))
-    return GradQuality(label or est.name, est.num_particles, draws, out["encoder"][0], out["decoder"][0],
-                       out["encoder"][1], out["decoder"][1], out["encoder"][2], out["decoder"][2])
+        out[group] = (
+            _mean_snr(mean, var),
+            float(sum(v.sum() for v in var)),
+            float(torch.cat([m.flatten() for m in mean]).norm()),
+        )
+    return GradQuality(
+        label or est.name,
+        est.num_particles,
+        draws,
+        out["encoder"][0],
+        out["decoder"][0],
+        out["encoder"][1],
+        out["decoder"][1],
+        out["encoder"][2],
+        out["decoder"][2],
+    )

@@ -55,7 +55,7 @@ class MCStats:
 
 def z_score(a: MCStats, b: MCStats) -> float:
     """Two-sample z = (m_a - m_b) / sqrt(se_a^2 + se_b^2)."""
-    return (a.mean - b.mean) / math.sqrt(a.se ** 2 + b.se ** 2 + 1e-300)
+    return (a.mean - b.mean) / math.sqrt(a.se**2 + b.se**2 + 1e-300)
 
 
 @dataclass
@@ -77,8 +77,15 @@ def trainable(vae) -> tuple[list[str], list[torch.Tensor]]:
     return [n for n, _ in named], [p for _, p in named]
 
 
-def grad_moments(label: str, loss_fn: Callable[[], torch.Tensor], names: list[str], params: list[torch.Tensor],
-                 draws: int, directions: list[torch.Tensor], progress=None) -> GradStats:
+def grad_moments(
+    label: str,
+    loss_fn: Callable[[], torch.Tensor],
+    names: list[str],
+    params: list[torch.Tensor],
+    draws: int,
+    directions: list[torch.Tensor],
+    progress=None,
+) -> GradStats:
     """``draws`` gradients of ``loss_fn()``: float64 running sums for mean and variance (memory stays at
     two copies of the parameters however many draws) and their projections onto ``directions``. Draw r
     is seeded by its index; across processes each runs its share and the sums and the projections'
@@ -104,16 +111,17 @@ def grad_moments(label: str, loss_fn: Callable[[], torch.Tensor], names: list[st
     return GradStats(label, names, mean, var, proj, draws)
 
 
-def gradient_draws(est, vae, x: torch.Tensor, draws: int, directions: list[torch.Tensor],
-                   progress=None) -> GradStats:
+def gradient_draws(est, vae, x: torch.Tensor, draws: int, directions: list[torch.Tensor], progress=None) -> GradStats:
     """``draws`` independent gradients of -ELBO/example of estimator ``est`` (:func:`grad_moments`)."""
     names, params = trainable(vae)
-    return grad_moments(est.name, lambda: est.differentiable_loss(vae, x) / x.shape[0], names, params, draws,
-                        directions, progress)
+    return grad_moments(
+        est.name, lambda: est.differentiable_loss(vae, x) / x.shape[0], names, params, draws, directions, progress
+    )
 
 
-def unit_directions(pilot: list[torch.Tensor | None], params: list[torch.Tensor], num_random: int,
-                    seed: int) -> list[torch.Tensor]:
+def unit_directions(
+    pilot: list[torch.Tensor | None], params: list[torch.Tensor], num_random: int, seed: int
+) -> list[torch.Tensor]:
     """Per parameter tensor, K = 1 + ``num_random`` unit directions: the ``pilot`` gradient's and
     ``num_random`` Gaussian ones from a generator seeded with ``seed``; one (K, numel) float64 tensor
     per parameter."""
@@ -127,15 +135,20 @@ def unit_directions(pilot: list[torch.Tensor | None], params: list[torch.Tensor]
     return out
 
 
-def pilot_directions(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor], seed: int,
-                     pilot_draws: int = 1, num_random: int = 3) -> list[torch.Tensor]:
+def pilot_directions(
+    loss_fn: Callable[[], torch.Tensor],
+    params: list[torch.Tensor],
+    seed: int,
+    pilot_draws: int = 1,
+    num_random: int = 3,
+) -> list[torch.Tensor]:
     """Per parameter tensor, fixed unit directions to test gradients along (:func:`unit_directions`):
     the direction of a pilot gradient, the sum of ``pilot_draws`` gradients of ``loss_fn()`` drawn
     independently of the draws that are tested (so the direction does not favour them), and
     ``num_random`` seeded Gaussian directions. Every draw is seeded by ``seed``: the pilot's noise
     comes from a seed drawn from ``torch.Generator().manual_seed(seed)``, inside ``fork_rng``, so
     the directions depend on ``seed`` only (not on what ran before) and the caller's stream is untouched."""
-    pilot_seed = int(torch.randint(2 ** 62, (1,), generator=torch.Generator().manual_seed(seed)))
+    pilot_seed = int(torch.randint(2**62, (1,), generator=torch.Generator().manual_seed(seed)))
     cuda = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
     total: list[torch.Tensor | None] = [None] * len(params)
     with torch.random.fork_rng(devices=cuda):
@@ -146,11 +159,11 @@ def pilot_directions(loss_fn: Callable[[], torch.Tensor], params: list[torch.Ten
     return unit_directions(total, params, num_random, seed)
 
 
-def gradient_directions(vae, x: torch.Tensor, num_random: int = 3, pilot_particles: int = 32,
-                        seed: int = 0, reference: str = "analytic") -> list[torch.Tensor]:
+def gradient_directions(
+    vae, x: torch.Tensor, num_random: int = 3, pilot_particles: int = 32, seed: int = 0, reference: str = "analytic"
+) -> list[torch.Tensor]:
     """:func:`pilot_directions` for the VAE: the pilot is one gradient of the ``reference``
     estimator with ``pilot_particles`` samples per example."""
     _, params = trainable(vae)
     est = build_estimator(reference, pilot_particles)
-    return pilot_directions(lambda: est.differentiable_loss(vae, x) / x.shape[0], params, seed,
-                            num_random=num_random)
+    return pilot_directions(lambda: est.differentiable_loss(vae, x) / x.shape[0], params, seed, num_random=num_random)

@@ -73,5 +73,4 @@ class Subject:
     def gradient_draws(self, est, directions: list[torch.Tensor], progress=None) -> GradStats:
         """``grad_draws`` independent gradients of :meth:`grad_loss` (:func:`~.stats.grad_moments`)."""
         names, params = self.parameters()
-        return grad_moments(est.name, lambda: self.grad_loss(est), names, params, self.grad_draws, directions,
-                            progress)
+        return grad_moments(est.name, lambda: self.grad_loss(est), names, params, self.grad_draws, directions, progress)

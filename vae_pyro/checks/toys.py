@@ -89,7 +89,7 @@ class FixedNormalLikelihood(nn.Module):
 
     def log_prob(self, mean, x):
         # -1/2 sum_j [log 2 pi s^2 + (x_j - mean_j)^2 / s^2], written out by hand
-        var = self.scale ** 2
+        var = self.scale**2
         return -0.5 * (LOG_2PI + torch.log(var) + (x - mean).pow(2) / var).sum(-1)
 
     def check_data(self, x):
@@ -174,8 +174,9 @@ class ToyVAE(VAE):
 def with_guide(toy: ToyVAE, guide: str, **guide_options) -> ToyVAE:
     """The toy's model and encoder with the guide family ``guide`` (whose own parameters, if any, start
     fresh), at the toy's dtype and device."""
-    new = type(toy)(replace(toy.config, guide=guide, guide_options=guide_options)).to(dtype=toy.dtype,
-                                                                                     device=toy.device)
+    new = type(toy)(replace(toy.config, guide=guide, guide_options=guide_options)).to(
+        dtype=toy.dtype, device=toy.device
+    )
     new.load_state_dict(toy.state_dict(), strict=False)  # the family's own parameters are not the toy's
     new.kl_weight = toy.kl_weight
     return new
@@ -217,8 +218,9 @@ def ppca_fit(x: torch.Tensor, z_dim: int) -> tuple[torch.Tensor, torch.Tensor, f
     return w, b, s2
 
 
-def build_toy(name: str, x_train: torch.Tensor | None = None, *, seed: int = 0, epochs: int | None = None,
-              progress: bool = True) -> ToyVAE:
+def build_toy(
+    name: str, x_train: torch.Tensor | None = None, *, seed: int = 0, epochs: int | None = None, progress: bool = True
+) -> ToyVAE:
     """A toy fitted to its training digits, so the checks run at a trained point.
 
     ``linear_gaussian``: the decoder is set to the PPCA maximum-likelihood solution (z_dim 4); the
@@ -234,8 +236,16 @@ def build_toy(name: str, x_train: torch.Tensor | None = None, *, seed: int = 0, 
     if name == "linear_gaussian":
         z_dim = 4
         w, b, s2 = ppca_fit(x_train, z_dim)
-        toy = ToyVAE(ToyConfig(name, x_dim=x_train.shape[1], z_dim=z_dim, hidden=(),
-                               likelihood="normal_fixed", likelihood_options={"scale": math.sqrt(s2)}))
+        toy = ToyVAE(
+            ToyConfig(
+                name,
+                x_dim=x_train.shape[1],
+                z_dim=z_dim,
+                hidden=(),
+                likelihood="normal_fixed",
+                likelihood_options={"scale": math.sqrt(s2)},
+            )
+        )
         with torch.no_grad():
             toy.decoder.weight.copy_(w)
             toy.decoder.bias.copy_(b)
@@ -249,6 +259,15 @@ def build_toy(name: str, x_train: torch.Tensor | None = None, *, seed: int = 0, 
         epochs = 15 if epochs is None else epochs
         lr = 3e-3
     toy.check_data(x_train)
-    train(toy, build_estimator("analytic"), x_train, epochs=epochs, batch_size=100, lr=lr,
-          generator=generator, progress=progress, optimizer=torch.optim.Adam(params, lr=lr))
+    train(
+        toy,
+        build_estimator("analytic"),
+        x_train,
+        epochs=epochs,
+        batch_size=100,
+        lr=lr,
+        generator=generator,
+        progress=progress,
+        optimizer=torch.optim.Adam(params, lr=lr),
+    )
     return toy

@@ -88,8 +88,9 @@ def bernoulli_neg_log_lik(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     return F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
 
 
-def neg_elbo_terms(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None,
-                   sampled_kl: bool = False):
+def neg_elbo_terms(
+    vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None, sampled_kl: bool = False
+):
     """The two terms of the hand-written -ELBO, per example: ``(recon, kl, z, mu, logvar)`` where
     ``recon`` (shape (num_particles, B)) is -log p(x|z) at each sample z = mu + sigma eps and ``kl`` is
     the closed-form KL (shape (B,)), or with ``sampled_kl`` the Monte Carlo KL log q(z|x) - log p(z)
@@ -119,7 +120,8 @@ def posterior_kl(vae, q: Posterior) -> torch.Tensor:
         what, why = err.args
         refusal = NoClosedFormError(
             f"the analytic loss has no closed-form KL for {what} ({why}); "
-            "use a Monte Carlo estimator: trace, tmf (falls back to Monte Carlo) or their jit_ variants")
+            "use a Monte Carlo estimator: trace, tmf (falls back to Monte Carlo) or their jit_ variants"
+        )
         refusal.subject = what  # "prior 'mog'", "guide 'iaf'": for the reports that name it
         raise refusal from None
 
@@ -152,8 +154,9 @@ def closed_form_kl_reason(vae) -> str | None:
     return None
 
 
-def neg_elbo(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None,
-             sampled_kl: bool = False) -> torch.Tensor:
+def neg_elbo(
+    vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None, sampled_kl: bool = False
+) -> torch.Tensor:
     """The hand-written -ELBO_beta summed over the batch (beta = ``vae.kl_weight``, 1 for the ELBO):
     BCE + beta KLD with the closed-form KL, the reconstruction averaged over ``num_particles``
     samples, an unbiased estimate of -sum_i ELBO_beta(x_i) whose only noise is in the
@@ -185,8 +188,10 @@ class AnalyticEstimator(Estimator):
         why_not = closed_form_kl_reason(vae)
         if why_not:
             return Validity(INVALID, why_not)
-        return Validity(EXACT_KL, f"closed-form KL({_q_name(vae)} || {vae.prior.name}) plus the likelihood's "
-                                  "hand-written log-density")
+        return Validity(
+            EXACT_KL,
+            f"closed-form KL({_q_name(vae)} || {vae.prior.name}) plus the likelihood's hand-written log-density",
+        )
 
 
 def _q_name(vae) -> str:

@@ -36,7 +36,7 @@ DEFAULT_ESTIMATORS = ("analytic", "trace", "tmf", "jit_trace", "jit_tmf", "jit_t
 class Validity:
     """Whether an estimator computes this VAE's (beta-)ELBO, and how it gets the KL term."""
 
-    kind: str      # EXACT_KL, MONTE_CARLO_KL or INVALID
+    kind: str  # EXACT_KL, MONTE_CARLO_KL or INVALID
     reason: str
 
     @property
@@ -123,5 +123,8 @@ def estimator_names() -> list[str]:
 def checked_estimator_names(vae, bound: str = ELBO_BOUND) -> list[str]:
     """The registered estimators of ``bound`` that apply to this VAE and are ``checked``, in registry
     order: what ``vae-pyro check`` runs, derived from the registry rather than typed by hand."""
-    return [name for name, cls in ((n, ESTIMATORS[n]) for n in estimator_names())
-            if cls.bound == bound and cls.checked and cls().validity(vae).valid]
+    return [
+        name
+        for name, cls in ((n, ESTIMATORS[n]) for n in estimator_names())
+        if cls.bound == bound and cls.checked and cls().validity(vae).valid
+    ]

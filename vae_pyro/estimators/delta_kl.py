@@ -55,5 +55,7 @@ class DeltaAwareTraceMeanField_ELBO(TraceMeanField_ELBO):
         missing = delta_log_density(model_trace, guide_trace)
         if not torch.is_tensor(missing):
             return loss, surrogate_loss
-        return (loss + (missing.detach() if torch._C._get_tracing_state() else float(missing.detach())),
-                surrogate_loss + missing)
+        return (
+            loss + (missing.detach() if torch._C._get_tracing_state() else float(missing.detach())),
+            surrogate_loss + missing,
+        )

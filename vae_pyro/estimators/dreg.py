@@ -39,11 +39,12 @@ def dreg_neg_bound(vae, x: torch.Tensor, k: int, eps: torch.Tensor | None = None
     """-sum_i IWAE_k(x_i) whose gradient is DReG's (encoder) and IWAE's (decoder, prior, likelihood)."""
     q = vae.posterior(x)  # the guide family's q(z|x); log q below with its parameters stopped
     z = q.rsample(k, q.draw_noise(k, eps))
-    log_w = (vae.likelihood.log_prob(vae.decoder(z), x) + vae.prior.dist(z.shape[:-1]).log_prob(z)
-             - q.detach().log_prob(z))
-    w_tilde = torch.softmax(log_w.detach(), dim=0)                       # (k, B), sums to 1 over k
+    log_w = (
+        vae.likelihood.log_prob(vae.decoder(z), x) + vae.prior.dist(z.shape[:-1]).log_prob(z) - q.detach().log_prob(z)
+    )
+    w_tilde = torch.softmax(log_w.detach(), dim=0)  # (k, B), sums to 1 over k
     if z.requires_grad:
-        z.register_hook(lambda grad: grad * w_tilde.unsqueeze(-1))      # w~ once more on the path: w~^2
+        z.register_hook(lambda grad: grad * w_tilde.unsqueeze(-1))  # w~ once more on the path: w~^2
     surrogate = (w_tilde * log_w).sum(0)
     value = log_mean_exp(log_w.detach(), dim=0)
     return -(value + surrogate - surrogate.detach()).sum()
@@ -55,8 +56,10 @@ class DReGEstimator(Estimator):
 
     description = "IWAE_k, doubly-reparameterised encoder gradient (Tucker et al. 2018)"
     bound = IWAE_BOUND
-    same_noise_skip = ("estimates IWAE_k; its value and decoder gradient equal iwae's at shared noise, its "
-                       "encoder gradient in expectation (tests/test_new_estimators.py)")
+    same_noise_skip = (
+        "estimates IWAE_k; its value and decoder gradient equal iwae's at shared noise, its "
+        "encoder gradient in expectation (tests/test_new_estimators.py)"
+    )
 
     def differentiable_loss(self, vae, x):
         return dreg_neg_bound(vae, x, self.num_particles)

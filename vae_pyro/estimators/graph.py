@@ -123,8 +123,9 @@ class PyroGraphEstimator(GraphEstimator):
     elbo_class: type = SyncFreeTrace_ELBO
 
     def loss_fn(self, vae, x, beta):
-        elbo = self.elbo_class(num_particles=self.num_particles, vectorize_particles=self.num_particles > 1,
-                               max_plate_nesting=1)
+        elbo = self.elbo_class(
+            num_particles=self.num_particles, vectorize_particles=self.num_particles > 1, max_plate_nesting=1
+        )
         return elbo.differentiable_loss(vae.model, vae.guide, x, beta)
 
 

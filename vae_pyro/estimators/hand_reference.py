@@ -34,20 +34,21 @@ HAND_MC = "hand_mc"
 @register_estimator(HAND_MC)
 class HandMonteCarloEstimator(Estimator):
     description = "hand-written -log p(x|z) + beta (log q(z|x) - log p(z)) at reparameterised z; no Pyro"
-    same_noise_skip = ("draws its own noise outside Pyro and is the reference where there is no closed-form "
-                       "KL; the same-noise check ties trace and tmf to these same hand-written terms")
+    same_noise_skip = (
+        "draws its own noise outside Pyro and is the reference where there is no closed-form "
+        "KL; the same-noise check ties trace and tmf to these same hand-written terms"
+    )
 
     def differentiable_loss(self, vae, x: torch.Tensor) -> torch.Tensor:
-        q = vae.posterior(x)                                                       # mu, logvar: (B, d)
-        eps = torch.randn((self.num_particles,) + tuple(q.mu.shape[:-1]) + (q.noise_dim,), dtype=q.mu.dtype,
-                          device=q.mu.device)
-        z = q.rsample(self.num_particles, eps)                                     # (P, B, d)
-        log_lik = vae.likelihood.log_prob(vae.decoder(z), x)                       # (P, B)
-        log_prior = vae.prior.dist(z.shape[:-1]).log_prob(z)                       # (P, B)
-        log_q = q.log_prob_noise(eps, z)                                           # (P, B)
+        q = vae.posterior(x)  # mu, logvar: (B, d)
+        eps = torch.randn(
+            (self.num_particles,) + tuple(q.mu.shape[:-1]) + (q.noise_dim,), dtype=q.mu.dtype, device=q.mu.device
+        )
+        z = q.rsample(self.num_particles, eps)  # (P, B, d)
+        log_lik = vae.likelihood.log_prob(vae.decoder(z), x)  # (P, B)
+        log_prior = vae.prior.dist(z.shape[:-1]).log_prob(z)  # (P, B)
+        log_q = q.log_prob_noise(eps, z)  # (P, B)
         return (-log_lik + vae.kl_weight * (log_q - log_prior)).mean(0).sum()
 
     def validity(self, vae):
-        return Validity(MONTE_CARLO_KL, "hand-written log q(z|x) - log p(z) at the sampled z, for any prior "
-                                        "and guide")
-
+        return Validity(MONTE_CARLO_KL, "hand-written log q(z|x) - log p(z) at the sampled z, for any prior and guide")

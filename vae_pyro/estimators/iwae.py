@@ -59,12 +59,21 @@ def iwae_validity(vae) -> Validity:
     """IWAE_k bounds log p(x) itself: there is no KL term to weight, so it applies at beta = 1 only."""
     if float(vae.kl_weight) != 1.0:
         return Validity(INVALID, f"IWAE_k bounds log p(x) and has no KL weight; beta = {vae.kl_weight:g} != 1")
-    return Validity(MONTE_CARLO_KL, "IWAE_k from k sampled importance weights p(x, z) / q(z|x), for any prior "
-                                    "(a tighter bound than the ELBO: not compared with it)")
+    return Validity(
+        MONTE_CARLO_KL,
+        "IWAE_k from k sampled importance weights p(x, z) / q(z|x), for any prior "
+        "(a tighter bound than the ELBO: not compared with it)",
+    )
 
 
-def log_weights(vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None,
-                stop_q_grad: bool = False, proposal=None) -> torch.Tensor:
+def log_weights(
+    vae,
+    x: torch.Tensor,
+    num_particles: int = 1,
+    eps: torch.Tensor | None = None,
+    stop_q_grad: bool = False,
+    proposal=None,
+) -> torch.Tensor:
     """log w = log p(x|z) + log p(z) - log q(z|x) at z = mu + sigma * eps (the guide family's
     reparameterised sample, :meth:`vae_pyro.guides.Posterior.rsample`), shape (num_particles, B).
 

@@ -155,14 +155,18 @@ class PyroEstimator(Estimator):
 
     def _validity(self, vae):
         if not self.mean_field:
-            return Validity(MONTE_CARLO_KL, "Trace_ELBO estimates the KL by log q(z|x) - log p(z) at the "
-                                            "sampled z, for any prior")
+            return Validity(
+                MONTE_CARLO_KL, "Trace_ELBO estimates the KL by log q(z|x) - log p(z) at the sampled z, for any prior"
+            )
         p_name = _dist_name(vae.prior.dist((1,)))
         q_name = vae.guide_family.label
         if mean_field_kl_kind(vae) == EXACT_KL:
             return Validity(EXACT_KL, f"torch registers KL({q_name} || {p_name}); TraceMeanField_ELBO uses it")
-        return Validity(MONTE_CARLO_KL, f"torch registers no KL({q_name} || {p_name}): TraceMeanField_ELBO "
-                                        "silently falls back to log q(z|x) - log p(z) at the sampled z")
+        return Validity(
+            MONTE_CARLO_KL,
+            f"torch registers no KL({q_name} || {p_name}): TraceMeanField_ELBO "
+            "silently falls back to log q(z|x) - log p(z) at the sampled z",
+        )
 
 
 @register_estimator("trace")
@@ -187,8 +191,10 @@ class JitTraceEstimator(PyroEstimator):
     # Seen on an H100 (torch 2.11): under tracing, torch.distributions' _standard_normal draws eps as
     # torch.normal(zeros, ones) (its "JIT workaround"), and the CUDA kernel of normal(Tensor, Tensor)
     # checks std >= 0 with a host read. The *_graph estimators replay without it.
-    cuda_host_sync = ("TorchScript records torch.normal(zeros, ones) for the guide's noise, whose CUDA kernel "
-                      "checks std >= 0 on the host; trace_graph / tmf_graph are the sync-free compiled route")
+    cuda_host_sync = (
+        "TorchScript records torch.normal(zeros, ones) for the guide's noise, whose CUDA kernel "
+        "checks std >= 0 on the host; trace_graph / tmf_graph are the sync-free compiled route"
+    )
 
 
 @register_estimator("jit_tmf")
@@ -201,15 +207,19 @@ class JitTraceMeanFieldEstimator(PyroEstimator):
     # Seen on an H100 (torch 2.11): under tracing, torch.distributions' _standard_normal draws eps as
     # torch.normal(zeros, ones) (its "JIT workaround"), and the CUDA kernel of normal(Tensor, Tensor)
     # checks std >= 0 with a host read. The *_graph estimators replay without it.
-    cuda_host_sync = ("TorchScript records torch.normal(zeros, ones) for the guide's noise, whose CUDA kernel "
-                      "checks std >= 0 on the host; trace_graph / tmf_graph are the sync-free compiled route")
+    cuda_host_sync = (
+        "TorchScript records torch.normal(zeros, ones) for the guide's noise, whose CUDA kernel "
+        "checks std >= 0 on the host; trace_graph / tmf_graph are the sync-free compiled route"
+    )
 
 
 @register_estimator("jit_tmf_pyro")
 class PyroJitTraceMeanFieldEstimator(PyroEstimator):
     checked = False
-    same_noise_skip = ("re-traces on every call, and each trace draws extra random numbers, so no seed "
-                       "gives it the same noise as another estimator; checked statistically")
+    same_noise_skip = (
+        "re-traces on every call, and each trace draws extra random numbers, so no seed "
+        "gives it the same noise as another estimator; checked statistically"
+    )
     description = "pyro.infer.JitTraceMeanField_ELBO as shipped (re-traces every call)"
     elbo_class = JitTraceMeanField_ELBO
     mean_field = True

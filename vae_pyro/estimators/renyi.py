@@ -38,8 +38,12 @@ class RenyiHalfEstimator(PyroEstimator):
     alpha = ALPHA
 
     def make_elbo(self):
-        return self.elbo_class(alpha=self.alpha, num_particles=self.num_particles,
-                               vectorize_particles=self.num_particles > 1, max_plate_nesting=1)
+        return self.elbo_class(
+            alpha=self.alpha,
+            num_particles=self.num_particles,
+            vectorize_particles=self.num_particles > 1,
+            max_plate_nesting=1,
+        )
 
     def validity(self, vae):
         return iwae_validity(vae)

@@ -86,17 +86,25 @@ class DifferentiableTraceGraph_ELBO(TraceGraph_ELBO):
 
 def score_function_validity(vae) -> Validity:
     if float(vae.kl_weight) != 1.0:
-        return Validity(INVALID, f"poutine.scale(beta) scales the guide's score-function term too, so the "
-                                 f"surrogate is not the beta-ELBO's; beta = {vae.kl_weight:g} != 1")
-    return Validity(MONTE_CARLO_KL, "log p(x, z) - log q(z|x) at z drawn without reparameterisation; the "
-                                    "encoder's gradient by the score function, for any prior")
+        return Validity(
+            INVALID,
+            f"poutine.scale(beta) scales the guide's score-function term too, so the "
+            f"surrogate is not the beta-ELBO's; beta = {vae.kl_weight:g} != 1",
+        )
+    return Validity(
+        MONTE_CARLO_KL,
+        "log p(x, z) - log q(z|x) at z drawn without reparameterisation; the "
+        "encoder's gradient by the score function, for any prior",
+    )
 
 
 class PyroScoreFunctionEstimator(PyroEstimator):
     """A Pyro ELBO run on ``vae.model`` and the guide under :class:`NonReparam`."""
 
-    same_noise_skip = ("a score-function gradient differs from the reparameterised one draw by draw (equal "
-                       "in expectation); checked statistically, and against score_function at shared noise")
+    same_noise_skip = (
+        "a score-function gradient differs from the reparameterised one draw by draw (equal "
+        "in expectation); checked statistically, and against score_function at shared noise"
+    )
     elbo_class = DifferentiableTraceGraph_ELBO
     use_baseline = False
 
@@ -133,8 +141,9 @@ class PyroScoreFunctionEstimator(PyroEstimator):
         return score_function_validity(vae)
 
 
-def score_function_neg_elbo(vae, x: torch.Tensor, num_particles: int = 1,
-                            eps: torch.Tensor | None = None) -> torch.Tensor:
+def score_function_neg_elbo(
+    vae, x: torch.Tensor, num_particles: int = 1, eps: torch.Tensor | None = None
+) -> torch.Tensor:
     """-sum_i ELBO(x_i) with the score-function gradient of the module docstring (differentiable)."""
     q = vae.posterior(x)  # the guide family's q(z|x): its own sampler and hand-written log-density
     z = q.rsample(num_particles, q.draw_noise(num_particles, eps)).detach()

@@ -25,17 +25,21 @@ from .iwae import log_weights
 @register_estimator("stl")
 class STLEstimator(Estimator):
     description = "path-derivative ELBO, score term dropped (Roeder et al. 2017)"
-    same_noise_skip = ("drops the score term, so its gradient differs from the others draw by draw "
-                       "(equal in expectation); checked statistically")
+    same_noise_skip = (
+        "drops the score term, so its gradient differs from the others draw by draw "
+        "(equal in expectation); checked statistically"
+    )
 
     def differentiable_loss(self, vae, x):
         return -log_weights(vae, x, self.num_particles, stop_q_grad=True).mean(0).sum()
 
     def validity(self, vae):
         if float(vae.kl_weight) != 1.0:
-            return Validity(INVALID, f"the path-derivative estimator here is of the plain ELBO; beta = "
-                                     f"{vae.kl_weight:g} != 1")
+            return Validity(
+                INVALID, f"the path-derivative estimator here is of the plain ELBO; beta = {vae.kl_weight:g} != 1"
+            )
         if vae.guide_family.no_path_derivative:
             return Validity(INVALID, f"guide {vae.guide_family.name!r}: {vae.guide_family.no_path_derivative}")
-        return Validity(MONTE_CARLO_KL, "log p(x, z) - log q(z|x) at the sampled z with the score term dropped, "
-                                        "for any prior")
+        return Validity(
+            MONTE_CARLO_KL, "log p(x, z) - log q(z|x) at the sampled z with the score term dropped, for any prior"
+        )
