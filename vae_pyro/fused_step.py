@@ -4,8 +4,10 @@ r"""The whole training step traced out of Pyro and compiled by inductor: loss, b
 ~100 small kernels still runs on its own. Here the step is first *traced* into one FX graph of ATen
 operations, with Pyro's Python executed once and only its tensor operations recorded
 (``torch.fx.experimental.proxy_tensor.make_fx``, the tracer under AOTAutograd), then compiled by
-``torch.compile`` (inductor), which fuses the pointwise work around the matrix products into a few
-kernels (C++/OpenMP on the CPU, Triton on CUDA). ``torch.compile`` cannot do this on Pyro directly:
+inductor (``torch._inductor.compile``: the graph is already ATen operations, so Dynamo, which would
+only re-trace it and guard every call, is skipped), which fuses the pointwise work around the matrix
+products into a few kernels (C++/OpenMP on the CPU, Triton on CUDA). ``torch.compile`` cannot do this
+on Pyro directly:
 Dynamo breaks its graph on Pyro's messenger stack, and with graph breaks the Python stays.
 
 The traced function, for parameters theta, Adam's moments (m, v) and step count t:
@@ -43,10 +45,12 @@ import time
 
 import pyro
 import torch
+import torch._inductor
 from torch._inductor import config as inductor_config
 from torch._inductor import metrics as inductor_metrics
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.func import functional_call
+from torch.utils._pytree import tree_flatten
 
 from vae_pyro.captured_step import captured_loss_fn, restore_training_state, snapshot_training_state
 from vae_pyro.errors import SpecError
@@ -151,13 +155,13 @@ class FusedTrainStep:
         return ([p.detach() for p in self.params], *_adam_state(self.optimizer, self.params), x, beta, lr)
 
     def _first_step(self, x: torch.Tensor, beta: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        """Trace, compile (inductor compiles at the first call) and on CUDA capture, then the step;
+        """Trace, compile and on CUDA capture, then the step;
         counts the kernels and the seconds it all took."""
         start, generated = time.perf_counter(), inductor_metrics.generated_kernel_count
         graph = self._trace(x, beta, lr)
         # fallback_random: random ops draw from torch's generator in the eager order (module docstring)
         with inductor_config.patch(fallback_random=True):
-            self.compiled = torch.compile(graph, fullgraph=True, dynamic=False)
+            self.compiled = torch._inductor.compile(graph, tree_flatten(list(self._args(x, beta, lr)))[0])
             if self.device.type == "cuda":
                 self._capture(x, beta, lr)
             loss = self._replay(x, beta, lr)
