@@ -5,10 +5,11 @@ Measured (``scripts/benchmark.py``, docs/benchmark.md), at batch 128 with the de
 * **CUDA**: the whole step captured in one CUDA graph (:mod:`vae_pyro.captured_step`) takes 0.31 /
   0.38 / 0.37 ms (analytic / trace / tmf) on an H100 against milliseconds eager, and capturing costs
   well under a second: ``auto`` captures.
-* **CPU** (one thread): the step fused by inductor (:mod:`vae_pyro.fused_step`) saves about a third
-  of an eager step (~3-5 ms of ~10-15 ms), but tracing and compiling it costs ~20-70 s (less when
-  inductor's cache holds the graph). At 4 ms saved per step that is paid back after ~10,000 steps:
-  ``auto`` fuses from :data:`FUSE_MIN_STEPS` full-size steps on, and runs eagerly below.
+* **CPU** (one thread, docs/benchmark.md): the step fused by inductor (:mod:`vae_pyro.fused_step`)
+  takes 7.7 / 8.3 / 8.1 ms against 10.3 / 11.5 / 13.0 ms eager, so it saves about 3 ms per step, and
+  tracing and compiling it costs ~20 s with an empty inductor cache (3-6 s once the cache holds its
+  kernels). 20 s / 3 ms is ~7,000 steps: ``auto`` fuses from :data:`FUSE_MIN_STEPS` full-size steps on,
+  and runs eagerly below.
 
 Both routes need a captured loss (``analytic``, ``trace``, ``tmf`` and their ``*_graph`` twins) and one
 process (neither reduces gradients across processes); otherwise the run is eager, and says why.
@@ -25,7 +26,7 @@ from .errors import SpecError, VaePyroError
 from .estimators import Estimator
 
 #: full-size training steps from which ``auto`` fuses on the CPU (see the module docstring)
-FUSE_MIN_STEPS = 10_000
+FUSE_MIN_STEPS = 7_000
 
 
 def choose_step(step: str, device: torch.device, estimator: Estimator, full_steps: int) -> tuple[str, str]:
