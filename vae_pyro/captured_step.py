@@ -54,10 +54,10 @@ def captured_loss_fn(estimator: Estimator):
     raise SpecError(f"estimator {estimator.name!r} has no captured loss; allowed: {', '.join(allowed)}")
 
 
-class CapturedTrainStep:
-    """One Adam step on ``loss_fn(vae, x, beta) / batch`` for batches of one shape: a CUDA-graph replay
-    on CUDA, the same body run eagerly elsewhere. ``optimizer`` must be the one that trains ``vae``
-    (on CUDA an ``Adam(capturable=True)``: ``vae_pyro.train.make_optimizer(vae, lr, capturable=True)``);
+class WholeStep:
+    """The interface of a whole training step (loss, backward, Adam) for batches of one shape, which
+    ``vae_pyro.train.train`` runs on every full-size batch: ``fits(x)``, ``step(x, beta)`` (the
+    loss/example as a device tensor, never read). ``optimizer`` must be the one that trains ``vae``;
     its state is shared, so eager steps (e.g. of another batch size) may be interleaved."""
 
     def __init__(
@@ -70,27 +70,39 @@ class CapturedTrainStep:
     ):
         self.vae, self.optimizer = vae, optimizer
         self.loss_fn = captured_loss_fn(estimator)
-        dtype = dtype or next(vae.parameters()).dtype
-        device = vae.device
-        self.x = torch.zeros(tuple(batch_shape), dtype=dtype, device=device)
-        self.beta = torch.full((), float(vae.kl_weight), dtype=dtype, device=device)
-        self.loss = torch.zeros((), dtype=dtype, device=device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        if device.type == "cuda":
-            self._capture()
+        self.shape = tuple(batch_shape)
+        self.dtype, self.device = dtype or next(vae.parameters()).dtype, vae.device
 
     def fits(self, x: torch.Tensor) -> bool:
-        """Whether ``x`` can go through this step (the captured shape, dtype and device)."""
-        return x.shape == self.x.shape and x.dtype == self.x.dtype and x.device == self.x.device
+        """Whether ``x`` can go through this step (its shape, dtype and device)."""
+        return tuple(x.shape) == self.shape and x.dtype == self.dtype and x.device == self.device
+
+    def check_fits(self, x: torch.Tensor) -> None:
+        if not self.fits(x):
+            raise ValueError(
+                f"batch of shape {tuple(x.shape)}, {x.dtype} on {x.device} does not fit this step; "
+                f"allowed: shape {self.shape}, {self.dtype} on {self.device}"
+            )
+
+
+class CapturedTrainStep(WholeStep):
+    """One Adam step on ``loss_fn(vae, x, beta) / batch`` for batches of one shape: a CUDA-graph replay
+    on CUDA, the same body run eagerly elsewhere (on CUDA ``optimizer`` must be an
+    ``Adam(capturable=True)``: ``vae_pyro.train.make_optimizer(vae, lr, capturable=True)``)."""
+
+    def __init__(self, vae, estimator, optimizer, batch_shape, dtype=None):
+        super().__init__(vae, estimator, optimizer, batch_shape, dtype)
+        self.x = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        self.beta = torch.full((), float(vae.kl_weight), dtype=self.dtype, device=self.device)
+        self.loss = torch.zeros((), dtype=self.dtype, device=self.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if self.device.type == "cuda":
+            self._capture()
 
     def step(self, x: torch.Tensor, beta: float) -> torch.Tensor:
         """Copy ``x`` and ``beta`` in, run the step; the loss/example as a device tensor (a copy: the
         static output is overwritten by the next step), never read here."""
-        if not self.fits(x):
-            raise ValueError(
-                f"batch of shape {tuple(x.shape)}, {x.dtype} on {x.device} does not fit this step; "
-                f"allowed: shape {tuple(self.x.shape)}, {self.x.dtype} on {self.x.device}"
-            )
+        self.check_fits(x)
         self.x.copy_(x)
         self.beta.fill_(beta)  # a fill kernel: no host-to-device copy, no sync
         if self.graph is None:

@@ -52,9 +52,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.func import functional_call
 from torch.utils._pytree import tree_flatten
 
-from vae_pyro.captured_step import captured_loss_fn, restore_training_state, snapshot_training_state
+from vae_pyro.captured_step import WholeStep, restore_training_state, snapshot_training_state
 from vae_pyro.errors import SpecError
-from vae_pyro.estimators import Estimator
 from vae_pyro.estimators.graph import LossModule
 
 
@@ -84,7 +83,7 @@ def _adam_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) ->
     return [[optimizer.state[p][k] for p in params] for k in ("step", "exp_avg", "exp_avg_sq")]
 
 
-class FusedTrainStep:
+class FusedTrainStep(WholeStep):
     """One Adam step on ``loss_fn(vae, x, beta) / batch`` for batches of one shape, traced once (on
     copies of the parameters and Adam's state, with the random generator put back, so the trace trains
     nothing) and compiled by inductor at the first call. Same interface as
@@ -94,29 +93,16 @@ class FusedTrainStep:
     eagerly; its matrix products, which stay library GEMM calls; the kernels inductor generated for
     the rest)."""
 
-    def __init__(
-        self,
-        vae,
-        estimator: Estimator,
-        optimizer: torch.optim.Optimizer,
-        batch_shape: tuple[int, ...],
-        dtype: torch.dtype | None = None,
-    ):
-        self.vae, self.optimizer = vae, optimizer
-        self.loss_fn = captured_loss_fn(estimator)
+    def __init__(self, vae, estimator, optimizer, batch_shape, dtype=None):
+        super().__init__(vae, estimator, optimizer, batch_shape, dtype)
         self.adam = _adam_settings(optimizer)
         self.module = LossModule(vae, self.loss_fn)  # forward(x, beta): what functional_call runs
         self.names = [n for n, _ in self.module.named_parameters()]
         self.params = [p for _, p in self.module.named_parameters()]
-        dtype = dtype or self.params[0].dtype
-        self.shape, self.dtype, self.device = tuple(batch_shape), dtype, vae.device
         self.compiled = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.compile_s: float | None = None
         self.kernels: dict | None = None
-
-    def fits(self, x: torch.Tensor) -> bool:
-        return tuple(x.shape) == self.shape and x.dtype == self.dtype and x.device == self.device
 
     def _step_fn(self, params, steps, exp_avgs, exp_avg_sqs, x, beta, lr):
         """The traced step (module docstring): updates ``params`` and the state in place, returns the loss."""
@@ -199,11 +185,7 @@ class FusedTrainStep:
 
     def step(self, x: torch.Tensor, beta: float) -> torch.Tensor:
         """Run the step; the loss/example as a tensor, never read here."""
-        if not self.fits(x):
-            raise ValueError(
-                f"batch of shape {tuple(x.shape)}, {x.dtype} on {x.device} does not fit this step; "
-                f"allowed: shape {self.shape}, {self.dtype} on {self.device}"
-            )
+        self.check_fits(x)
         # 0-d device tensors by fill kernels: graph inputs, so annealing and schedules reach the graph
         beta_t = torch.full((), beta, dtype=self.dtype, device=self.device)
         lr = torch.full((), self.optimizer.param_groups[0]["lr"], dtype=torch.float64, device=self.device)
