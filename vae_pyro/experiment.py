@@ -27,9 +27,9 @@ from .errors import SpecError
 from .estimators import build_estimator
 from .evaluation import iwae_log_likelihood
 from .model import VAE
-from .runs import Run, prepare_run, result_header
+from .runs import Run, fit_run, prepare_run, result_header
 from .report import atomic_write_text, fmt, markdown_table, table, write_json
-from .train import seed_all, train
+from .train import seed_all
 
 
 def experiment_binarization(spec) -> str:
@@ -41,26 +41,22 @@ def experiment_binarization(spec) -> str:
 
 def _train_one(name: str, run: Run, out: Path, progress: bool) -> tuple[VAE, dict]:
     vae = run.restart()  # same initial weights and data order for every estimator
-    t = run.spec.training
     ref = checks.reference_for(vae, particles=16, reference_particles=16)
     start = time.perf_counter()
-    history = train(
-        vae,
-        build_estimator(name, t.particles),
-        run.x_train,
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        dynamic=run.dynamic,
+    history, training = fit_run(
+        run,
+        name,
+        None,
+        progress,
+        vae=vae,
         x_test=run.x_test,
         eval_estimator=build_estimator(ref.estimator, ref.particles),
-        generator=run.generator,
-        progress=progress,
-        kl_anneal_epochs=t.kl_anneal_epochs,
         checkpoint=str(out / "checkpoints" / f"{name}.pt"),
     )
     record = {
         "name": name,
+        "step": training["step"],
+        "step_reason": training["step_reason"],
         "test_estimator": f"{ref.estimator} x{ref.particles}",
         "history": [asdict(h) for h in history],
         "train_seconds": time.perf_counter() - start,

@@ -86,16 +86,19 @@ def prepare_run(spec, binarization: str | None = None, checkpoint: str | None = 
     return Run(spec, device, generator, vae, ds, binarization, transform, x_train, x_test)
 
 
-def fit_run(run: Run, trainer: str, note: str | None, progress: bool, **train_kwargs):
-    """Train ``run.vae`` as its spec says, with ``trainer`` (chosen by :func:`training_estimator`);
-    returns the epoch history and the training record every command's JSON carries."""
+def fit_run(run: Run, trainer: str, note: str | None, progress: bool, vae=None, **train_kwargs):
+    """Train ``run.vae`` (or ``vae``, e.g. a :meth:`Run.restart`) as its spec says, with ``trainer``
+    (chosen by :func:`training_estimator`), each step run as ``training.step`` chooses
+    (:func:`vae_pyro.steps.choose_step`); returns the epoch history and the training record every
+    command's JSON carries."""
+    vae = run.vae if vae is None else vae
     t = run.spec.training
     estimator = build_estimator(trainer, t.particles)
     if train_kwargs.pop("capture", False):
         t = dataclasses.replace(t, step="captured")  # the older spelling, train(capture=True)
-    route, why = choose_step(t.step, run.vae.device, estimator, len(run.x_train) // t.batch_size * t.epochs)
+    route, why = choose_step(t.step, vae.device, estimator, len(run.x_train) // t.batch_size * t.epochs)
     history = train(
-        run.vae,
+        vae,
         estimator,
         run.x_train,
         epochs=t.epochs,
