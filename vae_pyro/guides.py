@@ -4,21 +4,21 @@ Every family starts from the encoder's ``(mu, logvar)`` (the very outputs the ha
 and, except ``diag_normal``, adds a small module of its own, amortised on the encoder's output
 (``context = [mu, logvar]``), so q(z|x) stays one forward pass per batch.
 
-==================  ==================================================================  ==================
-name                q(z|x)                                                              KL to a Normal p(z)
-==================  ==================================================================  ==================
-``diag_normal``     N(mu, diag(sigma^2)), sigma = exp(logvar / 2) (Kingma & Welling      closed form
-                    2013): today's guide, no extra parameters
-``full_normal``     N(mu, L L^T), L lower triangular, diag(L) = sigma (positive by exp), closed form
+==================  ======================================================================  ===========
+name                q(z|x)                                                                  KL to N(0, I)
+==================  ======================================================================  ===========
+``diag_normal``     N(mu, diag(sigma^2)), sigma = exp(logvar / 2) (Kingma & Welling 2013):  closed form
+                    today's guide, no extra parameters
+``full_normal``     N(mu, L L^T), L lower triangular, diag(L) = sigma (positive by exp),    closed form
                     the strictly lower part a linear head on the context
                     (``MultivariateNormal(scale_tril=L)``)
-``lowrank_normal``  N(mu, W W^T + diag(sigma^2)), W (z_dim x rank) a linear head on the  closed form
+``lowrank_normal``  N(mu, W W^T + diag(sigma^2)), W (z_dim x rank) a linear head on the     closed form
                     context (``LowRankMultivariateNormal``)
-``iaf``             the diagonal Normal pushed through ``flows`` inverse autoregressive   none
+``iaf``             the diagonal Normal pushed through ``flows`` inverse autoregressive     none
                     affine flows (Kingma et al. 2016, the "stable" sigmoid-gated form,
-                    eq. 14), each conditioned on the context
-                    (``pyro.distributions.transforms.ConditionalAffineAutoregressive``)
-==================  ==================================================================  ==================
+                    eq. 14), each conditioned on the context (Pyro's
+                    ``ConditionalAffineAutoregressive``)
+==================  ======================================================================  ===========
 
 The heads of ``full_normal`` and ``lowrank_normal`` start at zero, so before training both *are* the
 diagonal guide (the tests use it). ``diag_normal`` owns no parameters and draws no random numbers
@@ -48,6 +48,8 @@ from torch.distributions.utils import _standard_normal
 from .priors import DiagNormal, StandardNormal, prior_kl
 from .registry import Option, Registry
 
+#: every guide family by name (``[guide] family``, ``--guide``); a new family is one class decorated
+#: with :func:`register_guide`
 GUIDES: Registry[type["Guide"]] = Registry("guide")
 register_guide = GUIDES.register
 DEFAULT_GUIDE = "diag_normal"
@@ -226,7 +228,7 @@ class DiagPosterior(Posterior):
             raise NotImplementedError(f"prior {prior.name!r}", why) from None
 
 
-class _ConstantInPython:
+class ConstantInPython:
     """torch's ``MultivariateNormal.log_prob`` (and the low-rank one's) adds ``self._event_shape[0] *
     math.log(2 * math.pi)``; under ``torch.jit.trace`` (the ``jit_*`` and ``*_graph`` estimators) the
     event size is a traced tensor and that product a *float32* one, 1e-7 nats off in float64, above
@@ -241,7 +243,7 @@ class _ConstantInPython:
         return new
 
 
-class _MultivariateNormal(_ConstantInPython, dist.MultivariateNormal):
+class _MultivariateNormal(ConstantInPython, dist.MultivariateNormal):
     def log_prob(self, value):
         diff = value - self.loc
         mahalanobis = _batch_mahalanobis(self._unbroadcasted_scale_tril, diff)
@@ -286,7 +288,7 @@ class FullPosterior(Posterior):
         return gaussian_kl_to_diag_normal(self.mu, self.scale_tril.pow(2).sum(-1), self.logvar.sum(-1), loc_p, scale_p)
 
 
-class RecordingLowRankMultivariateNormal(_ConstantInPython, dist.LowRankMultivariateNormal):
+class RecordingLowRankMultivariateNormal(ConstantInPython, dist.LowRankMultivariateNormal):
     """``LowRankMultivariateNormal`` whose ``rsample`` keeps the noise it drew (``last_noise``,
     [eps_W, eps_D] on the last axis): z = mu + W eps_W + sqrt(D) eps_D does not determine eps, and the
     same-noise checks need the very eps behind the z the Pyro guide drew. The sample is torch's

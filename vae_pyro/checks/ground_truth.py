@@ -21,7 +21,8 @@ check                        value                                              
 ``stl_zero_variance``        encoder gradient variance, stl / trace, at the posterior (linear)    <= 1e-12
 ``full_normal_tight``        the decoder rotated (full-covariance p(z|x), log p(x) unchanged),    1e-9 nats
                              ``full_normal`` guide at chol(S): max |ELBO - log p(x)|, closed
-                             form and every single draw of each Monte Carlo ELBO estimator, iwae
+                             form and every single draw of each Monte Carlo ELBO estimator and
+                             of iwae
 ``diag_gap_is_kl``           the same rotated decoder, best diagonal guide: max |(log p(x) -      1e-9 nats
                              ELBO) - KL(q || p(z|x))|, both closed form (the gap is > 0 there)
 ===========================  ==================================================================  ============
