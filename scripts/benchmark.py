@@ -55,14 +55,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from vae_pyro.captured_step import CapturedTrainStep
 from vae_pyro.data import load_mnist5k, prepare
 from vae_pyro.estimators import DEFAULT_ESTIMATORS, build_estimator
 from vae_pyro.model import VAE
 from vae_pyro.report import atomic_write_text, fmt, table, write_json
 from vae_pyro.estimators.syncfree import step_without_validation
-from vae_pyro.fused_step import FusedTrainStep
-from vae_pyro.train import make_optimizer, resolve_device, seed_all, time_steps, train_step
+from vae_pyro.train import WHOLE_STEPS, make_optimizer, resolve_device, seed_all, time_steps, train_step
 
 REFERENCE = "pytorch_example"
 #: whole-step rows: loss, backward and Adam(capturable=True) in one CUDA graph
@@ -148,9 +146,9 @@ def make_step(name: str, device: torch.device):
 
         return step
     if name in WHOLE_STEP:
-        return make_whole_step(WHOLE_STEP[name], device)
+        return make_whole_step("captured", WHOLE_STEP[name], device)
     if name in FUSED:
-        return make_fused_step(FUSED[name], device)
+        return make_whole_step("fused", FUSED[name], device)
     if name in PEERS:
         return numpyro_peer.NumPyroStep(name, torch.zeros(128, 784))
     vae = VAE().to(device)
@@ -166,39 +164,26 @@ def make_step(name: str, device: torch.device):
     return step
 
 
-def make_whole_step(estimator: str, device: torch.device):
-    """``step(x)``: one :class:`~vae_pyro.captured_step.CapturedTrainStep` per batch shape (captured at
-    its first batch: not timed), all sharing one model and one capturable Adam, as ``train`` uses them."""
+def make_whole_step(route: str, estimator: str, device: torch.device):
+    """``step(x)``: one whole step of ``route`` (``vae_pyro.train.WHOLE_STEPS``: ``captured``, a
+    :class:`~vae_pyro.captured_step.CapturedTrainStep`, or ``fused``, a
+    :class:`~vae_pyro.fused_step.FusedTrainStep`) per batch shape, built at its first batch (capture or
+    compile: not timed), all sharing one model and the Adam ``train`` gives that route."""
     vae = VAE().to(device)
     est = build_estimator(estimator)
-    optimizer = make_optimizer(vae, capturable=True)
-    per_shape: dict[tuple, CapturedTrainStep] = {}
+    optimizer = make_optimizer(vae, capturable=route == "captured", fused=False if route == "fused" else None)
+    per_shape: dict[tuple, object] = {}
 
     def step(x):
         if x.shape not in per_shape:
-            per_shape[x.shape] = CapturedTrainStep(vae, est, optimizer, tuple(x.shape), dtype=x.dtype)
+            per_shape[x.shape] = WHOLE_STEPS[route](vae, est, optimizer, tuple(x.shape), dtype=x.dtype)
         with step_without_validation(step.calls == 0):  # as train(): the first step validated
             per_shape[x.shape].step(x, 1.0)
         step.calls += 1
+        if route == "fused":
+            fused_kernels[f"{estimator} @ {x.shape[0]}"] = per_shape[x.shape].kernels
 
     step.calls = 0
-    return step
-
-
-def make_fused_step(estimator: str, device: torch.device):
-    """``step(x)``: one :class:`~vae_pyro.fused_step.FusedTrainStep` per batch shape (traced and compiled
-    at its first batch: not timed), sharing one model and one Adam, as ``make_whole_step``."""
-    vae = VAE().to(device)
-    est = build_estimator(estimator)
-    optimizer = make_optimizer(vae, fused=False)
-    per_shape: dict[tuple, FusedTrainStep] = {}
-
-    def step(x):
-        if x.shape not in per_shape:
-            per_shape[x.shape] = FusedTrainStep(vae, est, optimizer, tuple(x.shape), dtype=x.dtype)
-        per_shape[x.shape].step(x, 1.0)
-        fused_kernels[f"{estimator} @ {x.shape[0]}"] = per_shape[x.shape].kernels
-
     return step
 
 
