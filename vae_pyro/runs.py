@@ -8,7 +8,6 @@ a valid training estimator (:func:`training_estimator`), and the header every JS
 from __future__ import annotations
 
 import copy
-import dataclasses
 import platform
 from dataclasses import dataclass
 
@@ -94,8 +93,6 @@ def fit_run(run: Run, trainer: str, note: str | None, progress: bool, vae=None, 
     vae = run.vae if vae is None else vae
     t = run.spec.training
     estimator = build_estimator(trainer, t.particles)
-    if train_kwargs.pop("capture", False):
-        t = dataclasses.replace(t, step="captured")  # the older spelling, train(capture=True)
     route, why = choose_step(t.step, vae.device, estimator, len(run.x_train) // t.batch_size * t.epochs)
     history = train(
         vae,
